@@ -1,0 +1,78 @@
+"""`trtc parse`: ONNX file -> checked, canonical, shape-inferred IR."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx.inliner
+import onnx_ir as ir
+
+from trtc.errors import TrtcError
+from trtc.frontend import onnx_load
+from trtc.frontend.canonicalize import canonicalize, upgrade_opset
+from trtc.frontend.canonicalize.opset import default_opset
+from trtc.frontend.shapes import infer_shapes
+from trtc.ir import Artifact, all_initializers
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _absolute_weight_paths(model: ir.Model, model_dir: Path) -> None:
+    """Point external weights at absolute paths so the IR no longer depends on the cwd."""
+    for value in all_initializers(model.graph):
+        t = value.const_value
+        if isinstance(t, ir.ExternalTensor):
+            value.const_value = ir.ExternalTensor(
+                os.path.realpath(model_dir / t.location), offset=t.offset, length=t.length,
+                dtype=t.dtype, shape=t.shape, name=t.name,
+            )
+
+
+def parse_onnx(path: str | os.PathLike) -> Artifact:
+    """Load, check, canonicalize and shape-infer an ONNX model. Weights stay on disk."""
+    path = Path(path)
+    proto = onnx_load.read_model_proto(path)
+    onnx_load.check_opsets(proto, path)
+    onnx_load.check_ops(proto, path)
+    onnx_load.check_external_data(proto, path)
+    source_opset = default_opset(proto)
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    proto, upgrade_note = upgrade_opset(proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:
+        raise TrtcError(f"malformed graph: {str(exc).splitlines()[0]}", where=str(path),
+                        hint="re-export the model") from None
+    del proto
+    _absolute_weight_paths(model, path.parent)
+    rewrites = canonicalize(model)
+    unknown = infer_shapes(model)
+    meta: dict[str, Any] = {
+        "stage": "parse",
+        "source": {"path": str(path.resolve()), "sha256": file_sha256(path), "format": "onnx"},
+        "input_hash": None,
+        "parse": {
+            "source_opset": source_opset,
+            "opset": default_opset_of(model),
+            "opset_note": upgrade_note,
+            "canonicalized": rewrites,
+            "unknown_shapes": unknown,
+        },
+    }
+    meta["input_hash"] = meta["source"]["sha256"]
+    return Artifact(model=model, meta=meta)
+
+
+def default_opset_of(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))

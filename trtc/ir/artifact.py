@@ -1,0 +1,267 @@
+"""The `.trtir` artifact: one file holding an IR model, its weights and its metadata.
+
+Layout (all integers little endian; see docs/artifact.md):
+
+    MAGIC (8 bytes)
+    weights blob            every weight the artifact owns, each 64-byte aligned
+    model proto             ONNX ModelProto; weights are external-data entries whose
+                            location is SELF (offset into this file) or the absolute
+                            path of a referenced data file (e.g. the source model's)
+    header                  UTF-8 JSON: format version, trtc version, stage, hashes...
+    u64 header length
+    MAGIC (8 bytes)
+
+The trailer-at-the-end layout lets us stream weights out before knowing the
+graph's size. Weights of the source model's external data files are referenced,
+not copied: parsing a 5 GB model writes a file of a few hundred KB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from trtc import __version__
+from trtc.errors import TrtcError
+from trtc.ir.walk import all_initializers
+
+MAGIC = b"TRTIR\x00\r\n"
+FORMAT_VERSION = 1
+SELF = "@self"  # external-data location meaning "the blob of this artifact"
+ALIGN = 64
+FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a referenced file
+
+
+@dataclasses.dataclass
+class Artifact:
+    """An IR model with the metadata of the artifact it was read from or will be written to."""
+
+    model: ir.Model
+    meta: dict[str, Any]
+    path: Path | None = None
+
+
+def _fingerprint(path: str) -> dict[str, Any]:
+    """Identify a referenced data file without reading all of it.
+
+    Hashing every byte of a multi-GB weight file would dominate `trtc parse`; the
+    size, mtime and the first and last MiB catch replaced or rewritten files.
+    """
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(FINGERPRINT_BYTES))
+        if st.st_size > FINGERPRINT_BYTES:
+            f.seek(max(FINGERPRINT_BYTES, st.st_size - FINGERPRINT_BYTES))
+            h.update(f.read(FINGERPRINT_BYTES))
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
+
+
+def _is_reference(tensor: ir.TensorProtocol, owned_files: set[str]) -> bool:
+    """True for weights left in a foreign data file (referenced, not copied)."""
+    return isinstance(tensor, ir.ExternalTensor) and os.path.realpath(tensor.path) not in owned_files
+
+
+def _copy_external(tensor: ir.ExternalTensor, out, h) -> None:
+    """Stream an external tensor's bytes into `out` without mapping them into memory."""
+    with open(tensor.path, "rb") as src:
+        src.seek(tensor.offset or 0)
+        remaining = tensor.length if tensor.length is not None else tensor.nbytes
+        buf = bytearray(min(remaining, 16 << 20) or 1)
+        view = memoryview(buf)
+        while remaining:
+            n = src.readinto(view[: min(remaining, len(buf))])
+            if not n:
+                raise TrtcError(f"external data ends early ({remaining} bytes missing)", where=tensor.path)
+            out.write(view[:n])
+            h.update(view[:n])
+            remaining -= n
+
+
+def _write_blob(model: ir.Model, out, owned_files: set[str]):
+    """Write owned weights to `out`; return the SELF tensors to swap in and the blob hash."""
+    h = hashlib.sha256()
+    start = out.tell()
+    swapped: dict[ir.Value, ir.TensorProtocol] = {}
+    references: dict[str, dict[str, Any]] = {}
+    for value in all_initializers(model.graph):
+        tensor = value.const_value
+        if tensor is None or tensor.nbytes == 0:
+            continue  # empty tensors stay inline in the proto (nothing to map)
+        if _is_reference(tensor, owned_files):
+            path = os.path.abspath(tensor.path)
+            if path not in references:
+                references[path] = _fingerprint(path)
+            continue
+        pad = -(out.tell() - start) % ALIGN
+        out.write(b"\0" * pad)
+        h.update(b"\0" * pad)
+        offset = out.tell() - start
+        if isinstance(tensor, ir.ExternalTensor):
+            _copy_external(tensor, out, h)
+        else:
+            data = tensor.tobytes()
+            out.write(data)
+            h.update(data)
+        swapped[value] = ir.ExternalTensor(
+            SELF,
+            offset=offset,
+            length=tensor.nbytes,
+            dtype=tensor.dtype,
+            shape=tensor.shape,
+            name=value.name,
+        )
+    return swapped, h.hexdigest(), sorted(references.values(), key=lambda r: r["path"])
+
+
+def _serialize(model: ir.Model, swapped: dict[ir.Value, ir.TensorProtocol]) -> bytes:
+    """Serialize the graph with owned weights replaced by SELF references."""
+    originals = {v: v.const_value for v in swapped}
+    try:
+        for value, tensor in swapped.items():
+            value.const_value = tensor
+        return ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+    finally:
+        for value, tensor in originals.items():
+            value.const_value = tensor
+
+
+def content_hash(proto_sha: str, blob_sha: str, references: list[dict[str, Any]]) -> str:
+    """The artifact's identity: graph, owned weights and the fingerprints of referenced files."""
+    h = hashlib.sha256()
+    h.update(proto_sha.encode())
+    h.update(blob_sha.encode())
+    for ref in references:
+        h.update(json.dumps(ref, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def save_artifact(model: ir.Model, path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write `model` to `path` atomically; return the full header that was written.
+
+    `meta` carries the stage-specific fields (stage, source, input_hash, ...);
+    format, versions, offsets and hashes are filled in here.
+    """
+    path = Path(path)
+    target_dir = path.resolve().parent
+    if not target_dir.is_dir():
+        raise TrtcError("output folder does not exist", where=str(path), hint="create it first")
+    # The file we are about to replace may hold weights the model still maps: those
+    # must be copied into the new file, not referenced (the rename would orphan them).
+    owned_files = {os.path.realpath(path)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(MAGIC)
+            swapped, blob_sha, references = _write_blob(model, out, owned_files)
+            blob_end = out.tell()
+            proto = _serialize(model, swapped)
+            out.write(proto)
+            proto_sha = hashlib.sha256(proto).hexdigest()
+            header = {
+                "format": "trtir",
+                "format_version": FORMAT_VERSION,
+                "trtc_version": __version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **meta,
+                "content_hash": content_hash(proto_sha, blob_sha, references),
+                "blob": {"offset": len(MAGIC), "length": blob_end - len(MAGIC), "sha256": blob_sha},
+                "proto": {"offset": blob_end, "length": len(proto), "sha256": proto_sha},
+                "references": references,
+            }
+            data = json.dumps(header, indent=1, sort_keys=True).encode()
+            out.write(data)
+            out.write(struct.pack("<Q", len(data)))
+            out.write(MAGIC)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return header
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate only the header of a `.trtir` file (cheap: no graph, no weights)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+            if size < 2 * len(MAGIC) + 8 or head != MAGIC:
+                raise TrtcError("not a .trtir artifact (bad magic)", where=str(path),
+                                hint="produce one with `trtc parse MODEL.onnx -o MODEL.trtir`")
+            f.seek(size - len(MAGIC) - 8)
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            if f.read(len(MAGIC)) != MAGIC or hlen > size:
+                raise TrtcError("truncated or corrupt .trtir artifact", where=str(path),
+                                hint="re-create it with the stage that produced it")
+            f.seek(size - len(MAGIC) - 8 - hlen)
+            header = json.loads(f.read(hlen))
+    except FileNotFoundError:
+        raise TrtcError("file not found", where=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TrtcError("corrupt .trtir header", where=str(path)) from None
+    if header.get("format") != "trtir" or header.get("format_version") != FORMAT_VERSION:
+        raise TrtcError(
+            f"unsupported .trtir format version {header.get('format_version')!r} "
+            f"(this trtc reads version {FORMAT_VERSION})",
+            where=str(path), hint="re-create the artifact with this trtc version",
+        )
+    return header
+
+
+def _check_reference(ref: dict[str, Any], artifact: Path) -> None:
+    try:
+        st = os.stat(ref["path"])
+    except FileNotFoundError:
+        raise TrtcError(
+            f"referenced weight file {ref['path']} is missing", where=str(artifact),
+            hint="restore it or re-run `trtc parse` on the model",
+        ) from None
+    changed = st.st_size != ref["size"] or (
+        st.st_mtime_ns != ref["mtime_ns"]
+        and _fingerprint(ref["path"])["sha256_ends"] != ref["sha256_ends"]
+    )
+    if changed:
+        raise TrtcError(
+            f"referenced weight file {ref['path']} changed since the artifact was written",
+            where=str(artifact), hint="re-run `trtc parse` on the model",
+        )
+
+
+def load_artifact(path: str | os.PathLike) -> Artifact:
+    """Read a `.trtir` file. Weights stay on disk: they are memory-mapped when first used."""
+    path = Path(path)
+    header = read_header(path)
+    for ref in header.get("references", []):
+        _check_reference(ref, path)
+    with open(path, "rb") as f:
+        f.seek(header["proto"]["offset"])
+        data = f.read(header["proto"]["length"])
+    if hashlib.sha256(data).hexdigest() != header["proto"]["sha256"]:
+        raise TrtcError("graph does not match its recorded hash (corrupt file)", where=str(path))
+    proto = onnx.ModelProto.FromString(data)
+    model = ir.serde.deserialize_model(proto)
+    blob_offset = header["blob"]["offset"]
+    abspath = str(path.resolve())
+    for value in all_initializers(model.graph):
+        t = value.const_value
+        if isinstance(t, ir.ExternalTensor) and t.location == SELF:
+            value.const_value = ir.ExternalTensor(
+                abspath, offset=blob_offset + t.offset, length=t.length,
+                dtype=t.dtype, shape=t.shape, name=t.name,
+            )
+    return Artifact(model=model, meta=header, path=path)

@@ -1,0 +1,30 @@
+"""Opening any artifact trtc accepts, by its kind: `.onnx` (parsed on the fly) or `.trtir`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trtc.errors import TrtcError
+from trtc.frontend import parse_onnx
+from trtc.ir import Artifact, load_artifact
+from trtc.ir.artifact import MAGIC
+
+
+def artifact_kind(path: Path) -> str:
+    """'trtir' or 'onnx', from the file's first bytes (extensions lie)."""
+    if not path.is_file():
+        raise TrtcError("file not found", where=str(path))
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+    return "trtir" if head == MAGIC else "onnx"
+
+
+def open_model(path: str | os.PathLike) -> Artifact:
+    """An IR model from a `.trtir` artifact or an ONNX file (checked and canonicalized)."""
+    path = Path(path)
+    if artifact_kind(path) == "trtir":
+        return load_artifact(path)
+    artifact = parse_onnx(path)
+    artifact.path = path
+    return artifact
