@@ -107,6 +107,17 @@ def check_ops(proto: onnx.ModelProto, path: Path) -> None:
         )
 
 
+def check_structure(path: Path) -> None:
+    """ONNX's own checker (graph structure, schemas, types), without reading weights."""
+    try:
+        # Given the path, the checker resolves external data beside the model, not the cwd.
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise TrtcError(f"invalid ONNX model: {first}", where=str(path),
+                        hint="the file is truncated or was exported incorrectly; re-export it") from None
+
+
 def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
     """Refuse external data that is missing, truncated, or escapes the model's folder."""
     base = os.path.realpath(path.parent)

@@ -45,6 +45,7 @@ def parse_onnx(path: str | os.PathLike) -> Artifact:
     onnx_load.check_opsets(proto, path)
     onnx_load.check_ops(proto, path)
     onnx_load.check_external_data(proto, path)
+    onnx_load.check_structure(path)
     source_opset = default_opset(proto)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
