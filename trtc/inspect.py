@@ -6,6 +6,7 @@ import collections
 import math
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from trtc.ir import Artifact, all_graphs, all_initializers
@@ -70,10 +71,18 @@ def format_summary(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def dtype_name(dtype: ir.DataType) -> str:
+    """numpy's name where numpy has the type (float32, int64), else ONNX's (bfloat16, float8e4m3fn)."""
+    try:
+        return np.dtype(dtype.numpy()).name
+    except TypeError:
+        return dtype.name.lower()
+
+
 def _type_text(value: ir.Value | None) -> str:
     if value is None:
         return "-"
-    dtype = value.type.dtype.name.lower() if isinstance(value.type, ir.TensorType) else "?"
+    dtype = dtype_name(value.type.dtype) if isinstance(value.type, ir.TensorType) else "?"
     if value.shape is None:
         return f"{dtype}[?]"
     dims = ",".join(str(d) if isinstance(d, int) else (d.value or "?") for d in value.shape.dims)

@@ -37,7 +37,7 @@ def to_model_proto(model: ir.Model, *, embed_limit: int | None = None) -> onnx.M
         tensor = by_name.get(tp.name)
         if tensor is None or (embed_limit is not None and tensor.nbytes > embed_limit):
             continue
-        tp.data_location = onnx.TensorProto.DEFAULT
+        tp.ClearField("data_location")
         del tp.external_data[:]
         tp.raw_data = tensor.tobytes() if tensor.nbytes else b""
     return proto

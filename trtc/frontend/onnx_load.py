@@ -107,6 +107,11 @@ def check_ops(proto: onnx.ModelProto, path: Path) -> None:
         )
 
 
+# Checker complaints about models that onnxruntime runs and exporters write every day:
+# a graph input/output declared without a shape (shape inference supplies it).
+BENIGN_CHECKER_ERRORS = ("Field 'shape' of 'type' is required but missing",)
+
+
 def check_structure(path: Path) -> None:
     """ONNX's own checker (graph structure, schemas, types), without reading weights."""
     try:
@@ -114,6 +119,8 @@ def check_structure(path: Path) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
+        if first.startswith(BENIGN_CHECKER_ERRORS):
+            return
         raise TrtcError(f"invalid ONNX model: {first}", where=str(path),
                         hint="the file is truncated or was exported incorrectly; re-export it") from None
 

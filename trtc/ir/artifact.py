@@ -67,9 +67,19 @@ def _fingerprint(path: str) -> dict[str, Any]:
     return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
 
 
-def _is_reference(tensor: ir.TensorProtocol, owned_files: set[str]) -> bool:
-    """True for weights left in a foreign data file (referenced, not copied)."""
-    return isinstance(tensor, ir.ExternalTensor) and os.path.realpath(tensor.path) not in owned_files
+def _is_reference(tensor: ir.TensorProtocol, artifact_files: dict[str, bool]) -> bool:
+    """True for weights left in a source model's data file (referenced, not copied).
+
+    Weights inside a .trtir (this one or another) are copied: artifacts never chain,
+    so deleting an intermediate artifact cannot break a later one.
+    """
+    if not isinstance(tensor, ir.ExternalTensor):
+        return False
+    path = os.path.realpath(tensor.path)
+    if path not in artifact_files:
+        with open(path, "rb") as f:
+            artifact_files[path] = f.read(len(MAGIC)) == MAGIC
+    return not artifact_files[path]
 
 
 def _copy_external(tensor: ir.ExternalTensor, out, h) -> None:
@@ -88,17 +98,18 @@ def _copy_external(tensor: ir.ExternalTensor, out, h) -> None:
             remaining -= n
 
 
-def _write_blob(model: ir.Model, out, owned_files: set[str]):
+def _write_blob(model: ir.Model, out):
     """Write owned weights to `out`; return the SELF tensors to swap in and the blob hash."""
     h = hashlib.sha256()
     start = out.tell()
+    artifact_files: dict[str, bool] = {}
     swapped: dict[ir.Value, ir.TensorProtocol] = {}
     references: dict[str, dict[str, Any]] = {}
     for value in all_initializers(model.graph):
         tensor = value.const_value
         if tensor is None or tensor.nbytes == 0:
             continue  # empty tensors stay inline in the proto (nothing to map)
-        if _is_reference(tensor, owned_files):
+        if _is_reference(tensor, artifact_files):
             path = os.path.abspath(tensor.path)
             if path not in references:
                 references[path] = _fingerprint(path)
@@ -156,14 +167,11 @@ def save_artifact(model: ir.Model, path: str | os.PathLike, meta: dict[str, Any]
     target_dir = path.resolve().parent
     if not target_dir.is_dir():
         raise TrtcError("output folder does not exist", where=str(path), hint="create it first")
-    # The file we are about to replace may hold weights the model still maps: those
-    # must be copied into the new file, not referenced (the rename would orphan them).
-    owned_files = {os.path.realpath(path)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target_dir)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(MAGIC)
-            swapped, blob_sha, references = _write_blob(model, out, owned_files)
+            swapped, blob_sha, references = _write_blob(model, out)
             blob_end = out.tell()
             proto = _serialize(model, swapped)
             out.write(proto)

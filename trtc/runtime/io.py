@@ -38,14 +38,21 @@ def _numpy_dtype(dtype: ir.DataType) -> np.dtype:
     return np.dtype(dtype.numpy())
 
 
-def _index_bound(value: ir.Value) -> int | None:
-    """Rows of the table an integer input indexes through Gather, if it does."""
+# Ops that pass integer ids through unchanged on their first input.
+_ID_PASSTHROUGH = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast", "Identity", "Expand"}
+
+
+def _index_bound(value: ir.Value, depth: int = 4) -> int | None:
+    """Rows of the table an integer input indexes through Gather (after reshapes), if it does."""
     for node, index in value.uses():
         if node.op_type == "Gather" and index == 1 and node.inputs[0] is not None:
             table = node.inputs[0]
             axis = node.attributes.get_int("axis", 0)
             if table.shape is not None and isinstance(table.shape[axis], int):
                 return table.shape[axis]
+        elif node.op_type in _ID_PASSTHROUGH and index == 0 and depth > 0:
+            if (bound := _index_bound(node.outputs[0], depth - 1)) is not None:
+                return bound
     return None
 
 
