@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from corpus import assert_close_to_reference, corpus_params
 
 from trtc.frontend import export_onnx_file, parse_onnx
 from trtc.ir import load_artifact, save_artifact
 from trtc.loading import open_model
 from trtc.runtime import ReferenceRunner
+
+from corpus import assert_close_to_reference, corpus_params
 
 
 @pytest.mark.parametrize("model", corpus_params())

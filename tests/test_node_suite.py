@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from corpus import NODE_TESTS, REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))

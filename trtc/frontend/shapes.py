@@ -1,11 +1,19 @@
 """Shape inference on the IR with symbolic dims kept symbolic.
 
-ONNX's inference (with data propagation, so Shape->Gather->Concat->Reshape chains
-resolve) runs on a copy of the graph that carries the data of small weights only:
-large weights contribute their type and shape, never their bytes.
+Two passes over a copy of the graph that carries the data of small weights only (large
+weights contribute their type and shape, never their bytes):
+
+1. ONNX's inference with data propagation, so Shape->Gather->Concat->Reshape chains
+   resolve. It is robust but names every dim it cannot pin `unk__N`.
+2. onnxruntime's symbolic shape inference (sympy), which derives dims as expressions of
+   the input dims (`batch*sequence`, `floor(height/2)`). Where it succeeds and says more,
+   its dims replace ONNX's; where it fails, ONNX's stay.
 """
 
 from __future__ import annotations
+
+import logging
+import re
 
 import onnx
 import onnx_ir as ir
@@ -14,44 +22,78 @@ from trtc.frontend.onnx_export import to_model_proto
 
 # Weights up to this size are inlined for inference: shape tensors, axes, scalars.
 SMALL_WEIGHT_BYTES = 1 << 16
+# Dims invented by an inference engine: no better than unknown.
+_INVENTED = re.compile(r"^unk__\d+$|_o\d+__d\d+")
 
 
-def _known(value: ir.Value) -> bool:
-    return value.type is not None and value.shape is not None
+def _dims_of(info: onnx.ValueInfoProto) -> ir.Shape | None:
+    if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+        return None
+    return ir.serde.deserialize_type_proto_for_shape(info.type)
+
+
+def _score(dim) -> int:
+    """How much a dim says: 2 for a number, 1 for a derived or named symbol, 0 for unknown."""
+    if isinstance(dim, int):
+        return 2
+    return 0 if dim.value is None or _INVENTED.search(dim.value) else 1
+
+
+def _better(new: ir.Shape | None, old: ir.Shape | None) -> bool:
+    if new is None:
+        return False
+    if old is None:
+        return True
+    if len(new) != len(old):
+        return False
+    scores = [(_score(a), _score(b)) for a, b in zip(new.dims, old.dims)]
+    return all(a >= b for a, b in scores) and any(a > b for a, b in scores)
+
+
+def _value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    infos = {vi.name: vi for vi in proto.graph.value_info}
+    infos.update({vi.name: vi for vi in proto.graph.output})
+    return infos
+
+
+def _onnx_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    try:
+        return _value_infos(onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
+                                                              data_prop=True))
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        return _value_infos(proto)  # keep what the exporter recorded
+
+
+def _symbolic_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
+    try:
+        return _value_infos(SymbolicShapeInference.infer_shapes(proto, auto_merge=True))
+    except Exception:  # it raises bare Exceptions on ops it does not know; ONNX's result stands
+        return {}
 
 
 def infer_shapes(model: ir.Model) -> list[str]:
-    """Fill in the type and shape of every value ONNX can infer.
+    """Fill in the type and shape of every value that can be inferred.
 
     Returns the names of the values (main graph) whose type or shape stays unknown.
     """
     proto = to_model_proto(model, embed_limit=SMALL_WEIGHT_BYTES)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
-                                                     data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError):
-        inferred = proto  # keep what the exporter recorded; report everything unknown
-    infos = {vi.name: vi for vi in inferred.graph.value_info}
-    infos.update({vi.name: vi for vi in inferred.graph.output})
+    onnx_infos = _onnx_inference(proto)
+    symbolic_infos = _symbolic_inference(proto)
     unknown = []
     for node in model.graph:
         for value in node.outputs:
-            info = infos.get(value.name)
-            if info is not None and info.type.HasField("tensor_type"):
-                ttype = info.type.tensor_type
-                if ttype.elem_type and value.type is None:
-                    value.type = ir.TensorType(ir.DataType(ttype.elem_type))
-                if ttype.HasField("shape"):
-                    shape = ir.serde.deserialize_type_proto_for_shape(info.type)
-                    if shape is not None and (value.shape is None or _more_precise(shape, value.shape)):
-                        value.shape = shape
-            if not _known(value):
+            for info in (onnx_infos.get(value.name), symbolic_infos.get(value.name)):
+                if info is None:
+                    continue
+                elem_type = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
+                if elem_type and value.type is None:
+                    value.type = ir.TensorType(ir.DataType(elem_type))
+                shape = _dims_of(info)
+                if _better(shape, value.shape):
+                    value.shape = shape
+            if value.type is None or value.shape is None:
                 unknown.append(value.name)
     return unknown
-
-
-def _more_precise(new: ir.Shape, old: ir.Shape) -> bool:
-    """True when `new` pins down at least as many dims as `old` (and has the same rank)."""
-    if len(new) != len(old):
-        return False
-    return sum(isinstance(d, int) for d in new.dims) >= sum(isinstance(d, int) for d in old.dims)
