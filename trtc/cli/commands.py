@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from trtc.errors import TrtcError
 from trtc.frontend import export_onnx_file, parse_onnx
 from trtc.ir import save_artifact
 from trtc.loading import open_model
+from trtc.passes import PASSES, PassContext
+from trtc.passes.pipeline import optimize as run_optimize
+from trtc.passes.pipeline import optimized_meta, select_passes
 from trtc.runtime import (
     ReferenceRunner,
     make_feeds,
@@ -118,6 +123,88 @@ def inspect(artifact: Path, graph: bool, as_json: bool) -> None:
     click.echo(inspect_mod.graph_text(loaded.model) if graph else inspect_mod.format_summary(info))
 
 
+def _list_passes(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    for info in PASSES.values():
+        click.echo(f"{info.name:24} {'' if info.default else '(not default) '}{info.description}")
+    ctx.exit(0)
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The .trtir to write.")
+@click.option("--passes", "pass_list", metavar="A,B,C", help="Run exactly these passes, in this order.")
+@click.option("--disable", metavar="A,B", help="Leave these passes out of the pipeline.")
+@click.option("--list-passes", is_flag=True, expose_value=False, is_eager=True, callback=_list_passes,
+              help="List the passes with their descriptions and exit.")
+@click.option("--verify", is_flag=True, help="Check every pass numerically against the CPU reference.")
+@input_options
+@click.option("--fold-max-mb", type=click.FloatRange(min=0), default=64, show_default=True,
+              help="Largest tensor constant folding may create (MB).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
+@click.option("--dump-after", metavar="PASS", multiple=True,
+              help="Write the graph text after PASS to OUTPUT.after-PASS.txt.")
+@json_option
+def optimize(artifact: Path, output: Path, pass_list, disable, verify, inputs, seed, ranges, shapes, fold_max_mb,
+             report_path, dump_after, as_json) -> None:
+    """Optimize an .onnx/.trtir: folding, clean-ups, fusions into TensorRT-native ops."""
+    loaded = open_model(artifact)
+    chosen = select_passes(_names(pass_list), _names(disable) or ())
+    for name in dump_after:
+        select_passes([name])  # validates the name
+    feeds = None
+    if verify:
+        specs = model_inputs(loaded.model)
+        feeds = make_feeds(specs, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
+        validate_feeds(specs, feeds, where=str(artifact))
+
+    def dump(name: str, model) -> None:
+        if name in dump_after:
+            Path(f"{output}.after-{name}.txt").write_text(inspect_mod.graph_text(model) + "\n")
+
+    progress = _progress_line() if not as_json else None
+    report = run_optimize(loaded.model, passes=chosen, ctx=PassContext(fold_max_bytes=int(fold_max_mb * 2**20)),
+                          verify_feeds=feeds, after_pass=dump, progress=progress)
+    if progress:
+        progress("")
+    options = {"passes": [p.name for p in chosen], "fold_max_mb": fold_max_mb, "verify": verify}
+    header = save_artifact(loaded.model, output, optimized_meta(loaded.meta, report, options))
+    info = {"output": str(output), "content_hash": header["content_hash"], **report.as_dict()}
+    if report_path:
+        report_path.write_text(json.dumps(info, indent=2) + "\n")
+    if as_json:
+        echo_json(info)
+        return
+    click.echo(_report_table(report))
+    click.echo(f"wrote {output}: {report.nodes_before} -> {report.nodes_after} nodes in {report.seconds:.2f}s"
+               + (" (every pass verified)" if verify else ""))
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _progress_line():
+    """A one-line status on a terminal (nothing when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(text: str) -> None:
+        click.echo(f"\r\033[K{text}", err=True, nl=False)
+
+    return show
+
+
+def _report_table(report) -> str:
+    rows = [f"{'pass':24} {'nodes -':>8} {'time s':>8}  rewrites"]
+    for name, entry in report.totals().items():
+        if entry["rewrites"] or entry["nodes_removed"]:
+            rewrites = ", ".join(f"{k} {v}" for k, v in entry["rewrites"].items())
+            rows.append(f"{name:24} {entry['nodes_removed']:>8} {entry['seconds']:>8.3f}  {rewrites}")
+    return "\n".join(rows)
+
+
 @click.group()
 def export() -> None:
     """Write an artifact in another format."""
@@ -133,4 +220,4 @@ def export_onnx(artifact: Path, output: Path) -> None:
     click.echo(f"wrote {output}")
 
 
-ALL = [parse, run, inspect, export]
+ALL = [parse, optimize, run, inspect, export]

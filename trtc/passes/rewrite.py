@@ -1,0 +1,108 @@
+"""Small helpers every pass uses to match and rewrite the IR.
+
+Matching reads values through `const_array` (initializers and folded constants) and
+`producer_of`; rewriting goes through `replace_with`, which inserts the new nodes,
+moves every use (graph outputs included, keeping their names) and drops what became dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def is_op(node: ir.Node | None, *op_types: str) -> bool:
+    return node is not None and node.domain in STANDARD_DOMAINS and node.op_type in op_types
+
+
+def producer_of(value: ir.Value | None, *op_types: str) -> ir.Node | None:
+    """The node producing `value` if it is one of `op_types` (any op when none given)."""
+    if value is None:
+        return None
+    node = value.producer()
+    if node is None or (op_types and not is_op(node, *op_types)):
+        return None
+    return node
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's data if it is a constant (initializer), else None."""
+    if value is None or value.const_value is None:
+        return None
+    if value.is_graph_input():
+        return None  # an overridable default is not a constant
+    return value.const_value.numpy()
+
+
+def const_scalar(value: ir.Value | None) -> float | None:
+    """The single element of a constant of one element, else None."""
+    data = const_array(value)
+    if data is None or data.size != 1:
+        return None
+    return data.reshape(()).item()
+
+
+def only_user(value: ir.Value) -> ir.Node | None:
+    """The one node reading `value`, if exactly one does and it is not a graph output."""
+    users = value.consumers()
+    if len(users) != 1 or value.is_graph_output():
+        return None
+    return users[0]
+
+
+def add_constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """A new initializer with a unique name derived from `name`."""
+    base, i = name, 0
+    while name in graph.initializers:
+        i += 1
+        name = f"{base}_{i}"
+    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     shape=ir.Shape(array.shape), const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def replace_with(graph: ir.Graph, anchor: ir.Node, new_nodes: Sequence[ir.Node],
+                 old_outputs: Sequence[ir.Value], new_outputs: Sequence[ir.Value],
+                 dead: Sequence[ir.Node] = ()) -> None:
+    """Insert `new_nodes` before `anchor`, move every use of each old output to its new
+    output (a graph output keeps its name), then remove `dead` nodes that are unused."""
+    graph.insert_before(anchor, new_nodes)
+    for old, new in zip(old_outputs, new_outputs, strict=True):
+        if old.is_graph_output():
+            name, old.name = old.name, None
+            new.name = name
+        if new.type is None:
+            new.type, new.shape = old.type, old.shape
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+    remove_if_dead(graph, dead)
+
+
+def remove_if_dead(graph: ir.Graph, nodes: Sequence[ir.Node]) -> None:
+    """Remove those of `nodes` whose outputs nobody reads, consumers first."""
+    pending = list(nodes)
+    removed = True
+    while removed and pending:
+        removed = False
+        for node in list(pending):
+            if all(not v.uses() and not v.is_graph_output() for v in node.outputs):
+                graph.remove(node, safe=True)
+                pending.remove(node)
+                removed = True
+
+
+def require_opset(model: ir.Model, version: int) -> None:
+    """Raise the default-domain opset to `version` for a fused op that needs it.
+
+    The ops trtc's passes emit keep their meaning between opsets 18 and 23, and the
+    standard ops of exported models gained only types in between (checked by --verify
+    on the corpus).
+    """
+    current = model.opset_imports.get("", 1)
+    if current < version:
+        model.opset_imports[""] = version
+        model.graph.opset_imports[""] = version
