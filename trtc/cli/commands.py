@@ -149,10 +149,10 @@ def _list_passes(ctx: click.Context, _param, value: bool) -> None:
 def optimize(artifact: Path, output: Path, pass_list, disable, verify, inputs, seed, ranges, shapes, fold_max_mb,
              report_path, dump_after, as_json) -> None:
     """Optimize an .onnx/.trtir: folding, clean-ups, fusions into TensorRT-native ops."""
-    loaded = open_model(artifact)
     chosen = select_passes(_names(pass_list), _names(disable) or ())
     for name in dump_after:
         select_passes([name])  # validates the name
+    loaded = open_model(artifact)
     feeds = None
     if verify:
         specs = model_inputs(loaded.model)
