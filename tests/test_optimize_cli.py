@@ -9,12 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from corpus import run_trtc
 from trtc.errors import CheckFailed, TrtcError
 from trtc.frontend import parse_onnx
 from trtc.passes import PASSES, PassContext
 from trtc.passes.pipeline import optimize, select_passes
 from trtc.passes.registry import PassInfo
+
+from corpus import run_trtc
 
 
 @pytest.fixture()
