@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from trtc import inspect as inspect_mod
-from trtc.cli.options import echo_json, input_options, json_option
+from trtc.cli.options import echo_json, input_options, json_option, precision_options
 from trtc.errors import TrtcError
 from trtc.frontend import export_onnx_file, parse_onnx
 from trtc.ir import save_artifact
@@ -19,6 +19,7 @@ from trtc.loading import open_model
 from trtc.passes import PASSES, PassContext
 from trtc.passes.pipeline import optimize as run_optimize
 from trtc.passes.pipeline import optimized_meta, select_passes
+from trtc.precision.api import precision_summary_text, precision_table, run_precision
 from trtc.runtime import (
     ReferenceRunner,
     make_feeds,
@@ -110,11 +111,22 @@ def _summary_text(info: dict) -> str:
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--graph", is_flag=True, help="Print the graph, one line per node.")
+@click.option("--precision", is_flag=True, help="List the nodes kept in fp32 and why.")
 @json_option
-def inspect(artifact: Path, graph: bool, as_json: bool) -> None:
+def inspect(artifact: Path, graph: bool, precision: bool, as_json: bool) -> None:
     """Inputs, outputs, ops, parameters, opsets, metadata of an .onnx or .trtir."""
     loaded = open_model(artifact)
     info = inspect_mod.summary(loaded)
+    if precision:
+        report = loaded.meta.get("precision")
+        if report is None:
+            raise TrtcError("the artifact has no precision decisions", where=str(artifact),
+                            hint="create them with `trtc optimize --fp16`")
+        if as_json:
+            echo_json(report)
+        else:
+            click.echo(precision_table(report))
+        return
     if as_json:
         if graph:
             info["graph"] = inspect_mod.graph_text(loaded.model).splitlines()
@@ -145,9 +157,10 @@ def _list_passes(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
 @click.option("--dump-after", metavar="PASS", multiple=True,
               help="Write the graph text after PASS to OUTPUT.after-PASS.txt.")
+@precision_options
 @json_option
 def optimize(artifact: Path, output: Path, pass_list, disable, verify, inputs, seed, ranges, shapes, fold_max_mb,
-             report_path, dump_after, as_json) -> None:
+             report_path, dump_after, as_json, **precision) -> None:
     """Optimize an .onnx/.trtir: folding, clean-ups, fusions into TensorRT-native ops."""
     chosen = select_passes(_names(pass_list), _names(disable) or ())
     for name in dump_after:
@@ -169,14 +182,27 @@ def optimize(artifact: Path, output: Path, pass_list, disable, verify, inputs, s
     if progress:
         progress("")
     options = {"passes": [p.name for p in chosen], "fold_max_mb": fold_max_mb, "verify": verify}
-    header = save_artifact(loaded.model, output, optimized_meta(loaded.meta, report, options))
+    meta = optimized_meta(loaded.meta, report, options)
+    precision_report = None
+    if precision["fp16"] or precision["bf16"]:
+        if progress:
+            progress("precision: observing calibration data")
+        precision_report = run_precision(loaded, precision, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
+        if progress:
+            progress("")
+        meta["precision"] = precision_report
+    header = save_artifact(loaded.model, output, meta)
     info = {"output": str(output), "content_hash": header["content_hash"], **report.as_dict()}
+    if precision_report:
+        info["precision"] = precision_report
     if report_path:
         report_path.write_text(json.dumps(info, indent=2) + "\n")
     if as_json:
         echo_json(info)
         return
     click.echo(_report_table(report))
+    if precision_report:
+        click.echo(precision_summary_text(precision_report))
     click.echo(f"wrote {output}: {report.nodes_before} -> {report.nodes_after} nodes in {report.seconds:.2f}s"
                + (" (every pass verified)" if verify else ""))
 

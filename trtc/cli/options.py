@@ -24,6 +24,30 @@ def input_options(fn):
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
 
+def precision_options(fn):
+    """--fp16/--bf16 and the precision pass's knobs (optimize and build share them)."""
+    decorators = [
+        click.option("--fp16", is_flag=True, help="Type the graph for fp16 with fp32 islands where needed."),
+        click.option("--bf16", is_flag=True, help="Type the graph for bf16 with fp32 islands where needed."),
+        click.option("--calib", multiple=True, metavar="FILE.npz",
+                     help="Calibration sample (inputs keyed by name); repeatable. Default: seeded random."),
+        click.option("--calib-samples", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Random calibration samples when no --calib is given."),
+        click.option("--keep-fp32", multiple=True, metavar="NAME-GLOB", help="Keep matching nodes in fp32."),
+        click.option("--keep-fp32-op", multiple=True, metavar="OP-GLOB", help="Keep nodes of these ops in fp32."),
+        click.option("--force-fp16", multiple=True, metavar="GLOB",
+                     help="Nodes (by name or op) to run in fp16/bf16 whatever the rules say."),
+        click.option("--cast-io", is_flag=True, help="Change the model's float inputs/outputs to fp16/bf16 too."),
+        click.option("--data-max", type=float, default=512.0, show_default=True,
+                     help="Keep nodes whose observed output magnitude exceeds this in fp32."),
+        click.option("--max-reduction", type=int, default=1024, show_default=True,
+                     help="Keep reductions over more elements than this in fp32."),
+        click.option("--tolerance", type=float,
+                     help="Fail (exit 1) when a predicted output error relative to its range exceeds this."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
 def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
 

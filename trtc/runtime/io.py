@@ -243,3 +243,18 @@ def validate_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray],
             raise TrtcError(f"input {spec.name!r} has dtype {got} but the model expects {spec.dtype}",
                             where=where, hint=f"convert it, e.g. np.asarray(x, dtype='{spec.dtype}')")
         _check_rank_and_dims(spec, array.shape, where)
+
+
+def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count: int, *, seed: int = 0,
+                        ranges: Sequence[str] = (), shapes: Sequence[str] = ()) -> list[dict[str, np.ndarray]]:
+    """One feed dict per `--calib` .npz file, or `count` seeded random samples without files."""
+    if files:
+        samples = []
+        for file in files:
+            data = _load_array_file(Path(file), "--calib")
+            if not isinstance(data, dict):
+                raise TrtcError("calibration data must be an .npz keyed by input name", where=f"--calib {file}")
+            validate_feeds(specs, data, where=f"--calib {file}")
+            samples.append(data)
+        return samples
+    return [make_feeds(specs, seed=seed + i, ranges=ranges, shapes=shapes) for i in range(count)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import onnx.reference
 import onnx_ir as ir
 import onnxruntime as ort
 
+from trtc.errors import TrtcError
 from trtc.frontend.onnx_export import PROTO_LIMIT, export_onnx_file, to_model_proto
 from trtc.ir.walk import weight_bytes
 
@@ -27,12 +28,15 @@ def _first_line(exc: BaseException) -> str:
 class ReferenceRunner:
     """Runs an IR model on the CPU. `backend` says which executor serves it and why."""
 
-    def __init__(self, model: ir.Model, *, threads: int | None = None):
+    def __init__(self, model: ir.Model, *, threads: int | None = None, fetch: Sequence[ir.Value] = ()):
+        """`fetch`: intermediate values of the main graph to return beside the outputs."""
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self._proto: onnx.ModelProto | None = None
         self._evaluator: onnx.reference.ReferenceEvaluator | None = None
         self.fallback_reason: str | None = None
-        self.output_names = [v.name for v in model.graph.outputs]
+        outputs = {v.name for v in model.graph.outputs}
+        fetch = [v for v in fetch if v.name not in outputs]
+        self.output_names = [v.name for v in model.graph.outputs] + [v.name for v in fetch]
         options = ort.SessionOptions()
         # Execute each node as written: ORT's graph rewrites would fuse away the casts
         # that the precision simulation relies on.
@@ -42,17 +46,22 @@ class ReferenceRunner:
             options.intra_op_num_threads = threads
         try:
             if weight_bytes(model.graph) >= PROTO_LIMIT:
+                if fetch:
+                    raise TrtcError("fetching intermediate values of a model over 2 GB is not supported yet")
                 self._tmpdir = tempfile.TemporaryDirectory(prefix="trtc-ref-")
                 path = export_onnx_file(model, Path(self._tmpdir.name) / "model.onnx")
                 self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             else:
                 self._proto = to_model_proto(model)
+                self._proto.graph.output.extend(ir.serde.serialize_value(v) for v in fetch)
                 self._session = ort.InferenceSession(
                     self._proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for every failure
             self._session = None
             self.fallback_reason = f"onnxruntime cannot load the model: {_first_line(exc)}"
-            self._proto = self._proto or to_model_proto(model)
+            if self._proto is None:
+                self._proto = to_model_proto(model)
+                self._proto.graph.output.extend(ir.serde.serialize_value(v) for v in fetch)
 
     @property
     def backend(self) -> str:

@@ -1,0 +1,147 @@
+"""The precision pass: typed graphs that are valid, explained, and predicted accurate; naive
+all-fp16 shown to fail where trtc's plan passes (outliers, LayerNorm over large values,
+Softmax over large logits)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from trtc.precision import PrecisionOptions, apply_precision
+from trtc.precision.assign import TARGETS
+
+from corpus import run_trtc
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inits, inputs, outputs, opset=18) -> ir.Model:
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    from trtc.frontend.shapes import infer_shapes
+
+    model = ir.serde.deserialize_model(proto)
+    infer_shapes(model)
+    return model
+
+
+def outlier_transformer_block(hidden=64, outlier_scale=30000.0, temperature=4.0) -> ir.Model:
+    """x -> MatMul(W1, a few channels scaled: activations ~1e4..1e5) -> LayerNorm -> MatMul -> Softmax."""
+    w1 = RNG.standard_normal((hidden, hidden)).astype(np.float32) * 0.1
+    w1[:, :3] *= outlier_scale  # residual-stream outlier channels
+    w2 = RNG.standard_normal((hidden, hidden)).astype(np.float32) * 0.2
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="blocks.0.mlp.fc1"),
+        helper.make_node("LayerNormalization", ["h", "g", "b"], ["n"], name="blocks.0.ln", axis=-1),
+        helper.make_node("MatMul", ["n", "w2"], ["logits"], name="blocks.0.attn.qk"),
+        helper.make_node("Mul", ["logits", "temp"], ["scaled"], name="blocks.0.attn.scale"),
+        helper.make_node("Softmax", ["scaled"], ["y"], name="blocks.0.attn.softmax", axis=-1),
+    ]
+    inits = {"w1": w1, "w2": w2, "g": np.ones(hidden), "b": np.zeros(hidden), "temp": np.array(temperature)}
+    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, hidden])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, hidden])])
+
+
+def _samples(n=2):
+    return [{"x": (RNG.standard_normal((2, 16, 64)) * 4).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("target, temperature", [("fp16", 4.0), ("bf16", 40.0)])
+def test_naive_low_precision_fails_where_trtc_passes(target, temperature):
+    """fp16: outlier activations (~1e5) overflow. bf16 keeps fp32's range but has 8 bits of
+    mantissa: large logits (temperature 40) lose the softmax."""
+    samples = _samples()
+    block = lambda: outlier_transformer_block(temperature=temperature)  # noqa: E731
+    naive = apply_precision(block(), samples, PrecisionOptions(target=target, force_fp16=["*"]))
+    assert naive.flop_share == 1.0 and not naive.fp32_nodes
+    ours = apply_precision(block(), samples, PrecisionOptions(target=target))
+    m_naive, m_ours = naive.predicted["y"], ours.predicted["y"]
+    assert m_naive["nonfinite"] > 0 or m_naive["max_rel_error"] > 1e-2, m_naive
+    if target == "fp16":
+        assert m_naive["nonfinite"] > 0
+    assert m_ours["nonfinite"] == 0 and m_ours["cosine"] >= 0.999 and m_ours["max_rel_error"] <= 1e-2, m_ours
+    reasons = {name: e["reason"] for name, e in ours.fp32_nodes.items()}
+    assert "normalisation" in reasons["blocks.0.ln"]
+    assert "exponentiates" in reasons["blocks.0.attn.softmax"]
+    assert "data_max" in reasons["blocks.0.mlp.fc1"]  # the outlier MatMul: observed > 512
+    if target == "bf16":
+        assert "feeds Softmax" in reasons["blocks.0.attn.qk"]
+
+
+def test_typed_graph_is_valid_onnx_and_keeps_io_types():
+    model = outlier_transformer_block()
+    report = apply_precision(model, _samples(), PrecisionOptions())
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)  # strict type inference: every edge typed consistently
+    assert [v.dtype for v in model.graph.inputs] == [ir.DataType.FLOAT]
+    assert [v.dtype for v in model.graph.outputs] == [ir.DataType.FLOAT]
+    assert [v.name for v in model.graph.outputs] == ["y"]
+    for node in model.graph:  # no cast pair back to back
+        if node.op_type == "Cast":
+            producer = node.inputs[0].producer()
+            assert producer is None or producer.op_type != "Cast", node.name
+    assert report.counts["casts"] >= 2
+    low = {n.name for n in model.graph if any(v.dtype == TARGETS["fp16"] for v in n.outputs)}
+    assert "blocks.0.attn.qk" in low and "blocks.0.ln" not in low
+
+
+def test_cast_io_changes_the_interface():
+    model = outlier_transformer_block()
+    apply_precision(model, _samples(), PrecisionOptions(cast_io=True, force_fp16=["*"]))
+    assert model.graph.inputs[0].dtype == model.graph.outputs[0].dtype == ir.DataType.FLOAT16
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+
+
+def test_user_overrides():
+    samples = _samples()
+    report = apply_precision(outlier_transformer_block(), samples, PrecisionOptions(
+        keep_fp32=["blocks.*.attn.scale"], keep_fp32_ops=["Mat*"], force_fp16=["blocks.0.ln"]))
+    reasons = {n: e["reason"] for n, e in report.fp32_nodes.items()}
+    assert reasons["blocks.0.attn.scale"] == "user rule --keep-fp32 'blocks.*.attn.scale'"
+    assert reasons["blocks.0.attn.qk"] == "user rule --keep-fp32-op 'Mat*'"
+    assert "blocks.0.ln" not in reasons  # forced beats the normalisation rule
+
+
+def test_cheap_island_takes_its_neighbours_type():
+    """A lone Add between two fp32 nodes is not left in fp16 between two casts."""
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["a"], name="ln1"),
+             helper.make_node("Add", ["a", "bias"], ["c"], name="add"),
+             helper.make_node("LayerNormalization", ["c", "g", "b"], ["y"], name="ln2")]
+    model = _model(nodes, {"g": np.ones(8), "b": np.zeros(8), "bias": np.ones(8)},
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])])
+    report = apply_precision(model, [{"x": np.ones((2, 8), np.float32)}], PrecisionOptions())
+    assert report.fp32_nodes["add"]["reason"] == "neighbours are fp32"
+    assert report.counts["casts"] == 0
+
+
+def test_cli_precision_flow(tmp_path):
+    from trtc.frontend import export_onnx_file
+
+    model = outlier_transformer_block()
+    export_onnx_file(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **_samples(1)[0])
+    out = tmp_path / "m16.trtir"
+    proc = run_trtc("optimize", tmp_path / "m.onnx", "-o", out, "--fp16", "--calib", tmp_path / "calib.npz",
+                    "--tolerance", "0.01")
+    assert proc.returncode == 0, proc.stderr
+    assert "fp16:" in proc.stdout and "predicted y" in proc.stdout
+    table = run_trtc("inspect", out, "--precision").stdout
+    assert "blocks.0.ln" in table and "normalisation" in table
+    meta = json.loads(run_trtc("inspect", out, "--precision", "--json").stdout)
+    assert meta["target"] == "fp16" and meta["calibration"] == {"samples": 1, "source": "files"}
+    # All-fp16 by force cannot meet the tolerance: exit 1, naming the output and the nodes.
+    proc = run_trtc("optimize", tmp_path / "m.onnx", "-o", tmp_path / "bad.trtir", "--fp16", "--calib",
+                    tmp_path / "calib.npz", "--force-fp16", "*", "--tolerance", "0.01")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "exceeds --tolerance 0.01 for y" in proc.stderr and "largest contributions" in proc.stderr
+    assert not (tmp_path / "bad.trtir").exists()
+    # An already typed artifact is refused.
+    proc = run_trtc("optimize", out, "-o", tmp_path / "again.trtir", "--fp16")
+    assert proc.returncode == 2 and "already typed for fp16" in proc.stderr

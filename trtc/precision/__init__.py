@@ -1,0 +1,154 @@
+"""Mixed precision for strongly typed TensorRT: fp16/bf16 where safe, fp32 islands where
+not, every decision explained, accuracy predicted on the CPU.
+
+    report = apply_precision(model, samples, PrecisionOptions(target="fp16"))
+
+rewrites `model` into the explicitly typed form and returns what it decided and the
+predicted error (from `simulate.simulation_model` against the fp32 reference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from trtc.precision import assign as assign_mod
+from trtc.precision.flops import node_flops
+from trtc.precision.metrics import compare_outputs, worst
+from trtc.precision.observe import observe
+from trtc.precision.rules import PrecisionOptions, RuleContext
+from trtc.precision.simulate import simulation_model
+from trtc.runtime.reference import ReferenceRunner
+
+__all__ = ["PrecisionOptions", "PrecisionReport", "apply_precision", "predict", "simulation_model"]
+
+
+@dataclasses.dataclass
+class PrecisionReport:
+    target: str
+    fp32_nodes: dict[str, dict[str, str]]  # node name -> {"op", "reason"}
+    low_nodes: int
+    flop_share: float  # of the model's FLOPs, the share computed in the target type
+    islands: int  # connected groups of fp32 float nodes
+    counts: dict[str, int]
+    predicted: dict[str, dict[str, Any]]  # per output: error metrics (worst over samples)
+    contributions: list[dict[str, Any]]  # nodes adding the most error, largest first
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _islands(model: ir.Model, fp32: set[str]) -> int:
+    """Connected components of fp32 float nodes (edges through float values)."""
+    parent = {n: n for n in fp32}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for node in model.graph:
+        if node.name not in fp32:
+            continue
+        for value in node.outputs:
+            for user in value.consumers():
+                if user.name in fp32:
+                    parent[find(user.name)] = find(node.name)
+    return len({find(n) for n in fp32})
+
+
+def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
+                    options: PrecisionOptions) -> PrecisionReport:
+    """Type `model` in place for options.target and predict the error on `samples`."""
+    assign_mod.ensure_node_names(model)
+    obs = observe(model, samples)
+    reference = _reference_outputs(model, samples)
+    decision = assign_mod.assign(model, RuleContext(obs, options))
+    flops = {n.name: node_flops(n, obs.shapes) for n in model.graph}
+    total = sum(flops.values()) or 1
+    low_flops = sum(f for name, f in flops.items() if decision.compute.get(name) == "low")
+    ops = {n.name: n.op_type for n in model.graph}
+    fp32 = {name for name, c in decision.compute.items() if c == "fp32"}
+    islands = _islands(model, fp32)
+    counts = assign_mod.apply(model, decision, options.target, options.cast_io)
+    predicted, contributions = predict(model, samples, reference, obs.first)
+    return PrecisionReport(
+        target=options.target,
+        fp32_nodes={name: {"op": ops[name], "reason": decision.reasons.get(name, "neighbours are fp32")}
+                    for name in sorted(fp32)},
+        low_nodes=sum(1 for c in decision.compute.values() if c == "low"),
+        flop_share=low_flops / total,
+        islands=islands,
+        counts=counts,
+        predicted=predicted,
+        contributions=contributions,
+    )
+
+
+def _reference_outputs(model: ir.Model, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    runner = ReferenceRunner(model)
+    try:
+        return [runner.run(s) for s in samples]
+    finally:
+        runner.close()
+
+
+def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
+            fp32_values: Mapping[str, np.ndarray] | None = None,
+            top: int = 5) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Predicted error per output of the typed model (worst over samples), and, given the fp32
+    values of the first sample, the nodes whose outputs gain the most relative error."""
+    sim = simulation_model(typed)
+    fp32_values = fp32_values or {}
+    fetch = [v for node in sim.graph for v in node.outputs if v.name in fp32_values]
+    runner = ReferenceRunner(sim, fetch=fetch)
+    try:
+        results = [runner.run(_as_fp32_feeds(s, sim)) for s in samples]
+    finally:
+        runner.close()
+    predicted = {}
+    for name in reference[0]:
+        per_sample = [compare_outputs(ref[name], res[name]) for ref, res in zip(reference, results)
+                      if isinstance(ref[name], np.ndarray) and ref[name].dtype.kind == "f"]
+        if per_sample:
+            predicted[name] = worst(per_sample)
+    return predicted, _contributions(typed, fp32_values, results[0], top)
+
+
+def _as_fp32_feeds(feeds: Mapping[str, Any], sim: ir.Model) -> dict[str, Any]:
+    """Feeds for the simulation: inputs the typed model takes in fp16 arrive as fp32."""
+    wanted = {v.name: v.dtype for v in sim.graph.inputs}
+    return {k: (v.astype(np.float32) if wanted.get(k) == ir.DataType.FLOAT and v.dtype.kind == "f" else v)
+            for k, v in feeds.items()}
+
+
+def _relative_error(reference: np.ndarray | None, predicted: Any) -> float:
+    if reference is None or not isinstance(predicted, np.ndarray) or reference.shape != predicted.shape:
+        return 0.0
+    if not reference.size:
+        return 0.0
+    scale = max(float(np.abs(reference).max()), 1e-6)
+    diff = np.abs(predicted.astype(np.float64) - reference)
+    return float("inf") if not np.isfinite(diff).all() else float(diff.max()) / scale
+
+
+def _contributions(typed: ir.Model, fp32_values: Mapping[str, np.ndarray], sim_values: Mapping[str, Any],
+                   top: int) -> list[dict[str, Any]]:
+    """Relative error each node's output gains over the worst of its computed inputs."""
+    gains = []
+    for node in typed.graph:
+        outs = [_relative_error(fp32_values.get(v.name), sim_values.get(v.name)) for v in node.outputs]
+        ins = [_relative_error(fp32_values.get(v.name), sim_values.get(v.name)) for v in node.inputs
+               if v is not None and v.const_value is None]
+        out_err, in_err = max(outs, default=0.0), max(ins, default=0.0)
+        gain = out_err - in_err if np.isfinite(out_err) and np.isfinite(in_err) else (
+            float("inf") if not np.isfinite(out_err) and np.isfinite(in_err) else 0.0)
+        if gain > 0:
+            gains.append({"node": node.name, "op": node.op_type, "relative_error": out_err, "added": gain})
+    gains.sort(key=lambda g: -g["added"])
+    return gains[:top]
