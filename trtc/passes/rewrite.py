@@ -84,7 +84,7 @@ def replace_with(graph: ir.Graph, anchor: ir.Node, new_nodes: Sequence[ir.Node],
 
 def remove_if_dead(graph: ir.Graph, nodes: Sequence[ir.Node]) -> None:
     """Remove those of `nodes` whose outputs nobody reads, consumers first."""
-    pending = list(nodes)
+    pending = list(dict.fromkeys(nodes))  # one producer may be listed twice (Add(x, x))
     removed = True
     while removed and pending:
         removed = False
