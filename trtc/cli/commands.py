@@ -12,10 +12,14 @@ import numpy as np
 
 from trtc import inspect as inspect_mod
 from trtc.cli.options import echo_json, input_options, json_option, precision_options
-from trtc.errors import TrtcError
+from trtc.errors import CheckFailed, TrtcError
 from trtc.frontend import export_onnx_file, parse_onnx
 from trtc.ir import save_artifact
 from trtc.loading import open_model
+from trtc.lower.api import build_artifact, prepare_for_build, support_report
+from trtc.lower.backend import parse_targets
+from trtc.lower.build import BuildOptions
+from trtc.lower.profiles import parse_profiles, parse_shape_spec
 from trtc.passes import PASSES, PassContext
 from trtc.passes.pipeline import optimize as run_optimize
 from trtc.passes.pipeline import optimized_meta, select_passes
@@ -28,6 +32,7 @@ from trtc.runtime import (
     time_runs,
     validate_feeds,
 )
+from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar, sidecar_text
 
 
 @click.command()
@@ -112,10 +117,19 @@ def _summary_text(info: dict) -> str:
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--graph", is_flag=True, help="Print the graph, one line per node.")
 @click.option("--precision", is_flag=True, help="List the nodes kept in fp32 and why.")
+@click.option("--support", is_flag=True, help="List the nodes TensorRT lowering does not support yet.")
 @json_option
-def inspect(artifact: Path, graph: bool, precision: bool, as_json: bool) -> None:
-    """Inputs, outputs, ops, parameters, opsets, metadata of an .onnx or .trtir."""
+def inspect(artifact: Path, graph: bool, precision: bool, support: bool, as_json: bool) -> None:
+    """Inputs, outputs, ops, parameters, opsets, metadata of an .onnx, .trtir or .plan."""
+    if artifact.suffix in PLAN_SUFFIXES:
+        sidecar = read_sidecar(artifact)
+        echo_json(sidecar) if as_json else click.echo(sidecar_text(sidecar))
+        return
     loaded = open_model(artifact)
+    if support:
+        report = support_report(loaded)
+        echo_json(report) if as_json else click.echo(_support_text(report))
+        return
     info = inspect_mod.summary(loaded)
     if precision:
         report = loaded.meta.get("precision")
@@ -231,6 +245,79 @@ def _report_table(report) -> str:
     return "\n".join(rows)
 
 
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The engine (.plan) to write.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
+              help="auto: full TensorRT if importable, else TensorRT-RTX.")
+@click.option("--target", metavar="sm86,sm89,...", help="TensorRT-RTX compute capabilities to build for.")
+@click.option("--shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
+              help="Range of a dynamic input, dims as 1x128 (repeatable); forms the first profile.")
+@click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
+              help="A further optimization profile (repeatable).")
+@click.option("--workspace", type=click.IntRange(min=1), metavar="MB", help="Workspace memory limit.")
+@click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level.")
+@click.option("--timing-cache", type=click.Path(), help="Timing cache file (full TensorRT only).")
+@click.option("--strip-weights", is_flag=True, help="Build a weight-stripped, refittable plan.")
+@click.option("--no-cache", is_flag=True, help="Build even if the engine cache has this engine.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Engine cache folder (default ~/.cache/trtc).")
+@click.option("--dry-run", is_flag=True, help="Only report the nodes that cannot be lowered (no TensorRT needed).")
+@precision_options
+@input_options
+@json_option
+def build(artifact: Path, output, backend, target, shapes, profile_groups, workspace, opt_level, timing_cache,
+          strip_weights, no_cache, cache_dir, dry_run, inputs, seed, ranges, as_json, **precision) -> None:
+    """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly)."""
+    options = BuildOptions(backend=backend, targets=parse_targets(target), workspace_mb=workspace,
+                           opt_level=opt_level, timing_cache=timing_cache, strip_weights=strip_weights,
+                           profiles=parse_profiles(shapes, profile_groups))
+    if not dry_run and output is None:
+        raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
+    loaded = open_model(artifact)
+    progress = None if as_json else _progress_line()
+    prepare_for_build(loaded, precision, progress=progress,
+                      calib_kwargs={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": _calib_shapes(shapes)})
+    if dry_run:
+        report = support_report(loaded)
+        if as_json:
+            echo_json(report)
+        else:
+            click.echo(_support_text(report))
+        if not report["supported"]:
+            raise CheckFailed(f"{len(report['unsupported'])} node(s) cannot be lowered", where=str(artifact))
+        return
+    result = build_artifact(loaded, output, options, cache=not no_cache, cache_dir=cache_dir, progress=progress)
+    if progress:
+        progress("")
+    side = result.sidecar
+    info = {"output": str(output), "cached": result.cached, **side}
+    if as_json:
+        echo_json(info)
+        return
+    precision_text = side["precision"]["target"] if side["precision"] else "fp32"
+    click.echo(f"{'reused cached engine' if result.cached else 'built'} {output}: {side['backend']} "
+               f"{side['backend_version']}, targets {','.join(side['targets']) or 'default'}, {precision_text}, "
+               f"{side['network_layers']} layers, {side['plan_bytes'] / 2**20:.1f} MiB, "
+               f"{side['build_seconds']:.1f}s")
+
+
+def _calib_shapes(shapes) -> list[str]:
+    """Random calibration data at each dynamic input's OPT shape."""
+    out = []
+    for spec in shapes:
+        name, ranges = parse_shape_spec(spec)
+        out.append(f"{name}={'x'.join(map(str, ranges[1]))}")
+    return out
+
+
+def _support_text(report: dict) -> str:
+    if report["supported"]:
+        return f"all {report['nodes']} nodes can be lowered to TensorRT"
+    lines = [f"{len(report['unsupported'])} of {report['nodes']} nodes cannot be lowered:"]
+    lines += [f"  {p['node']} ({p['op']}): {p['reason']}" for p in report["unsupported"]]
+    return "\n".join(lines)
+
+
 @click.group()
 def export() -> None:
     """Write an artifact in another format."""
@@ -246,4 +333,4 @@ def export_onnx(artifact: Path, output: Path) -> None:
     click.echo(f"wrote {output}")
 
 
-ALL = [parse, optimize, run, inspect, export]
+ALL = [parse, optimize, build, run, inspect, export]

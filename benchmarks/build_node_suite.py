@@ -1,0 +1,122 @@
+"""`trtc build` (TensorRT-RTX, no GPU) over the ONNX node test suite cases whose op
+onnx-tensorrt supports: parse, lower, build an engine with a profile fixed to the test
+data's input shapes. Success means TensorRT built it and every tensor's dtype/shape
+agreed with the IR (numerics need a GPU: see the `gpu` tests).
+
+    python benchmarks/build_node_suite.py [--filter SUBSTRING] [--write-results] [--all-ops]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import onnx
+from onnx import numpy_helper
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = REPO.parent / "shared" / "onnx-node-tests"
+REFERENCE = REPO.parent / "shared" / "docs" / "REFERENCE.md"
+
+
+def onnx_tensorrt_ops() -> set[str]:
+    """The 158 ops REFERENCE.md section 3 lists as supported by onnx-tensorrt."""
+    text = REFERENCE.read_text()
+    block = text.split("158 supported ops", 1)[1].split("TensorRT 11.0 adds", 1)[0]
+    block = block.split(":", 1)[1].split("\n\n", 1)[0]
+    return {w.strip().rstrip(".") for w in block.replace("\n", " ").split(",") if w.strip()}
+
+
+def case_op(case: Path) -> str:
+    """The op a node test exercises: the single node's op (expanded cases are functions of several)."""
+    model = onnx.load(str(case / "model.onnx"), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    return ops[0] if len(ops) == 1 else "+".join(sorted(set(ops)))
+
+
+def input_shapes(case: Path) -> dict[str, tuple[int, ...]]:
+    model = onnx.load(str(case / "model.onnx"), load_external_data=False)
+    shapes = {}
+    inits = {i.name for i in model.graph.initializer}
+    for i, vi in enumerate(v for v in model.graph.input):
+        f = case / "test_data_set_0" / f"input_{i}.pb"
+        if vi.name in inits or not f.exists() or vi.type.WhichOneof("value") != "tensor_type":
+            continue
+        t = onnx.TensorProto()
+        t.ParseFromString(f.read_bytes())
+        shapes[vi.name] = tuple(numpy_helper.to_array(t).shape)
+    return shapes
+
+
+def build_case(case: Path) -> tuple[str, str]:
+    """('pass' | 'fail', reason)."""
+    from trtc.errors import TrtcError
+    from trtc.frontend import parse_onnx
+    from trtc.lower.backend import load_backend
+    from trtc.lower.build import BuildOptions, build_engine
+
+    try:
+        artifact = parse_onnx(case / "model.onnx")
+        model = artifact.model
+        shapes = input_shapes(case)
+        profile = {}
+        for value in model.graph.inputs:
+            if value.shape is not None and any(not isinstance(d, int) for d in value.shape.dims):
+                dims = shapes[value.name]
+                profile[value.name] = (dims, dims, dims)
+        build_engine(model, artifact.meta, load_backend("tensorrt-rtx"),
+                     BuildOptions(profiles=[profile] if profile else []))
+        return "pass", ""
+    except TrtcError as exc:
+        return "fail", exc.one_line()[:300]
+    except Exception as exc:  # a case's failure is data for the report
+        return "fail", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:250] if str(exc).strip() else ''}"
+
+
+def selected_cases(filter_text: str, all_ops: bool) -> list[tuple[Path, str]]:
+    supported = onnx_tensorrt_ops()
+    out = []
+    for case in sorted(p for p in SUITE.iterdir() if (p / "model.onnx").exists() and filter_text in p.name):
+        op = case_op(case)
+        if all_ops or op in supported:
+            out.append((case, op))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--all-ops", action="store_true", help="also cases whose op onnx-tensorrt lacks")
+    ap.add_argument("--write-results", action="store_true")
+    args = ap.parse_args()
+    if not SUITE.is_dir() or not REFERENCE.is_file():
+        print(f"skipped: {SUITE} or {REFERENCE} is missing")
+        return 0
+    cases = selected_cases(args.filter, args.all_ops)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(build_case, [c for c, _ in cases], chunksize=4))
+    elapsed = time.perf_counter() - start
+    passed = sum(1 for s, _ in results if s == "pass")
+    print(f"{passed} passed, {len(results) - passed} failed of {len(results)} cases "
+          f"({passed / max(1, len(results)):.1%}) in {elapsed:.0f}s")
+    failures = [(c.name, op, r) for (c, op), (s, r) in zip(cases, results) if s != "pass"]
+    for name, op, reason in failures:
+        print(f"  {name} [{op}]: {reason}")
+    if args.write_results:
+        from results import write_section
+
+        lines = [f"{passed} of {len(results)} node-test cases whose op onnx-tensorrt supports build with "
+                 f"TensorRT-RTX ({passed / max(1, len(results)):.1%}); {elapsed:.0f}s with {args.jobs} processes.",
+                 "", "| case | op | reason |", "|---|---|---|"]
+        lines += [f"| {n} | {o} | {r.replace('|', '/')} |" for n, o, r in failures]
+        write_section("Build coverage: ONNX node tests (benchmarks/build_node_suite.py)", "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

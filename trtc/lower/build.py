@@ -1,0 +1,187 @@
+"""Building a TensorRT engine from the IR: profiles, targets, build config, progress,
+the sidecar that describes the plan, and the content-addressed engine cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from trtc import __version__
+from trtc.errors import TrtcError
+from trtc.lower.backend import Backend
+from trtc.lower.network import dims_of, lower
+from trtc.lower.profiles import resolve_profiles
+
+SIDECAR_VERSION = 1
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    backend: str = "auto"
+    targets: tuple[str, ...] = ()
+    workspace_mb: int | None = None
+    opt_level: int | None = None
+    timing_cache: str | None = None
+    strip_weights: bool = False
+    profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = dataclasses.field(
+        default_factory=list)
+
+    def key_fields(self) -> dict[str, Any]:
+        """The options that change the engine (the timing cache only changes build time)."""
+        return {"targets": list(self.targets), "workspace_mb": self.workspace_mb, "opt_level": self.opt_level,
+                "strip_weights": self.strip_weights,
+                "profiles": [{k: [list(d) for d in v] for k, v in sorted(p.items())} for p in self.profiles]}
+
+
+def cache_key(content_hash: str, options: BuildOptions, backend: Backend) -> str:
+    blob = json.dumps({"ir": content_hash, "options": options.key_fields(), "backend": backend.name,
+                       "backend_version": backend.version, "trtc": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TRTC_CACHE_DIR", Path.home() / ".cache" / "trtc" / "engines"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _progress_monitor(trt, report: Callable[[str], None]):
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.phases: dict[str, tuple[str, int]] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.phases[phase_name] = (parent_phase or "", num_steps)
+            report(f"{phase_name} (0/{num_steps})")
+
+        def step_complete(self, phase_name, step):
+            total = self.phases.get(phase_name, ("", 0))[1]
+            report(f"{phase_name} ({step + 1}/{total})")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            self.phases.pop(phase_name, None)
+
+    return Monitor()
+
+
+@dataclasses.dataclass
+class BuildResult:
+    plan: bytes
+    sidecar: dict[str, Any]
+    cached: bool
+
+
+def _io_entry(value: ir.Value) -> dict[str, Any]:
+    return {"name": value.name, "dtype": value.dtype.name.lower(), "shape": list(dims_of(value))}
+
+
+def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions,
+                 *, where: str = "", progress: Callable[[str], None] | None = None) -> BuildResult:
+    """Lower `model` and build a serialized engine with its sidecar."""
+    start = time.perf_counter()
+    profiles = resolve_profiles(model, options.profiles, where)
+    lowered = lower(model, backend, where)
+    trt = backend.trt
+    config = lowered.builder.create_builder_config()
+    if options.workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    if options.opt_level is not None:
+        config.builder_optimization_level = options.opt_level
+    if options.strip_weights:
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)
+        config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)
+    timing_cache = None
+    if options.timing_cache:
+        if not backend.has_timing_cache:
+            raise TrtcError("TensorRT-RTX has no timing cache (it would force a GPU query and its kernels are "
+                            "compiled at run time instead)", where="--timing-cache",
+                            hint="drop --timing-cache; `trtc run --runtime-cache PATH` keeps RTX's JIT kernels")
+        timing_cache = _load_timing_cache(config, options.timing_cache)
+    targets = backend.set_targets(config, options.targets)
+    for profile in profiles:
+        trt_profile = lowered.builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile.items():
+            trt_profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(trt_profile)
+    if progress is not None:
+        config.progress_monitor = _progress_monitor(trt, progress)
+    plan = lowered.builder.build_serialized_network(lowered.network, config)
+    if plan is None:
+        reason = "; ".join(lowered.logger.errors[-3:]) or "no reason given"
+        raise TrtcError(f"TensorRT could not build the engine: {reason}", where=where)
+    if timing_cache is not None:
+        write_atomic(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
+    plan_bytes = bytes(plan)
+    precision = meta.get("precision")
+    sidecar = {
+        "format": "trtc-plan", "sidecar_version": SIDECAR_VERSION, "trtc_version": __version__,
+        "backend": backend.name, "backend_version": backend.version, "targets": targets,
+        "inputs": [_io_entry(v) for v in model.graph.inputs],
+        "outputs": [_io_entry(v) for v in model.graph.outputs],
+        "profiles": [{k: [list(d) for d in v] for k, v in p.items()} for p in profiles],
+        "precision": None if precision is None else {
+            "target": precision["target"], "flop_share": precision["flop_share"],
+            "fp32_nodes": len(precision["fp32_nodes"]), "predicted": precision["predicted"]},
+        "ir_content_hash": meta.get("content_hash"), "source": meta.get("source"),
+        "build_options": options.key_fields(), "network_layers": lowered.network.num_layers,
+        "plan_bytes": len(plan_bytes), "build_seconds": round(time.perf_counter() - start, 3),
+        "warnings": lowered.logger.warnings[-20:],
+    }
+    return BuildResult(plan_bytes, sidecar, cached=False)
+
+
+def _load_timing_cache(config, path: str):
+    data = Path(path).read_bytes() if Path(path).exists() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def write_plan(result: BuildResult, output: Path) -> Path:
+    """model.plan and model.plan.json beside it, each written atomically."""
+    write_atomic(output, result.plan)
+    sidecar = Path(f"{output}.json")
+    write_atomic(sidecar, (json.dumps(result.sidecar, indent=1, sort_keys=True) + "\n").encode())
+    return sidecar
+
+
+def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions, *,
+                 cache_dir: Path | None, where: str = "",
+                 progress: Callable[[str], None] | None = None) -> BuildResult:
+    """`build_engine`, reusing an engine built before from the same IR, options and backend."""
+    content_hash = meta.get("content_hash")
+    if cache_dir is None or not content_hash:
+        return build_engine(model, meta, backend, options, where=where, progress=progress)
+    key = cache_key(content_hash, options, backend)
+    plan_path, side_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"
+    if plan_path.exists() and side_path.exists():
+        return BuildResult(plan_path.read_bytes(), json.loads(side_path.read_text()), cached=True)
+    result = build_engine(model, meta, backend, options, where=where, progress=progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(plan_path, result.plan)
+    write_atomic(side_path, (json.dumps(result.sidecar, indent=1, sort_keys=True) + "\n").encode())
+    return result
+

@@ -1,0 +1,113 @@
+"""IR -> TensorRT network definition: inputs, one converter per node, outputs, and the
+check that every TensorRT tensor has the dtype and shape the IR inferred.
+
+Layer names and metadata are set here, in one place: every layer a converter adds for
+node N is named N (or N/k for the k-th of several) and carries `onnx:OP:N` as metadata,
+so engine layers map back to ONNX nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from trtc.errors import TrtcError
+from trtc.lower import ops  # noqa: F401  (registers the converters)
+from trtc.lower.backend import Backend
+from trtc.lower.context import LowerCtx, RecordingLogger, trt_dtype
+from trtc.lower.registry import find_converter, unsupported_nodes
+
+
+@dataclasses.dataclass
+class Lowered:
+    builder: object
+    network: object
+    ctx: LowerCtx
+    logger: object
+
+
+def dims_of(value: ir.Value) -> tuple[int, ...]:
+    """TensorRT dims: static sizes, -1 for symbolic ones."""
+    return tuple(d if isinstance(d, int) else -1 for d in value.shape.dims)
+
+
+def check_supported(model: ir.Model, where: str) -> None:
+    problems = unsupported_nodes(model)
+    if problems:
+        listed = "; ".join(f"{p['node']} ({p['op']}): {p['reason']}" for p in problems)
+        raise TrtcError(f"{len(problems)} node(s) cannot be lowered to TensorRT: {listed}", where=where,
+                        hint="see `trtc build --dry-run` for the full report")
+
+
+def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
+    """Build the TensorRT network for `model` (main graph)."""
+    check_supported(model, where)
+    trt = backend.trt
+    logger = RecordingLogger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(backend.network_flags())
+    ctx = LowerCtx(backend, network, logger)
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    for value in model.graph.inputs:
+        if value.shape is None:
+            raise TrtcError(f"input {value.name!r} has an unknown shape", where=where,
+                            hint="re-export the model with input shapes")
+        ctx.tensors[value] = network.add_input(value.name, trt_dtype(trt, value.dtype), dims_of(value))
+    for node in model.graph:
+        _lower_node(ctx, node, find_converter(node, opset), where)
+    for value in model.graph.outputs:
+        tensor = ctx.tensor(value)
+        if tensor.is_network_input or tensor.is_network_output:
+            # A tensor can be one output only, and never an input: copy it.
+            tensor = ctx.check(network.add_identity(tensor)).get_output(0)
+        tensor.name = value.name
+        network.mark_output(tensor)
+    check_agreement(model, ctx, where)
+    return Lowered(builder, network, ctx, logger)
+
+
+def _lower_node(ctx: LowerCtx, node: ir.Node, conv, where: str) -> None:
+    ctx.node = node
+    first = ctx.network.num_layers
+    try:
+        outputs = conv.fn(ctx, node)
+    except TrtcError as exc:
+        raise TrtcError(f"node {node.name!r} ({node.op_type}): {exc.message}", where=where) from None
+    except Exception as exc:  # TensorRT's bindings raise ValueError/TypeError/RuntimeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrtcError(f"internal error lowering node {node.name!r} ({node.op_type}): {first}", where=where,
+                        hint="please report it with the model") from exc
+    added = ctx.network.num_layers - first
+    for k in range(added):
+        layer = ctx.network.get_layer(first + k)
+        layer.name = node.name if added == 1 else f"{node.name}/{k}"
+        layer.metadata = f"onnx:{node.op_type}:{node.name}"
+    for value, tensor in zip(node.outputs, outputs, strict=False):
+        if tensor is not None and value.name:
+            ctx.tensors[value] = tensor
+
+
+def _same_dtype(trt, tensor, value: ir.Value) -> bool:
+    return tensor.dtype == trt_dtype(trt, value.dtype)
+
+
+def check_agreement(model: ir.Model, ctx: LowerCtx, where: str) -> None:
+    """Every lowered value's TensorRT dtype and shape agree with the IR's inference."""
+    trt = ctx.trt
+    for node in model.graph:
+        for value in node.outputs:
+            tensor = ctx.tensors.get(value)
+            if tensor is None or not isinstance(value.type, ir.TensorType):
+                continue
+            if not _same_dtype(trt, tensor, value):
+                raise TrtcError(
+                    f"internal error: node {node.name!r} ({node.op_type}) output {value.name!r} is "
+                    f"{tensor.dtype} in TensorRT but {value.dtype.name} in the IR", where=where)
+            if value.shape is None:
+                continue
+            got, want = tuple(tensor.shape), dims_of(value)
+            if len(got) != len(want) or any(w >= 0 and g >= 0 and g != w for g, w in zip(got, want)):
+                raise TrtcError(
+                    f"internal error: node {node.name!r} ({node.op_type}) output {value.name!r} has shape "
+                    f"{got} in TensorRT but {want} in the IR", where=where)

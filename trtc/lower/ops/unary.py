@@ -1,0 +1,94 @@
+"""Unary math ops -> IUnaryLayer, and activations -> IActivationLayer."""
+
+from __future__ import annotations
+
+from trtc.lower.registry import attribute_in, converter, tensor_types
+
+UNARY = {
+    "Abs": "ABS", "Neg": "NEG", "Sqrt": "SQRT", "Exp": "EXP", "Log": "LOG", "Reciprocal": "RECIP",
+    "Sin": "SIN", "Cos": "COS", "Tan": "TAN", "Sinh": "SINH", "Cosh": "COSH", "Asin": "ASIN",
+    "Acos": "ACOS", "Atan": "ATAN", "Asinh": "ASINH", "Acosh": "ACOSH", "Atanh": "ATANH",
+    "Ceil": "CEIL", "Floor": "FLOOR", "Erf": "ERF", "Not": "NOT", "Sign": "SIGN", "Round": "ROUND",
+    "IsInf": "ISINF",
+}
+
+
+@converter(list(UNARY), constraints=[tensor_types()])
+def lower_unary(ctx, node):
+    """Elementwise unary math."""
+    return [ctx.unary(ctx.tensor(node.inputs[0]), getattr(ctx.trt.UnaryOperation, UNARY[node.op_type]))]
+
+
+ACTIVATIONS = {
+    "Relu": ("RELU", None, None), "Sigmoid": ("SIGMOID", None, None), "Tanh": ("TANH", None, None),
+    "LeakyRelu": ("LEAKY_RELU", ("alpha", 0.01), None), "Elu": ("ELU", ("alpha", 1.0), None),
+    "Selu": ("SELU", ("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875)),
+    "Softsign": ("SOFTSIGN", None, None), "Softplus": ("SOFTPLUS", None, None),
+    "HardSigmoid": ("HARD_SIGMOID", ("alpha", 0.2), ("beta", 0.5)),
+    "ThresholdedRelu": ("THRESHOLDED_RELU", ("alpha", 1.0), None),
+    "Celu": ("CELU", ("alpha", 1.0), None), "ScaledTanh": ("SCALED_TANH", ("alpha", 1.0), ("beta", 1.0)),
+}
+
+
+@converter(list(ACTIVATIONS), constraints=[tensor_types()])
+def lower_activation(ctx, node):
+    """Activations with their alpha/beta attributes."""
+    kind, alpha, beta = ACTIVATIONS[node.op_type]
+    layer = ctx.check(ctx.network.add_activation(ctx.tensor(node.inputs[0]), getattr(ctx.trt.ActivationType, kind)))
+    if node.op_type == "Softplus":
+        layer.alpha, layer.beta = 1.0, 1.0  # TensorRT: alpha*log(exp(beta*x)+1)
+    if alpha:
+        layer.alpha = node.attributes.get_float(alpha[0], alpha[1])
+    if beta:
+        layer.beta = node.attributes.get_float(beta[0], beta[1])
+    return [layer.get_output(0)]
+
+
+@converter("Gelu", since=20, constraints=[tensor_types(), attribute_in("approximate", ("none", "tanh"), "none")])
+def lower_gelu(ctx, node):
+    """Gelu -> GELU_ERF or GELU_TANH activation."""
+    kind = "GELU_TANH" if node.attributes.get_string("approximate", "none") == "tanh" else "GELU_ERF"
+    layer = ctx.check(ctx.network.add_activation(ctx.tensor(node.inputs[0]), getattr(ctx.trt.ActivationType, kind)))
+    return [layer.get_output(0)]
+
+
+@converter("PRelu", constraints=[tensor_types()])
+def lower_prelu(ctx, node):
+    """PRelu(x, slope) with the slope broadcast to x's rank."""
+    x, slope = ctx.broadcast(ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1]))
+    return [ctx.check(ctx.network.add_parametric_relu(x, slope)).get_output(0)]
+
+
+@converter("Clip", since=11, constraints=[tensor_types()])
+def lower_clip(ctx, node):
+    """Clip(x, min, max) as Max then Min (min/max optional inputs)."""
+    E = ctx.trt.ElementWiseOperation
+    out = ctx.tensor(node.inputs[0])
+    for index, op in ((1, E.MAX), (2, E.MIN)):
+        if index < len(node.inputs) and node.inputs[index] is not None:
+            out = ctx.elementwise(out, ctx.tensor(node.inputs[index]), op)
+    return [out]
+
+
+@converter("Identity", constraints=[tensor_types()])
+def lower_identity(ctx, node):
+    return [ctx.check(ctx.network.add_identity(ctx.tensor(node.inputs[0]))).get_output(0)]
+
+
+@converter("Cast", constraints=[tensor_types()])
+def lower_cast(ctx, node):
+    """Cast -> ICastLayer (to the output's TensorRT type)."""
+    from trtc.lower.context import trt_dtype
+
+    return [ctx.cast(ctx.tensor(node.inputs[0]), trt_dtype(ctx.trt, node.outputs[0].dtype))]
+
+
+@converter("HardSwish", constraints=[tensor_types()])
+def lower_hard_swish(ctx, node):
+    """x * HardSigmoid(x; alpha=1/6, beta=0.5)."""
+    x = ctx.tensor(node.inputs[0])
+    layer = ctx.check(ctx.network.add_activation(x, ctx.trt.ActivationType.HARD_SIGMOID))
+    layer.alpha, layer.beta = 1.0 / 6.0, 0.5
+    return [ctx.elementwise(x, layer.get_output(0), ctx.trt.ElementWiseOperation.PROD)]
+
+

@@ -1,0 +1,51 @@
+"""The `model.plan.json` sidecar: what an engine takes and gives, how and from what it was
+built. Written by `trtc build`; read by `trtc inspect` and `trtc run` before any GPU work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trtc.errors import TrtcError
+
+PLAN_SUFFIXES = (".plan", ".engine")
+
+
+def read_sidecar(plan: str | Path) -> dict[str, Any]:
+    plan = Path(plan)
+    side = Path(f"{plan}.json")
+    if not plan.is_file():
+        raise TrtcError("engine file not found", where=str(plan))
+    if not side.is_file():
+        raise TrtcError(f"no sidecar {side.name} beside the engine", where=str(plan),
+                        hint="engines built by trtc have one; rebuild with `trtc build`")
+    try:
+        data = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise TrtcError(f"sidecar is not valid JSON ({exc.msg})", where=str(side)) from None
+    if data.get("format") != "trtc-plan":
+        raise TrtcError("not a trtc engine sidecar", where=str(side))
+    return data
+
+
+def _dims(dims) -> str:
+    return "x".join("?" if d < 0 else str(d) for d in dims)
+
+
+def sidecar_text(data: dict[str, Any]) -> str:
+    lines = [f"engine: {data['backend']} {data['backend_version']}, targets "
+             f"{','.join(data['targets']) or 'default'}, built by trtc {data['trtc_version']}",
+             f"plan: {data['plan_bytes'] / 2**20:.1f} MiB, {data['network_layers']} network layers, "
+             f"built in {data['build_seconds']:.1f}s", "inputs:"]
+    lines += [f"  {t['name']}: {t['dtype']}[{_dims(t['shape'])}]" for t in data["inputs"]]
+    lines.append("outputs:")
+    lines += [f"  {t['name']}: {t['dtype']}[{_dims(t['shape'])}]" for t in data["outputs"]]
+    for i, profile in enumerate(data["profiles"]):
+        lines.append(f"profile {i}: " + "; ".join(
+            f"{name} {_dims(lo)}..{_dims(hi)} (opt {_dims(opt)})" for name, (lo, opt, hi) in profile.items()))
+    precision = data.get("precision")
+    lines.append(f"precision: {precision['target']}, {precision['flop_share']:.1%} of FLOPs, "
+                 f"{precision['fp32_nodes']} nodes fp32" if precision else "precision: fp32")
+    lines.append(f"IR content hash: {data.get('ir_content_hash')}")
+    return "\n".join(lines)
