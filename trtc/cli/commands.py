@@ -11,15 +11,23 @@ import click
 import numpy as np
 
 from trtc import inspect as inspect_mod
-from trtc.cli.options import echo_json, input_options, json_option, precision_options
+from trtc.cli.options import (
+    build_options,
+    echo_json,
+    input_options,
+    json_option,
+    precision_options,
+    split_build_options,
+)
+from trtc.compare import DEFAULT_ATOL, DEFAULT_RTOL, executable_for, parse_tolerances, raise_on_mismatch
+from trtc.compare import compare as compare_runs
+from trtc.compile import compile_model
 from trtc.errors import CheckFailed, TrtcError
 from trtc.frontend import export_onnx_file, parse_onnx
 from trtc.ir import save_artifact
 from trtc.loading import open_model
 from trtc.lower.api import build_artifact, prepare_for_build, support_report
-from trtc.lower.backend import parse_targets
-from trtc.lower.build import BuildOptions
-from trtc.lower.profiles import parse_profiles, parse_shape_spec
+from trtc.lower.profiles import parse_shape_spec
 from trtc.passes import PASSES, PassContext
 from trtc.passes.pipeline import optimize as run_optimize
 from trtc.passes.pipeline import optimized_meta, select_passes
@@ -248,29 +256,15 @@ def _report_table(report) -> str:
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="The engine (.plan) to write.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto", show_default=True,
-              help="auto: full TensorRT if importable, else TensorRT-RTX.")
-@click.option("--target", metavar="sm86,sm89,...", help="TensorRT-RTX compute capabilities to build for.")
-@click.option("--shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
-              help="Range of a dynamic input, dims as 1x128 (repeatable); forms the first profile.")
-@click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
-              help="A further optimization profile (repeatable).")
-@click.option("--workspace", type=click.IntRange(min=1), metavar="MB", help="Workspace memory limit.")
-@click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level.")
-@click.option("--timing-cache", type=click.Path(), help="Timing cache file (full TensorRT only).")
-@click.option("--strip-weights", is_flag=True, help="Build a weight-stripped, refittable plan.")
-@click.option("--no-cache", is_flag=True, help="Build even if the engine cache has this engine.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Engine cache folder (default ~/.cache/trtc).")
+@build_options
 @click.option("--dry-run", is_flag=True, help="Only report the nodes that cannot be lowered (no TensorRT needed).")
 @precision_options
 @input_options
 @json_option
-def build(artifact: Path, output, backend, target, shapes, profile_groups, workspace, opt_level, timing_cache,
-          strip_weights, no_cache, cache_dir, dry_run, inputs, seed, ranges, as_json, **precision) -> None:
+def build(artifact: Path, output, no_cache, cache_dir, dry_run, inputs, seed, ranges, as_json, **rest) -> None:
     """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly)."""
-    options = BuildOptions(backend=backend, targets=parse_targets(target), workspace_mb=workspace,
-                           opt_level=opt_level, timing_cache=timing_cache, strip_weights=strip_weights,
-                           profiles=parse_profiles(shapes, profile_groups))
+    options, precision = split_build_options(rest)
+    shapes = rest["shapes"]
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
     loaded = open_model(artifact)
@@ -318,6 +312,69 @@ def _support_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+@click.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@input_options
+@click.option("--atol", multiple=True, metavar="X|NAME=X", help=f"Absolute tolerance (default {DEFAULT_ATOL:g}).")
+@click.option("--rtol", multiple=True, metavar="X|NAME=X", help=f"Relative tolerance (default {DEFAULT_RTOL:g}).")
+@json_option
+def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json) -> None:
+    """Run A and B (.onnx, .trtir, .plan) on the same inputs and compare every output (B is the reference)."""
+    tolerances = (parse_tolerances(atol, DEFAULT_ATOL, "--atol"), parse_tolerances(rtol, DEFAULT_RTOL, "--rtol"))
+    first, second = executable_for(a), executable_for(b)
+    try:
+        feeds = make_feeds(second.inputs, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
+        validate_feeds(second.inputs, feeds, where=str(b))
+        report = compare_runs(first, second, feeds, *tolerances)
+    finally:
+        first.close()
+        second.close()
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(f"A: {a} ({report['a']['runs_on']})\nB: {b} ({report['b']['runs_on']}, reference)")
+        for name, r in report["outputs"].items():
+            status = "match" if r["match"] else "MISMATCH"
+            detail = r.get("reason") or (
+                f"max abs {r['max_abs_error']:.3g}, max rel {r['max_rel_error']:.3g}, mean abs "
+                f"{r['mean_abs_error']:.3g}, cosine {r['cosine']:.6f}, {r['beyond_tolerance']:.2%} beyond tolerance")
+            click.echo(f"  {name}: {status} ({detail})")
+    raise_on_mismatch(report)
+
+
+@click.command("compile")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
+              help="Folder for every artifact and the report.")
+@build_options
+@precision_options
+@input_options
+@json_option
+def compile_cmd(model: Path, outdir: Path, inputs, seed, ranges, shapes, as_json, **rest) -> None:
+    """parse -> optimize -> build -> compare in one go; unchanged stages are reused."""
+    options, precision = split_build_options({**rest, "shapes": shapes})
+    calib_shapes = _calib_shapes(shapes)
+    progress = None if as_json else _progress_line()
+    report = compile_model(model, outdir, build_options=options, precision=precision,
+                           calib={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": calib_shapes},
+                           feeds_kwargs={"inputs": inputs, "seed": seed + 1000, "ranges": ranges,
+                                         "shapes": calib_shapes},
+                           cache=not rest["no_cache"], progress=progress)
+    if progress:
+        progress("")
+    if as_json:
+        echo_json(report)
+        return
+    for name, stage in report["stages"].items():
+        click.echo(f"{name:9} {stage['seconds']:7.2f}s {'(reused)' if stage['reused'] else ''}")
+    click.echo(f"nodes {report['nodes']['parsed']} -> {report['nodes']['optimized']}; engine "
+               f"{report['engine']['network_layers']} layers, {report['engine']['plan_bytes'] / 2**20:.1f} MiB")
+    for name, m in report["predicted"]["outputs"].items():
+        click.echo(f"predicted {name}: max error / range {m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")
+    click.echo(f"wrote {outdir}/report.md")
+
+
 @click.group()
 def export() -> None:
     """Write an artifact in another format."""
@@ -333,4 +390,4 @@ def export_onnx(artifact: Path, output: Path) -> None:
     click.echo(f"wrote {output}")
 
 
-ALL = [parse, optimize, build, run, inspect, export]
+ALL = [parse, optimize, build, run, compare, compile_cmd, inspect, export]

@@ -54,3 +54,42 @@ def json_option(fn):
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+PRECISION_KEYS = ("fp16", "bf16", "calib", "calib_samples", "keep_fp32", "keep_fp32_op", "force_fp16", "cast_io",
+                  "data_max", "max_reduction", "tolerance")
+
+
+def build_options(fn):
+    """Backend, targets, profiles and builder knobs (build and compile share them)."""
+    from pathlib import Path
+
+    decorators = [
+        click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
+                     show_default=True, help="auto: full TensorRT if importable, else TensorRT-RTX."),
+        click.option("--target", metavar="sm86,sm89,...", help="TensorRT-RTX compute capabilities to build for."),
+        click.option("--shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
+                     help="Range of a dynamic input, dims as 1x128 (repeatable); forms the first profile."),
+        click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
+                     help="A further optimization profile (repeatable)."),
+        click.option("--workspace", type=click.IntRange(min=1), metavar="MB", help="Workspace memory limit."),
+        click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level."),
+        click.option("--timing-cache", type=click.Path(), help="Timing cache file (full TensorRT only)."),
+        click.option("--strip-weights", is_flag=True, help="Build a weight-stripped, refittable plan."),
+        click.option("--no-cache", is_flag=True, help="Build even if the engine cache has this engine."),
+        click.option("--cache-dir", type=click.Path(path_type=Path), help="Engine cache (default ~/.cache/trtc)."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
+def split_build_options(kwargs: dict[str, Any]):
+    """(BuildOptions, precision options) from a command's keyword arguments."""
+    from trtc.lower.backend import parse_targets
+    from trtc.lower.build import BuildOptions
+    from trtc.lower.profiles import parse_profiles
+
+    options = BuildOptions(backend=kwargs["backend"], targets=parse_targets(kwargs["target"]),
+                           workspace_mb=kwargs["workspace"], opt_level=kwargs["opt_level"],
+                           timing_cache=kwargs["timing_cache"], strip_weights=kwargs["strip_weights"],
+                           profiles=parse_profiles(kwargs["shapes"], kwargs["profile_groups"]))
+    return options, {k: kwargs[k] for k in PRECISION_KEYS}

@@ -83,10 +83,17 @@ class LowerCtx:
         array = np.ascontiguousarray(array)
         array = array.view(np.dtype(array.dtype.type))  # same bytes, the canonical dtype object
         self._keepalive.append(array)
-        layer = self.check(self.network.add_constant(array.shape, self.trt.Weights(array)))
+        layer = self.check(self.network.add_constant(array.shape, self._weights(array)))
         if name:
             layer.get_output(0).name = name
         return layer.get_output(0)
+
+    def _weights(self, array: np.ndarray):
+        """trt.Weights over `array` (numpy types directly; ml_dtypes' bfloat16/fp8 by pointer)."""
+        special = {"bfloat16": self.trt.bfloat16, "float8_e4m3fn": self.trt.fp8}
+        if array.dtype.name in special:
+            return self.trt.Weights(special[array.dtype.name], array.ctypes.data, array.size)
+        return self.trt.Weights(array)
 
     def check(self, layer):
         """A layer TensorRT refused comes back as None: raise with TensorRT's reason."""
