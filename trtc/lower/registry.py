@@ -52,6 +52,13 @@ def converter(op_types: str | Iterable[str], *, since: int = 1, until: int | Non
     return decorate
 
 
+def load_converters() -> dict[tuple[str, str], list[Converter]]:
+    """The registry with every converter module imported (they need no TensorRT to register)."""
+    import trtc.lower.ops  # noqa: F401
+
+    return CONVERTERS
+
+
 def _domain(node: ir.Node) -> str:
     return "" if node.domain in ("", "ai.onnx") else node.domain
 
@@ -81,6 +88,7 @@ def support_issue(node: ir.Node, opset: int) -> str | None:
 
 def unsupported_nodes(model: ir.Model) -> list[dict[str, str]]:
     """Every node of the main graph the builder cannot lower, with the reason."""
+    load_converters()
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     out = []
     for node in model.graph:
