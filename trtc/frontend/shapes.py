@@ -68,10 +68,18 @@ def _symbolic_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
+    # The steps of SymbolicShapeInference.infer_shapes, without its ending: when inference is
+    # incomplete it writes sym_shape_infer_temp.onnx into the cwd and raises, losing the partial
+    # result we want to merge.
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
     try:
-        return _value_infos(SymbolicShapeInference.infer_shapes(proto, auto_merge=True))
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
     except Exception:  # it raises bare Exceptions on ops it does not know; ONNX's result stands
         return {}
+    return _value_infos(inference.out_mp_)
 
 
 def infer_shapes(model: ir.Model) -> list[str]:
