@@ -10,6 +10,7 @@ import onnx
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.fileio import atomic_writer
 from trtc.frontend.onnx_load import iter_tensor_protos
 from trtc.ir.walk import all_initializers, weight_bytes
 
@@ -46,16 +47,16 @@ def to_model_proto(model: ir.Model, *, embed_limit: int | None = None) -> onnx.M
 def export_onnx_file(model: ir.Model, path: str | os.PathLike) -> Path:
     """Write a plain ONNX model; weights go to `<name>.data` beside it when they pass 2 GiB."""
     path = Path(path)
+    if weight_bytes(model.graph) < PROTO_LIMIT:
+        with atomic_writer(path) as out:
+            out.write(to_model_proto(model).SerializeToString())
+        return path
+    # onnx_ir streams every weight into the data file (memory-mapped sources are not loaded
+    # whole) and points the graph at it; the graph file is renamed into place last.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
     os.close(fd)
     try:
-        if weight_bytes(model.graph) < PROTO_LIMIT:
-            onnx.save_model(to_model_proto(model), tmp)
-        else:
-            data_name = f"{path.name}.data"
-            # onnx_ir streams every weight into the data file (memory-mapped sources are not
-            # loaded whole) and points the graph at it.
-            ir.save(model, tmp, external_data=data_name)
+        ir.save(model, tmp, external_data=f"{path.name}.data")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

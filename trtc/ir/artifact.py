@@ -24,20 +24,23 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
 from trtc import __version__
 from trtc.errors import TrtcError
+from trtc.fileio import atomic_writer
+from trtc.ir.splat import SplatTensor
 from trtc.ir.walk import all_initializers
 
 MAGIC = b"TRTIR\x00\r\n"
 FORMAT_VERSION = 1
 SELF = "@self"  # external-data location meaning "the blob of this artifact"
+SPLAT = "@splat/"  # location prefix of a splat tensor: index into the header's "splats"
 ALIGN = 64
 FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a referenced file
 
@@ -98,6 +101,17 @@ def _copy_external(tensor: ir.ExternalTensor, out, h) -> None:
             remaining -= n
 
 
+class _HashingWriter:
+    """A file-like `write` that also feeds the blob's hash."""
+
+    def __init__(self, out, h):
+        self.out, self.h = out, h
+
+    def write(self, data) -> int:
+        self.h.update(data)
+        return self.out.write(data)
+
+
 def _write_blob(model: ir.Model, out):
     """Write owned weights to `out`; return the SELF tensors to swap in and the blob hash."""
     h = hashlib.sha256()
@@ -105,10 +119,19 @@ def _write_blob(model: ir.Model, out):
     artifact_files: dict[str, bool] = {}
     swapped: dict[ir.Value, ir.TensorProtocol] = {}
     references: dict[str, dict[str, Any]] = {}
+    splats: list[dict[str, Any]] = []
     for value in all_initializers(model.graph):
         tensor = value.const_value
         if tensor is None or tensor.nbytes == 0:
             continue  # empty tensors stay inline in the proto (nothing to map)
+        if isinstance(tensor, SplatTensor):
+            # One element and a shape: stored in the header, materialized by whoever needs bytes.
+            h.update(f"splat:{tensor.value.tobytes().hex()}:{list(tensor.shape.numpy())}".encode())
+            splats.append({"value": tensor.value.tobytes().hex(), "dtype": int(tensor.dtype),
+                           "shape": [int(d) for d in tensor.shape.numpy()]})
+            swapped[value] = ir.ExternalTensor(f"{SPLAT}{len(splats) - 1}", offset=0, length=tensor.nbytes,
+                                               dtype=tensor.dtype, shape=tensor.shape, name=value.name)
+            continue
         if _is_reference(tensor, artifact_files):
             path = os.path.abspath(tensor.path)
             if path not in references:
@@ -121,9 +144,7 @@ def _write_blob(model: ir.Model, out):
         if isinstance(tensor, ir.ExternalTensor):
             _copy_external(tensor, out, h)
         else:
-            data = tensor.tobytes()
-            out.write(data)
-            h.update(data)
+            tensor.tofile(_HashingWriter(out, h))  # lazy tensors (splats) stream in chunks
         swapped[value] = ir.ExternalTensor(
             SELF,
             offset=offset,
@@ -132,7 +153,7 @@ def _write_blob(model: ir.Model, out):
             shape=tensor.shape,
             name=value.name,
         )
-    return swapped, h.hexdigest(), sorted(references.values(), key=lambda r: r["path"])
+    return swapped, h.hexdigest(), sorted(references.values(), key=lambda r: r["path"]), splats
 
 
 def _serialize(model: ir.Model, swapped: dict[ir.Value, ir.TensorProtocol]) -> bytes:
@@ -164,40 +185,29 @@ def save_artifact(model: ir.Model, path: str | os.PathLike, meta: dict[str, Any]
     format, versions, offsets and hashes are filled in here.
     """
     path = Path(path)
-    target_dir = path.resolve().parent
-    if not target_dir.is_dir():
-        raise TrtcError("output folder does not exist", where=str(path), hint="create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=target_dir)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(MAGIC)
-            swapped, blob_sha, references = _write_blob(model, out)
-            blob_end = out.tell()
-            proto = _serialize(model, swapped)
-            out.write(proto)
-            proto_sha = hashlib.sha256(proto).hexdigest()
-            header = {
-                "format": "trtir",
-                "format_version": FORMAT_VERSION,
-                "trtc_version": __version__,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                **meta,
-                "content_hash": content_hash(proto_sha, blob_sha, references),
-                "blob": {"offset": len(MAGIC), "length": blob_end - len(MAGIC), "sha256": blob_sha},
-                "proto": {"offset": blob_end, "length": len(proto), "sha256": proto_sha},
-                "references": references,
-            }
-            data = json.dumps(header, indent=1, sort_keys=True).encode()
-            out.write(data)
-            out.write(struct.pack("<Q", len(data)))
-            out.write(MAGIC)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as out:
+        out.write(MAGIC)
+        swapped, blob_sha, references, splats = _write_blob(model, out)
+        blob_end = out.tell()
+        proto = _serialize(model, swapped)
+        out.write(proto)
+        proto_sha = hashlib.sha256(proto).hexdigest()
+        header = {
+            "format": "trtir",
+            "format_version": FORMAT_VERSION,
+            "trtc_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **meta,
+            "content_hash": content_hash(proto_sha, blob_sha, references),
+            "blob": {"offset": len(MAGIC), "length": blob_end - len(MAGIC), "sha256": blob_sha},
+            "proto": {"offset": blob_end, "length": len(proto), "sha256": proto_sha},
+            "references": references,
+            "splats": splats,
+        }
+        data = json.dumps(header, indent=1, sort_keys=True).encode()
+        out.write(data)
+        out.write(struct.pack("<Q", len(data)))
+        out.write(MAGIC)
     return header
 
 
@@ -265,9 +275,15 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     model = ir.serde.deserialize_model(proto)
     blob_offset = header["blob"]["offset"]
     abspath = str(path.resolve())
+    splats = header.get("splats", [])
     for value in all_initializers(model.graph):
         t = value.const_value
-        if isinstance(t, ir.ExternalTensor) and t.location == SELF:
+        if isinstance(t, ir.ExternalTensor) and str(t.location).startswith(SPLAT):
+            entry = splats[int(str(t.location)[len(SPLAT):])]
+            dtype = ir.DataType(entry["dtype"])
+            element = np.frombuffer(bytes.fromhex(entry["value"]), dtype=dtype.numpy())[0]
+            value.const_value = SplatTensor(element, tuple(entry["shape"]), dtype, name=t.name)
+        elif isinstance(t, ir.ExternalTensor) and t.location == SELF:
             value.const_value = ir.ExternalTensor(
                 abspath, offset=blob_offset + t.offset, length=t.length,
                 dtype=t.dtype, shape=t.shape, name=t.name,

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import onnx_ir as ir
 
 from trtc import __version__
 from trtc.errors import TrtcError
+from trtc.fileio import write_atomic
 from trtc.lower.backend import Backend
 from trtc.lower.network import dims_of, lower
 from trtc.lower.profiles import resolve_profiles
@@ -50,20 +50,6 @@ def cache_key(content_hash: str, options: BuildOptions, backend: Backend) -> str
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("TRTC_CACHE_DIR", Path.home() / ".cache" / "trtc" / "engines"))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _progress_monitor(trt, report: Callable[[str], None]):

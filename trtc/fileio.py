@@ -1,0 +1,45 @@
+"""Atomic file writes: a temporary file in the target's folder, fsync, then rename. A crash
+leaves either the old file or none, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from trtc.errors import TrtcError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Yield a binary file; on success it replaces `path`, on any error it disappears."""
+    path = Path(path)
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise TrtcError("output folder does not exist", where=str(path), hint="create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make artifacts private to their writer
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_writer(path) as out:
+        out.write(data)
