@@ -16,7 +16,7 @@ import numpy as np
 
 from trtc.errors import CheckFailed, TrtcError
 from trtc.loading import open_model
-from trtc.runtime.io import TensorSpec, model_inputs
+from trtc.runtime.io import TensorSpec, model_inputs, sidecar_inputs
 from trtc.runtime.reference import ReferenceRunner
 from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar
 
@@ -64,18 +64,8 @@ def _engine_executable(path: Path) -> Executable:
     if reason is not None:
         raise TrtcError(f"cannot run a TensorRT engine here: {reason}", where=str(path),
                         hint="compare the .trtir it was built from instead (CPU reference / simulation)")
-    backend = load_backend(sidecar["backend"])
-    runner = EngineRunner(path, sidecar, backend)
-    specs = [TensorSpec(t["name"], np.dtype(_np_dtype(t["dtype"])), tuple(d if d >= 0 else None for d in t["shape"]))
-             for t in sidecar["inputs"]]
-    return Executable(path, specs, runner.run, f"{sidecar['backend']} engine", runner.close)
-
-
-def _np_dtype(name: str):
-    import ml_dtypes
-
-    return {"float": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "double": np.float64,
-            "bool": np.bool_}.get(name, name)
+    runner = EngineRunner(path, sidecar, load_backend(sidecar["backend"]))
+    return Executable(path, sidecar_inputs(sidecar), runner.run, f"{sidecar['backend']} engine", runner.close)
 
 
 def parse_tolerances(values: Sequence[str], default: float, option: str) -> tuple[float, dict[str, float]]:

@@ -203,7 +203,6 @@ def test_grouped_query_repeat_is_absorbed():
     ({"extra_output": "qk"}, "score qk has other users"),
     ({"extra_output": "scaled", "mask": "add"}, "score scaled has other users"),
     ({"mask": "add", "mask_shape": (B, 1, S, 1)}, "an additive mask is not of the scores' type or does not cover"),
-    ({"mask": "add", "mask_shape": (B, 1, 1, S)}, "an additive mask is not of the scores' type or does not cover"),
     ({"mask": "add-before-scale"}, "Add mask masks the scores before they are scaled"),
     ({"mask": "bool-min"}, "Where does not mask with -inf"),
     ({"mask": "twice"}, "score scaled has other users"),
@@ -215,6 +214,14 @@ def test_near_misses_do_not_fire(knobs, reason):
     before = ops(model)
     assert check_pass(model, "fuse-attention", feeds_for(model), **TOL) == {}
     assert ops(model) == before
+
+
+def test_query_broadcast_padding_mask_is_expanded():
+    """BERT's exported padding mask [B, 1, 1, S] on square scores: fused, expanded over the queries."""
+    model = sdpa_model(mask="add", mask_shape=(B, 1, 1, S))
+    counts = check_pass(model, "fuse-attention", feeds_for(model), **TOL)
+    assert counts and "Softmax" not in ops(model)
+    assert "Attention" in ops(model) and "Expand" in ops(model)
 
 
 def mha_model(*, kv_heads: int = H, merge_rank: int = 3, key_layout: str = "0231", merge_from_shape: bool = False,

@@ -33,13 +33,11 @@ from trtc.passes.pipeline import optimize as run_optimize
 from trtc.passes.pipeline import optimized_meta, select_passes
 from trtc.precision.api import precision_summary_text, precision_table, run_precision
 from trtc.runtime import (
-    ReferenceRunner,
     make_feeds,
     model_inputs,
-    summarize,
-    time_runs,
     validate_feeds,
 )
+from trtc.runtime.api import run_engine_file, run_reference_file
 from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar, sidecar_text
 
 
@@ -74,38 +72,40 @@ def parse(model: Path, output: Path, as_json: bool) -> None:
 @click.option("--output", "output", type=click.Path(path_type=Path), help="Write outputs to an .npz.")
 @click.option("--warmup", type=click.IntRange(min=0), default=0, help="Untimed runs first.")
 @click.option("--iterations", type=click.IntRange(min=0), default=0, help="Timed runs (latency).")
+@click.option("--duration", type=click.FloatRange(min=0), help="Engines: time runs for at least this many seconds.")
+@click.option("--cuda-graph", is_flag=True, help="Engines: capture the inference in a CUDA graph and replay it.")
+@click.option("--include-transfers", is_flag=True, help="Engines: time host<->device copies too.")
+@click.option("--runtime-cache", type=click.Path(path_type=Path),
+              help="TensorRT-RTX: file of JIT-compiled kernels reused across runs.")
 @json_option
-def run(artifact: Path, inputs, seed, ranges, shapes, output, warmup, iterations, as_json) -> None:
-    """Run an .onnx or .trtir model on the CPU reference (onnxruntime, then onnx.reference)."""
-    if artifact.suffix == ".plan":
-        raise TrtcError("running TensorRT engines is not available yet", where=str(artifact),
-                        hint="run the CPU reference on the .trtir instead")
-    loaded = open_model(artifact)
-    specs = model_inputs(loaded.model)
-    feeds = make_feeds(specs, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
-    validate_feeds(specs, feeds, where=str(artifact))
-    runner = ReferenceRunner(loaded.model)
-    try:
-        outputs = runner.run(feeds)
-        timing = time_runs(runner.run, feeds, warmup, iterations) if iterations else None
-    finally:
-        runner.close()
+def run(artifact: Path, inputs, seed, ranges, shapes, output, warmup, iterations, duration, cuda_graph,
+        include_transfers, runtime_cache, as_json) -> None:
+    """Run a .plan on the GPU, or an .onnx/.trtir on the CPU reference (onnxruntime, then onnx.reference)."""
+    if artifact.suffix in PLAN_SUFFIXES:
+        report = run_engine_file(artifact, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes, warmup=warmup,
+                                 iterations=iterations, duration=duration, cuda_graph=cuda_graph,
+                                 include_transfers=include_transfers, runtime_cache=runtime_cache)
+    else:
+        if runtime_cache or cuda_graph or duration or include_transfers:
+            raise TrtcError("--runtime-cache/--cuda-graph/--duration/--include-transfers apply to engines (.plan)",
+                            where=str(artifact))
+        report = run_reference_file(artifact, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes, warmup=warmup,
+                                    iterations=iterations)
+    outputs = report.pop("_arrays")
     if output:
         np.savez(output, **{k: v for k, v in outputs.items() if isinstance(v, np.ndarray)})
-    report = {"artifact": str(artifact), "backend": runner.backend,
-              "fallback_reason": runner.fallback_reason,
-              "inputs": {k: summarize(v) for k, v in feeds.items()},
-              "outputs": {k: summarize(v) for k, v in outputs.items()}, "latency": timing}
     if as_json:
         echo_json(report)
         return
-    click.echo(f"backend: {runner.backend}" + (f" ({runner.fallback_reason})" if runner.fallback_reason else ""))
+    click.echo(f"backend: {report['backend']}" + (f" ({report['fallback_reason']})"
+                                                   if report.get("fallback_reason") else ""))
     for name, info in report["outputs"].items():
         click.echo(f"{name}: {_summary_text(info)}")
+    timing = report["latency"]
     if timing:
-        click.echo(f"latency over {iterations} runs: median {timing['median_ms']:.3f} ms, "
-                   f"p90 {timing['p90_ms']:.3f} ms, p99 {timing['p99_ms']:.3f} ms, "
-                   f"throughput {timing['throughput_per_s']:.1f}/s")
+        click.echo(f"latency over {timing['iterations']} runs: min {timing['min_ms']:.3f} ms, median "
+                   f"{timing['median_ms']:.3f} ms, p90 {timing['p90_ms']:.3f} ms, p95 {timing['p95_ms']:.3f} ms, "
+                   f"p99 {timing['p99_ms']:.3f} ms, throughput {timing['throughput_per_s']:.1f}/s")
     if output:
         click.echo(f"wrote {output}")
 
@@ -264,7 +264,7 @@ def _report_table(report) -> str:
 def build(artifact: Path, output, no_cache, cache_dir, dry_run, inputs, seed, ranges, as_json, **rest) -> None:
     """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly)."""
     options, precision = split_build_options(rest)
-    shapes = rest["shapes"]
+    shapes = rest["profile_shapes"]
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
     loaded = open_model(artifact)
@@ -353,8 +353,9 @@ def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json)
 @json_option
 def compile_cmd(model: Path, outdir: Path, inputs, seed, ranges, shapes, as_json, **rest) -> None:
     """parse -> optimize -> build -> compare in one go; unchanged stages are reused."""
-    options, precision = split_build_options({**rest, "shapes": shapes})
-    calib_shapes = _calib_shapes(shapes)
+    options, precision = split_build_options(rest)
+    # Calibration and comparison data: --shape if given, else each dynamic input at its OPT shape.
+    calib_shapes = list(shapes) or _calib_shapes(rest["profile_shapes"])
     progress = None if as_json else _progress_line()
     report = compile_model(model, outdir, build_options=options, precision=precision,
                            calib={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": calib_shapes},

@@ -68,7 +68,7 @@ def build_options(fn):
         click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
                      show_default=True, help="auto: full TensorRT if importable, else TensorRT-RTX."),
         click.option("--target", metavar="sm86,sm89,...", help="TensorRT-RTX compute capabilities to build for."),
-        click.option("--shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
+        click.option("--shapes", "profile_shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
                      help="Range of a dynamic input, dims as 1x128 (repeatable); forms the first profile."),
         click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
                      help="A further optimization profile (repeatable)."),
@@ -91,5 +91,5 @@ def split_build_options(kwargs: dict[str, Any]):
     options = BuildOptions(backend=kwargs["backend"], targets=parse_targets(kwargs["target"]),
                            workspace_mb=kwargs["workspace"], opt_level=kwargs["opt_level"],
                            timing_cache=kwargs["timing_cache"], strip_weights=kwargs["strip_weights"],
-                           profiles=parse_profiles(kwargs["shapes"], kwargs["profile_groups"]))
+                           profiles=parse_profiles(kwargs["profile_shapes"], kwargs["profile_groups"]))
     return options, {k: kwargs[k] for k in PRECISION_KEYS}

@@ -54,8 +54,9 @@ def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
             raise TrtcError(f"input {value.name!r} has an unknown shape", where=where,
                             hint="re-export the model with input shapes")
         ctx.tensors[value] = network.add_input(value.name, trt_dtype(trt, value.dtype), dims_of(value))
-    for node in model.graph:
-        _lower_node(ctx, node, find_converter(node, opset), where)
+    names: set[str] = set()
+    for index, node in enumerate(model.graph):
+        _lower_node(ctx, node, find_converter(node, opset), where, _unique_name(node, index, names))
     for value in model.graph.outputs:
         tensor = ctx.tensor(value)
         if tensor.is_network_input or tensor.is_network_output:
@@ -67,7 +68,14 @@ def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
     return Lowered(builder, network, ctx, logger)
 
 
-def _lower_node(ctx: LowerCtx, node: ir.Node, conv, where: str) -> None:
+def _unique_name(node: ir.Node, index: int, seen: set[str]) -> str:
+    """The node's name, or op#index for unnamed (or repeated) ones: TensorRT needs unique layer names."""
+    name = node.name if node.name and node.name not in seen else f"{node.name or node.op_type}#{index}"
+    seen.add(name)
+    return name
+
+
+def _lower_node(ctx: LowerCtx, node: ir.Node, conv, where: str, name: str) -> None:
     ctx.node = node
     first = ctx.network.num_layers
     try:
@@ -81,7 +89,7 @@ def _lower_node(ctx: LowerCtx, node: ir.Node, conv, where: str) -> None:
     added = ctx.network.num_layers - first
     for k in range(added):
         layer = ctx.network.get_layer(first + k)
-        layer.name = node.name if added == 1 else f"{node.name}/{k}"
+        layer.name = name if added == 1 else f"{name}/{k}"
         layer.metadata = f"onnx:{node.op_type}:{node.name}"
     for value, tensor in zip(node.outputs, outputs, strict=False):
         if tensor is not None and value.name:

@@ -120,6 +120,29 @@ def mask_fits(mask: ir.Value, score_dims: Dims) -> bool:
         m == 1 or same_dim(m, s) for m, s in zip(mask_dims[:-2], aligned[:-2]))
 
 
+def broadcasts_over_queries(mask: ir.Value, score_dims: Dims) -> bool:
+    """A [.., 1, Skv] padding mask (BERT's `attention_mask` as exported) on square self-attention
+    scores: Attention needs it expanded over the query axis (see `expand_over_queries`)."""
+    mask_dims = dims(mask)
+    return (mask_dims is not None and len(mask_dims) == 4 and mask_dims[-2] == 1
+            and same_dim(score_dims[-2], score_dims[-1]) and same_dim(mask_dims[-1], score_dims[-1])
+            and all(m == 1 or same_dim(m, s) for m, s in zip(mask_dims[:2], score_dims[:2])))
+
+
+def expand_over_queries(mask: ir.Value, name: str) -> tuple[list[ir.Node], ir.Value]:
+    """Expand(mask[b, h, 1, S], [1, 1, S, 1]) -> [b, h, S, S]: S read off the mask itself, which
+    is valid because the scores are square (self-attention: q length == kv length)."""
+    length = ir.node("Shape", [mask], {"start": 3}, name=f"{name}_mask_len")
+    ones = ir.Value(name=f"{name}_mask_ones", const_value=ir.tensor(np.array([1, 1], np.int64)))
+    one = ir.Value(name=f"{name}_mask_one", const_value=ir.tensor(np.array([1], np.int64)))
+    target = ir.node("Concat", [ones, length.outputs[0], one], {"axis": 0}, name=f"{name}_mask_shape")
+    expand = ir.node("Expand", [mask, target.outputs[0]], name=f"{name}_mask_expand")
+    out = expand.outputs[0]
+    out.type = mask.type
+    out.shape = ir.Shape([*mask.shape.dims[:2], mask.shape[3], mask.shape[3]])
+    return [length, target, expand], out
+
+
 # ---- causal masks ------------------------------------------------------------------------------------
 
 def peel_leading_broadcast(value: ir.Value) -> ir.Value:
@@ -334,7 +357,8 @@ def match_attention(softmax: ir.Node) -> AttentionMatch | str:
     if not (heads_ok and same_dim(q_dims[0], k_dims[0]) and same_dim(q_dims[0], v_dims[0])
             and same_dim(k_dims[1], v_dims[1]) and same_dim(q_dims[3], k_dims[3]) and same_dim(k_dims[2], v_dims[2])):
         return "Q, K and V do not agree on batch, heads and dims without broadcasting"
-    if any(m.dtype != dtype or not mask_fits(m, score_dims) for m in scores.masks):
+    if any(m.dtype != dtype or not (mask_fits(m, score_dims) or broadcasts_over_queries(m, score_dims))
+           for m in scores.masks):
         return "an additive mask is not of the scores' type or does not cover [q, kv] exactly"
     square = same_dim(score_dims[2], score_dims[3])
     masks = [m for m in scores.masks if not is_zero_bias(m)]  # a zero bias adds nothing
@@ -376,6 +400,11 @@ def fuse(graph: ir.Graph, match: AttentionMatch, name: str) -> None:
         k.shape = ir.Shape([match.k.shape[i] for i in match.k_perm])
     attn_mask = match.condition
     for mask in match.masks:  # one attn_mask: the sum of the additive ones
+        if mask.shape is not None and len(mask.shape) == 4 and mask.shape[2] == 1 and mask.shape[3] != 1:
+            expand_nodes, mask = expand_over_queries(mask, name)
+            for value in expand_nodes[1].inputs[::2]:
+                graph.register_initializer(value)
+            new_nodes += expand_nodes
         if attn_mask is None:
             attn_mask = mask
             continue

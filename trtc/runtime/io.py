@@ -7,6 +7,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -68,6 +69,14 @@ def value_spec(value: ir.Value) -> TensorSpec:
 
 def model_inputs(model: ir.Model) -> list[TensorSpec]:
     return [value_spec(v) for v in model.graph.inputs if not v.is_initializer()]
+
+
+def sidecar_inputs(sidecar: Mapping[str, Any]) -> list[TensorSpec]:
+    """An engine's inputs as its sidecar records them (-1 dims are dynamic)."""
+    from trtc.runtime.engine import sidecar_specs
+
+    return [TensorSpec(s.name, s.dtype, tuple(d if d >= 0 else None for d in s.shape))
+            for s in sidecar_specs(sidecar["inputs"])]
 
 
 def model_outputs(model: ir.Model) -> list[TensorSpec]:

@@ -1,0 +1,76 @@
+"""A small image classifier compiled with trtc: the simplest end-to-end example.
+
+The model is the CNN of make_cnn.py (two Conv-BatchNorm-Relu-MaxPool blocks, GlobalAveragePool, a
+Gemm head; seeded random weights) with a dynamic batch. `trtc compile` folds each BatchNormalization
+into its Conv's weights, types the graph for fp16 and builds an engine for batch 1..8; the report
+says how far the engine's outputs are predicted to be from the fp32 model's.
+
+    python examples/cnn.py [--out examples/out/cnn] [--fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import onnx
+
+from make_cnn import make_cnn  # examples/ is on sys.path when this file runs as a script
+
+# The dynamic-shape profile for `image`: (MIN, OPT, MAX) shapes. Only the batch dim is dynamic;
+# the engine accepts any batch from 1 to 8 and is tuned for 4.
+PROFILE = ((1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))
+
+
+def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
+    """`trtc compile` through the library: the same stages and report as the command line.
+
+    The command-line equivalent is
+        trtc compile cnn.onnx -o OUT --fp16 --shapes image:1x3x32x32,4x3x32x32,8x3x32x32
+    """
+    from trtc.compile import compile_model
+    from trtc.lower.build import BuildOptions
+
+    build = BuildOptions(profiles=[{"image": PROFILE}])  # one optimization profile
+    # The precision options with the CLI's defaults (`trtc compile --help`): fp16 everywhere except the
+    # nodes the precision pass keeps in fp32 (large values, long reductions), each with a reason.
+    precision = {"fp16": fp16, "bf16": False, "calib": (), "calib_samples": 4, "keep_fp32": (), "keep_fp32_op": (),
+                 "force_fp16": (), "cast_io": False, "data_max": 512.0, "max_reduction": 1024, "tolerance": None}
+    # Calibration (seed 0) and the predicted-error check (another seed) use random images at the OPT shape.
+    feeds = {"inputs": (), "ranges": (), "shapes": ["image=" + "x".join(map(str, PROFILE[1]))]}
+    return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
+                         feeds_kwargs={**feeds, "seed": 1000}, progress=None)
+
+
+def print_summary(report: dict) -> None:
+    """The headline numbers of report.json (report.md has them all)."""
+    for stage, s in report["stages"].items():
+        print(f"  {stage:9} {s['seconds']:7.2f}s{'  (reused)' if s['reused'] else ''}")
+    print(f"  nodes {report['nodes']['parsed']} -> {report['nodes']['optimized']}")
+    for name, counts in report["fusions"].items():  # what each pass rewrote, e.g. fuse-gelu: gelu-erf 2
+        print(f"    {name}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
+    if report["precision"]:
+        print(f"  {report['precision']['target']}: {report['precision']['flop_share']:.1%} of FLOPs")
+    for name, m in report["predicted"]["outputs"].items():
+        print(f"  predicted {name}: max error / range {m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")
+    engine = report["engine"]
+    print(f"  engine: {engine['backend']} {engine['backend_version']}, {engine['network_layers']} layers, "
+          f"{engine['plan_bytes'] / 2**20:.1f} MiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "cnn")
+    ap.add_argument("--fp32", action="store_true", help="Build in fp32 (skip the fp16 typing).")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_path = args.out / "cnn.onnx"
+    onnx.save(make_cnn(seed=0), model_path)  # input image [batch, 3, 32, 32] -> logits [batch, 10]
+    print(f"wrote {model_path}; compiling...")
+    report = compile_example(model_path, args.out, fp16=not args.fp32)
+    print_summary(report)
+    print(f"wrote {args.out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
