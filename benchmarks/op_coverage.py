@@ -12,8 +12,9 @@ import sys
 
 import onnx
 
-from build_node_suite import onnx_tensorrt_ops
 from trtc.lower.registry import load_converters
+
+from build_node_suite import onnx_tensorrt_ops
 
 
 def covered_ops() -> set[str]:
