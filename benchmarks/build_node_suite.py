@@ -37,9 +37,9 @@ def case_op(case: Path) -> str:
     return ops[0] if len(ops) == 1 else "+".join(sorted(set(ops)))
 
 
-def input_shapes(case: Path) -> dict[str, tuple[int, ...]]:
+def input_arrays(case: Path) -> dict:
     model = onnx.load(str(case / "model.onnx"), load_external_data=False)
-    shapes = {}
+    arrays = {}
     inits = {i.name for i in model.graph.initializer}
     for i, vi in enumerate(v for v in model.graph.input):
         f = case / "test_data_set_0" / f"input_{i}.pb"
@@ -47,8 +47,8 @@ def input_shapes(case: Path) -> dict[str, tuple[int, ...]]:
             continue
         t = onnx.TensorProto()
         t.ParseFromString(f.read_bytes())
-        shapes[vi.name] = tuple(numpy_helper.to_array(t).shape)
-    return shapes
+        arrays[vi.name] = numpy_helper.to_array(t)
+    return arrays
 
 
 def build_case(case: Path) -> tuple[str, str]:
@@ -61,14 +61,17 @@ def build_case(case: Path) -> tuple[str, str]:
     try:
         artifact = parse_onnx(case / "model.onnx")
         model = artifact.model
-        shapes = input_shapes(case)
+        arrays = input_arrays(case)
         profile = {}
         for value in model.graph.inputs:
             if value.shape is not None and any(not isinstance(d, int) for d in value.shape.dims):
-                dims = shapes[value.name]
+                dims = tuple(arrays[value.name].shape)
                 profile[value.name] = (dims, dims, dims)
+        # Integer inputs TensorRT may take as shape tensors get the test data's values as their range.
+        shape_inputs = {name: (tuple(a.ravel().tolist()),) * 3 for name, a in arrays.items()
+                        if a.dtype.kind in "iu" and a.ndim <= 1}
         build_engine(model, artifact.meta, load_backend("tensorrt-rtx"),
-                     BuildOptions(profiles=[profile] if profile else []))
+                     BuildOptions(profiles=[profile] if profile else [], shape_inputs=shape_inputs))
         return "pass", ""
     except TrtcError as exc:
         return "fail", exc.one_line()[:300]

@@ -72,6 +72,8 @@ def build_options(fn):
                      help="Range of a dynamic input, dims as 1x128 (repeatable); forms the first profile."),
         click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
                      help="A further optimization profile (repeatable)."),
+        click.option("--shape-input", "shape_input_specs", multiple=True, metavar="NAME:MIN,OPT,MAX",
+                     help="Value range of an int input that sets output shapes (values as 1x2x3)."),
         click.option("--workspace", type=click.IntRange(min=1), metavar="MB", help="Workspace memory limit."),
         click.option("--opt-level", type=click.IntRange(0, 5), help="Builder optimization level."),
         click.option("--timing-cache", type=click.Path(), help="Timing cache file (full TensorRT only)."),
@@ -86,10 +88,11 @@ def split_build_options(kwargs: dict[str, Any]):
     """(BuildOptions, precision options) from a command's keyword arguments."""
     from trtc.lower.backend import parse_targets
     from trtc.lower.build import BuildOptions
-    from trtc.lower.profiles import parse_profiles
+    from trtc.lower.profiles import parse_profiles, parse_shape_spec
 
     options = BuildOptions(backend=kwargs["backend"], targets=parse_targets(kwargs["target"]),
                            workspace_mb=kwargs["workspace"], opt_level=kwargs["opt_level"],
                            timing_cache=kwargs["timing_cache"], strip_weights=kwargs["strip_weights"],
-                           profiles=parse_profiles(kwargs["profile_shapes"], kwargs["profile_groups"]))
+                           profiles=parse_profiles(kwargs["profile_shapes"], kwargs["profile_groups"]),
+                           shape_inputs=dict(parse_shape_spec(s, "--shape-input") for s in kwargs["shape_input_specs"]))
     return options, {k: kwargs[k] for k in PRECISION_KEYS}

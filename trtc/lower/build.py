@@ -34,11 +34,15 @@ class BuildOptions:
     strip_weights: bool = False
     profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = dataclasses.field(
         default_factory=list)
+    # Values (not shapes) of int inputs TensorRT treats as shape tensors: name -> (min, opt, max).
+    shape_inputs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = dataclasses.field(
+        default_factory=dict)
 
     def key_fields(self) -> dict[str, Any]:
         """The options that change the engine (the timing cache only changes build time)."""
         return {"targets": list(self.targets), "workspace_mb": self.workspace_mb, "opt_level": self.opt_level,
                 "strip_weights": self.strip_weights,
+                "shape_inputs": {k: [list(d) for d in v] for k, v in sorted(self.shape_inputs.items())},
                 "profiles": [{k: [list(d) for d in v] for k, v in sorted(p.items())} for p in self.profiles]}
 
 
@@ -107,10 +111,19 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
                             hint="drop --timing-cache; `trtc run --runtime-cache PATH` keeps RTX's JIT kernels")
         timing_cache = _load_timing_cache(config, options.timing_cache)
     targets = backend.set_targets(config, options.targets)
-    for profile in profiles:
+    shape_tensors = [lowered.network.get_input(i).name for i in range(lowered.network.num_inputs)
+                     if lowered.network.get_input(i).is_shape_tensor]
+    missing = [n for n in shape_tensors if n not in options.shape_inputs]
+    if missing:
+        raise TrtcError(f"input(s) {', '.join(map(repr, missing))} set output shapes (TensorRT shape tensors) and "
+                        "need value ranges", where=where,
+                        hint=f"give them with --shape-input {missing[0]}:MIN,OPT,MAX (values as 1x2x3)")
+    for profile in profiles or ([{}] if shape_tensors else []):
         trt_profile = lowered.builder.create_optimization_profile()
         for name, (lo, opt, hi) in profile.items():
             trt_profile.set_shape(name, lo, opt, hi)
+        for name in shape_tensors:
+            trt_profile.set_shape_input(name, *options.shape_inputs[name])
         config.add_optimization_profile(trt_profile)
     if progress is not None:
         config.progress_monitor = _progress_monitor(trt, progress)

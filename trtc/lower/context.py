@@ -80,10 +80,11 @@ class LowerCtx:
             array = array.astype(np.float32)
         # Memory-mapped weights carry an explicit little-endian dtype ('<f4'), which TensorRT's
         # bindings do not take; native order is the same bytes on every platform TensorRT runs on.
+        shape = array.shape  # ascontiguousarray makes 0-d arrays 1-d: keep the rank
         array = np.ascontiguousarray(array)
         array = array.view(np.dtype(array.dtype.type))  # same bytes, the canonical dtype object
         self._keepalive.append(array)
-        layer = self.check(self.network.add_constant(array.shape, self._weights(array)))
+        layer = self.check(self.network.add_constant(shape, self._weights(array)))
         if name:
             layer.get_output(0).name = name
         return layer.get_output(0)

@@ -1,0 +1,149 @@
+"""Indexing: Gather, GatherElements, GatherND, ScatterElements (and the opset-9 Scatter),
+ScatterND -> IGatherLayer / IScatterLayer, with ONNX's negative indices wrapped; NonZero and
+Compress -> INonZeroLayer (+ gather)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trtc.errors import TrtcError
+from trtc.lower.ops._shape_math import ShapeMath, constant, tensor_of, wrap_negative
+from trtc.lower.ops.slice import slice_axes
+from trtc.lower.registry import Constraint, attribute_in, converter, known_rank, tensor_types
+
+
+def _indices(ctx, node, index: int, dims):
+    """The indices input with negatives wrapped by `dims` (a shape value broadcastable to it).
+
+    Constant indices with static dims are wrapped while building; constant indices without a
+    negative need no wrapping at all; everything else is wrapped at run time."""
+    data = ctx.const(node.inputs[index])
+    if data is not None:
+        if not (data < 0).any():
+            return tensor_of(ctx, node.inputs[index])
+        if ShapeMath.is_static(dims):
+            return constant(ctx, np.where(data < 0, data + dims.astype(data.dtype), data))
+    return wrap_negative(ctx, tensor_of(ctx, node.inputs[index]), dims)
+
+
+@converter("Gather", constraints=[tensor_types(), known_rank(0)])
+def lower_gather(ctx, node):
+    """Gather(data, indices, axis) -> IGatherLayer (DEFAULT mode); negative indices + dim(axis)."""
+    data = ctx.tensor(node.inputs[0])
+    axis = ctx.axis(node.attributes.get_int("axis", 0), ctx.rank(data))
+    dim = ShapeMath(ctx).dims(data, [axis])
+    indices = _indices(ctx, node, 1, dim.reshape(()) if ShapeMath.is_static(dim) else ctx.reshape(dim, []))
+    return [ctx.check(ctx.network.add_gather(data, indices, axis)).get_output(0)]
+
+
+@converter("GatherElements", constraints=[tensor_types(), known_rank(0)])
+def lower_gather_elements(ctx, node):
+    """GatherElements(data, indices, axis) -> IGatherLayer in ELEMENT mode."""
+    data = ctx.tensor(node.inputs[0])
+    axis = ctx.axis(node.attributes.get_int("axis", 0), ctx.rank(data))
+    indices = _indices(ctx, node, 1, _axis_dim(ctx, data, axis))
+    layer = ctx.check(ctx.network.add_gather_v2(data, indices, ctx.trt.GatherMode.ELEMENT))
+    layer.axis = axis
+    return [layer.get_output(0)]
+
+
+def _axis_dim(ctx, data, axis: int):
+    """dim(axis) of `data` shaped to broadcast against an index tensor of the same rank."""
+    dim = ShapeMath(ctx).dims(data, [axis])
+    rank = ctx.rank(data)
+    if ShapeMath.is_static(dim):
+        return dim.reshape((1,) * rank)
+    return ctx.reshape(dim, [1] * rank)
+
+
+def _index_depth_known(node) -> str | None:
+    indices = node.inputs[1]
+    if indices.shape is None or not isinstance(indices.shape.dims[-1], int):
+        return f"the last dim of the indices ({indices.name!r}) must be static"
+    return None
+
+
+INDEX_DEPTH = Constraint("static index depth (last dim of the indices)", _index_depth_known)
+
+
+def _nd_dims(ctx, data, batch_dims: int, depth: int):
+    """The dims an ND index tuple addresses: data dims [batch_dims, batch_dims + depth)."""
+    return ShapeMath(ctx).dims(data, list(range(batch_dims, batch_dims + depth)))
+
+
+@converter("GatherND", since=12, constraints=[tensor_types(), known_rank(0), known_rank(1), INDEX_DEPTH])
+def lower_gather_nd(ctx, node):
+    """GatherND(data, indices, batch_dims) -> IGatherLayer in ND mode (batch dims elementwise)."""
+    data = ctx.tensor(node.inputs[0])
+    batch_dims = node.attributes.get_int("batch_dims", 0)
+    depth = node.inputs[1].shape.dims[-1]
+    indices = _indices(ctx, node, 1, _nd_dims(ctx, data, batch_dims, depth))
+    layer = ctx.check(ctx.network.add_gather_v2(data, indices, ctx.trt.GatherMode.ND))
+    layer.num_elementwise_dims = batch_dims
+    return [layer.get_output(0)]
+
+
+NO_REDUCTION = attribute_in("reduction", ("none",), "none")  # IScatterLayer only overwrites
+
+
+@converter(["ScatterElements", "Scatter"], constraints=[tensor_types(), known_rank(0), NO_REDUCTION])
+def lower_scatter_elements(ctx, node):
+    """ScatterElements / Scatter(data, indices, updates, axis) -> IScatterLayer in ELEMENT mode."""
+    data = ctx.tensor(node.inputs[0])
+    axis = ctx.axis(node.attributes.get_int("axis", 0), ctx.rank(data))
+    indices = _indices(ctx, node, 1, _axis_dim(ctx, data, axis))
+    layer = ctx.check(ctx.network.add_scatter(data, indices, ctx.tensor(node.inputs[2]),
+                                              ctx.trt.ScatterMode.ELEMENT))
+    layer.axis = axis
+    return [layer.get_output(0)]
+
+
+@converter("ScatterND", constraints=[tensor_types(), known_rank(0), known_rank(1), INDEX_DEPTH, NO_REDUCTION])
+def lower_scatter_nd(ctx, node):
+    """ScatterND(data, indices, updates) -> IScatterLayer in ND mode."""
+    data = ctx.tensor(node.inputs[0])
+    depth = node.inputs[1].shape.dims[-1]
+    indices = _indices(ctx, node, 1, _nd_dims(ctx, data, 0, depth))
+    layer = ctx.check(ctx.network.add_scatter(data, indices, ctx.tensor(node.inputs[2]), ctx.trt.ScatterMode.ND))
+    return [layer.get_output(0)]
+
+
+def non_zero(ctx, x):
+    """INonZeroLayer (int64 indices); TensorRT-RTX has no kernel for it, so say so before building."""
+    if ctx.backend.is_rtx:
+        raise TrtcError("TensorRT-RTX has no NonZero implementation (its data-dependent output size needs "
+                        "full TensorRT; NVIDIA/TensorRT-RTX issue 32)")
+    layer = ctx.check(ctx.network.add_non_zero(x))
+    layer.indices_type = ctx.trt.int64
+    return layer.get_output(0)
+
+
+@converter("NonZero", since=9, constraints=[tensor_types(), known_rank(0)])
+def lower_non_zero(ctx, node):
+    """NonZero(x) -> INonZeroLayer: int64 indices, [rank, count] (a scalar as a 1-element vector
+    whose one index row is then dropped)."""
+    x = ctx.tensor(node.inputs[0])
+    if ctx.rank(x) == 0:
+        return [ctx.reshape(non_zero(ctx, ctx.reshape(x, [1])), [0, -1], zero_is_placeholder=False)]
+    return [non_zero(ctx, x)]
+
+
+@converter("Compress", since=9, constraints=[tensor_types(), known_rank(0)])
+def lower_compress(ctx, node):
+    """Compress(x, condition, axis): gather along axis (x flattened without axis) at the
+    positions where condition is true; constant conditions give constant positions."""
+    x = ctx.tensor(node.inputs[0])
+    axis_attr = node.attributes.get("axis")
+    if axis_attr is None:
+        x, axis = ctx.reshape(x, [-1]), 0
+    else:
+        axis = ctx.axis(axis_attr.value, ctx.rank(x))
+    condition = ctx.const(node.inputs[1])
+    if condition is not None:
+        positions = np.flatnonzero(condition.reshape(-1)).astype(np.int64)
+        if positions.size == 0:  # nothing kept: an empty slice (TensorRT has no empty constants)
+            return [slice_axes(ctx, x, [axis], np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.int64))]
+        positions = ctx.constant(positions)
+    else:
+        positions = ctx.reshape(non_zero(ctx, ctx.reshape(ctx.tensor(node.inputs[1]), [-1])), [-1])
+    return [ctx.check(ctx.network.add_gather(x, positions, axis)).get_output(0)]
