@@ -12,8 +12,11 @@ weights contribute their type and shape, never their bytes):
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import re
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -64,8 +67,21 @@ def _onnx_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         return _value_infos(proto)  # keep what the exporter recorded
 
 
+@functools.cache
+def _symbolic_shape_inference_class():
+    """onnxruntime's SymbolicShapeInference, loaded from its file: importing it through
+    `onnxruntime.tools` also imports torch when torch is installed (seconds, for nothing)."""
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("trtc_ort_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
+
+
 def _symbolic_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    SymbolicShapeInference = _symbolic_shape_inference_class()  # noqa: N806
 
     logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
     # The steps of SymbolicShapeInference.infer_shapes, without its ending: when inference is

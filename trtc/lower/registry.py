@@ -150,7 +150,7 @@ def tensor_types() -> Constraint:
 
     def check(node: ir.Node) -> str | None:
         for value in [*node.inputs, *node.outputs]:
-            if value is None:
+            if value is None or value.name == "":  # an absent optional input/output
                 continue
             if not isinstance(value.type, ir.TensorType):
                 return f"{value.name!r} is not a tensor (sequences/maps/optionals are not supported)"
