@@ -1,5 +1,6 @@
-"""The precision acceptance on every corpus model: predicted cosine >= 0.999 and max error
-<= 1e-2 of the output's range; fp16 FLOP share >= 90% (convolutional) / 80% (transformers).
+"""The precision acceptance on the corpus beyond what tests/lower/test_corpus_build.py checks
+(every model compiled with --fp16: predicted cosine >= 0.999, max error <= 1e-2 of the range,
+fp16 FLOP share >= 90% convolutional / 80% transformers): bf16, and the light models.
 
 The light_* zoo models carry synthetic weights (every element 0.02) that drive activations
 to 1e6..1e27, far beyond fp16's 65504: there every layer past the overflow point must stay
@@ -14,15 +15,7 @@ import pytest
 from corpus import LIGHT, REPO, corpus_params
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from precision_table import passes, precision_row  # noqa: E402
-
-
-@pytest.mark.parametrize("model", corpus_params())
-def test_fp16_plan_meets_the_goals(model):
-    row = precision_row(model, "fp16")
-    assert row["cosine"] >= 0.999 and row["max_rel_error"] <= 1e-2, row
-    if model.path.parent != LIGHT:
-        assert passes(row), row
+from precision_table import precision_row  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["light_vgg19", "light_resnet50"])

@@ -1,0 +1,97 @@
+"""Every corpus model builds with TensorRT-RTX (no GPU) in fp32 and, through `trtc compile`, in
+fp16 with dynamic-shape profiles over its symbolic dims; the compile report's predicted error
+stays within the precision goals. Where a GPU is present (tests marked `gpu`), the fp32
+engines also run and are compared with the CPU reference."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from corpus import LIGHT, assert_close_to_reference, corpus_params  # noqa: E402
+
+pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
+
+PRECISION = {"fp16": True, "bf16": False, "calib": (), "calib_samples": 1, "keep_fp32": (), "keep_fp32_op": (),
+             "force_fp16": (), "cast_io": False, "data_max": 512.0, "max_reduction": 1024, "tolerance": None}
+
+
+def profile_for(model, inputs: dict[str, np.ndarray]) -> dict:
+    """MIN/OPT/MAX per dynamic input: the reference shape as OPT, half and double it around."""
+    from trtc.frontend import parse_onnx
+
+    profile = {}
+    for value in parse_onnx(model.path).model.graph.inputs:
+        dims = value.shape.dims
+        if all(isinstance(d, int) for d in dims):
+            continue
+        opt = tuple(inputs[value.name].shape)
+        lo = tuple(o if isinstance(d, int) else max(1, o // 2) for d, o in zip(dims, opt))
+        hi = tuple(o if isinstance(d, int) else o * 2 for d, o in zip(dims, opt))
+        profile[value.name] = (lo, opt, hi)
+    return profile
+
+
+@pytest.mark.parametrize("model", corpus_params())
+def test_fp32_build(model, tmp_path):
+    from trtc.frontend import parse_onnx
+    from trtc.lower.backend import load_backend
+    from trtc.lower.build import BuildOptions, build_engine
+    from trtc.passes.pipeline import optimize
+
+    inputs, _ = model.reference()
+    artifact = parse_onnx(model.path)
+    optimize(artifact.model)
+    profile = profile_for(model, inputs)
+    result = build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
+                          BuildOptions(profiles=[profile] if profile else []))
+    assert len(result.plan) > 0 and result.sidecar["network_layers"] > 0
+    assert [p for p in result.sidecar["profiles"]] == ([{k: [list(d) for d in v] for k, v in profile.items()}]
+                                                       if profile else [])
+
+
+@pytest.mark.parametrize("model", corpus_params())
+def test_fp16_compile_with_profiles(model, tmp_path):
+    from trtc.compile import compile_model
+    from trtc.lower.build import BuildOptions
+
+    inputs, _ = model.reference()
+    np.savez(tmp_path / "calib.npz", **inputs)
+    profile = profile_for(model, inputs)
+    report = compile_model(model.path, tmp_path / "out", build_options=BuildOptions(profiles=[profile] if profile
+                                                                                    else []),
+                           precision=PRECISION, calib={"inputs": [str(tmp_path / "calib.npz")]},
+                           feeds_kwargs={"inputs": [str(tmp_path / "calib.npz")]}, cache=False)
+    assert report["engine"]["plan_bytes"] > 0 and report["precision"]["target"] == "fp16"
+    for name, metrics in report["predicted"]["outputs"].items():
+        assert metrics["cosine"] >= 0.999 and metrics["max_rel_error"] <= 1e-2, (name, metrics)
+    if model.path.parent != LIGHT:
+        floor = 0.8 if model.name.split("-")[0] in ("bert", "distilbert", "gpt2", "t5_encoder", "vit") else 0.9
+        assert report["precision"]["flop_share"] >= floor
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", corpus_params())
+def test_engine_matches_the_reference_on_gpu(model, tmp_path):
+    from trtc.runtime.engine import no_gpu_reason
+
+    reason = no_gpu_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")
+    from trtc.frontend import parse_onnx
+    from trtc.lower.backend import load_backend
+    from trtc.lower.build import BuildOptions, build_engine, write_plan
+    from trtc.runtime.engine import EngineRunner
+
+    inputs, expected = model.reference()
+    artifact = parse_onnx(model.path)
+    profile = profile_for(model, inputs)
+    backend = load_backend("auto")
+    result = build_engine(artifact.model, artifact.meta, backend, BuildOptions(profiles=[profile] if profile else []))
+    write_plan(result, tmp_path / "m.plan")
+    with EngineRunner(tmp_path / "m.plan", result.sidecar, backend) as runner:
+        assert_close_to_reference(runner.run(inputs), expected, f"{model.name} engine")
