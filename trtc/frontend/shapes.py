@@ -98,6 +98,17 @@ def _symbolic_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto
     return _value_infos(inference.out_mp_)
 
 
+def _incomplete(model: ir.Model, infos: dict[str, onnx.ValueInfoProto]) -> bool:
+    """Some node output has no type, no shape, or an unknown/invented dim after ONNX's inference."""
+    for node in model.graph:
+        for value in node.outputs:
+            info = infos.get(value.name)
+            shape = _dims_of(info) if info is not None else value.shape
+            if shape is None or any(_score(d) == 0 for d in shape.dims):
+                return True
+    return False
+
+
 def infer_shapes(model: ir.Model) -> list[str]:
     """Fill in the type and shape of every value that can be inferred.
 
@@ -105,7 +116,8 @@ def infer_shapes(model: ir.Model) -> list[str]:
     """
     proto = to_model_proto(model, embed_limit=SMALL_WEIGHT_BYTES)
     onnx_infos = _onnx_inference(proto)
-    symbolic_infos = _symbolic_inference(proto)
+    # The symbolic pass (and its sympy import, ~1 s) only when ONNX left something to derive.
+    symbolic_infos = _symbolic_inference(proto) if _incomplete(model, onnx_infos) else {}
     unknown = []
     for node in model.graph:
         for value in node.outputs:

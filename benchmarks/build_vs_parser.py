@@ -1,0 +1,142 @@
+"""trtc (parse + optimize + build through the network-definition API) against TensorRT-RTX's
+own ONNX parser + build, with the same profile and targets, in the same run, on every corpus
+model: success, wall time, network layer counts.
+
+    python benchmarks/build_vs_parser.py [--filter NAME] [--fp16] [--write-results]
+
+Each contender runs in a fresh process, timed around its work (imports excluded; trtc's
+imports of onnx/onnxruntime cost about 1 s more per process than tensorrt_rtx alone). With
+--fp16, trtc runs its precision pass; the parser gets the fp32 model (TensorRT-RTX has no
+fp16 flag: a parser build of an fp32 model is an fp32 engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from corpus import light_models, shared_models  # noqa: E402
+
+CHILD = r"""
+import json, sys, time
+import numpy as np
+tool, path, profile_json, fp16 = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+profile = {k: tuple(tuple(d) for d in v) for k, v in json.loads(profile_json).items()}
+if tool == "trtc":
+    from trtc.frontend import parse_onnx
+    from trtc.lower.backend import load_backend
+    from trtc.lower.build import BuildOptions, build_engine
+    from trtc.passes.pipeline import optimize
+    import tensorrt_rtx
+    start = time.perf_counter()
+    artifact = parse_onnx(path)
+    optimize(artifact.model)
+    if fp16:
+        from trtc.precision import PrecisionOptions, apply_precision
+        from trtc.runtime.io import make_feeds, model_inputs
+        shapes = [f"{k}={'x'.join(map(str, v[1]))}" for k, v in profile.items()]
+        feeds = make_feeds(model_inputs(artifact.model), shapes=shapes)
+        apply_precision(artifact.model, [feeds], PrecisionOptions())
+    result = build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
+                          BuildOptions(profiles=[profile] if profile else []))
+    layers = result.sidecar["network_layers"]
+else:
+    import tensorrt_rtx as trt
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(path):
+        raise SystemExit("parse failed: " + "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))[:300])
+    config = builder.create_builder_config()
+    if profile:
+        p = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile.items():
+            p.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(p)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise SystemExit("build failed")
+    layers = network.num_layers
+print(json.dumps({"seconds": time.perf_counter() - start, "layers": layers}))
+"""
+
+
+def profile_for(model) -> dict:
+    import onnx
+
+    inputs, _ = model.reference()
+    proto = onnx.load(str(model.path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    profile = {}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            continue
+        opt = list(inputs[vi.name].shape)
+        lo = [o if d.HasField("dim_value") else max(1, o // 2) for d, o in zip(dims, opt)]
+        hi = [o if d.HasField("dim_value") else o * 2 for d, o in zip(dims, opt)]
+        profile[vi.name] = [lo, opt, hi]
+    return profile
+
+
+def run(tool: str, model, profile: dict, fp16: bool) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, tool, str(model.path), json.dumps(profile), str(int(fp16))],
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"error": tail[:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--write-results", action="store_true")
+    args = ap.parse_args()
+    models = [m for m in shared_models() + light_models() if args.filter in m.name]
+    rows, totals = [], {"trtc": 0.0, "parser": 0.0}
+    for model in models:
+        profile = profile_for(model)
+        result = {tool: run(tool, model, profile, args.fp16) for tool in ("trtc", "parser")}
+        for tool, r in result.items():
+            totals[tool] += r.get("seconds", 0.0)
+        rows.append((model.name, result))
+        print(model.name, result, flush=True)
+    ok = {t: sum("seconds" in r[t] for _, r in rows) for t in totals}
+    wherever = all("seconds" in r["trtc"] for _, r in rows if "seconds" in r["parser"])
+    lines = [f"TensorRT-RTX, no GPU; trtc {'with --fp16' if args.fp16 else 'fp32'}; profiles: reference shape as "
+             "OPT, half/double it as MIN/MAX for each dynamic dim.", "",
+             "| model | trtc s | trtc layers | parser s | parser layers |", "|---|---|---|---|---|"]
+    for name, r in rows:
+        cells = []
+        for tool in ("trtc", "parser"):
+            cells += [f"{r[tool]['seconds']:.2f}", str(r[tool]["layers"])] if "seconds" in r[tool] else \
+                [f"failed: {r[tool]['error']}", "-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ratio = totals["trtc"] / totals["parser"] if totals["parser"] else float("nan")
+    lines += ["", f"Successes: trtc {ok['trtc']}/{len(rows)}, parser {ok['parser']}/{len(rows)}; trtc succeeds "
+              f"wherever the parser does: {'yes' if wherever else 'no'}. Total time: trtc {totals['trtc']:.1f}s, "
+              f"parser {totals['parser']:.1f}s, ratio {ratio:.2f}x (goal <= 1.2x)."]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_results:
+        from results import write_section
+
+        write_section(f"Build vs TensorRT-RTX's ONNX parser{' (fp16)' if args.fp16 else ''} "
+                      "(benchmarks/build_vs_parser.py)", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
