@@ -17,45 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from example_kit import Graph, layer_norm, linear, print_summary  # examples/ is on sys.path when run
 
 VOCAB, TYPE_VOCAB, MAX_POSITIONS = 1000, 2, 128
 HIDDEN, HEADS, INTERMEDIATE, LAYERS = 64, 4, 256, 2
 HEAD_DIM = HIDDEN // HEADS
+EPSILON = 1e-12
 # The dynamic-shape profile: (MIN, OPT, MAX) of [batch, sequence] for every input.
 PROFILE = ((1, 1), (2, 64), (4, 128))
-
-
-class Graph:
-    """A few lines of sugar over onnx.helper: every `op` call adds a node and returns its output's name."""
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-
-    def const(self, name: str, value) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def weight(self, name: str, *shape: int, std: float = 0.02, mean: float = 0.0) -> str:
-        """BERT initializes weights from N(0, 0.02); LayerNorm scales sit around 1."""
-        return self.const(name, (mean + std * self.rng.standard_normal(shape)).astype(np.float32))
-
-    def op(self, op_type: str, *inputs: str, name: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op_type, list(inputs), [name], name=name, **attrs))
-        return name
-
-
-def linear(g: Graph, x: str, n_in: int, n_out: int, name: str) -> str:
-    """x @ W + b: exporters write nn.Linear on 3-D inputs as MatMul then Add (Gemm needs 2-D)."""
-    y = g.op("MatMul", x, g.weight(f"{name}.weight", n_in, n_out), name=f"{name}.matmul")
-    return g.op("Add", y, g.weight(f"{name}.bias", n_out), name=f"{name}.add")
-
-
-def layer_norm(g: Graph, x: str, name: str) -> str:
-    scale, bias = g.weight(f"{name}.weight", HIDDEN, mean=1.0), g.weight(f"{name}.bias", HIDDEN)
-    return g.op("LayerNormalization", x, scale, bias, axis=-1, epsilon=1e-12, name=name)
 
 
 def self_attention(g: Graph, x: str, mask: str, name: str) -> str:
@@ -102,7 +73,7 @@ def build_model(seed: int = 0) -> onnx.ModelProto:
     positions = g.op("Gather", g.weight("embeddings.position", MAX_POSITIONS, HIDDEN), position_ids,
                      name="embeddings.position_lookup")
     h = g.op("Add", g.op("Add", words, types, name="embeddings.add_type"), positions, name="embeddings.sum")
-    h = layer_norm(g, h, "embeddings.norm")
+    h = layer_norm(g, h, HIDDEN, EPSILON, "embeddings.norm")
 
     # The additive mask: 0 where attention_mask is 1, -10000 where it is 0 (padding), shaped
     # [batch, 1, 1, seq] so that it broadcasts over heads and query positions.
@@ -113,11 +84,11 @@ def build_model(seed: int = 0) -> onnx.ModelProto:
 
     for i in range(LAYERS):
         p = f"layer{i}"
-        h = layer_norm(g, g.op("Add", h, self_attention(g, h, mask, f"{p}.attention"), name=f"{p}.residual1"),
-                       f"{p}.attention.norm")
+        attended = g.op("Add", h, self_attention(g, h, mask, f"{p}.attention"), name=f"{p}.residual1")
+        h = layer_norm(g, attended, HIDDEN, EPSILON, f"{p}.attention.norm")
         ffn = gelu_erf(g, linear(g, h, HIDDEN, INTERMEDIATE, f"{p}.intermediate"), f"{p}.gelu")
         ffn = linear(g, ffn, INTERMEDIATE, HIDDEN, f"{p}.output")
-        h = layer_norm(g, g.op("Add", h, ffn, name=f"{p}.residual2"), f"{p}.output.norm")
+        h = layer_norm(g, g.op("Add", h, ffn, name=f"{p}.residual2"), HIDDEN, EPSILON, f"{p}.output.norm")
     g.nodes.append(helper.make_node("Identity", [h], ["last_hidden_state"], name="last_hidden_state"))
 
     # Pooler: the first ([CLS]) token through a dense layer and tanh.
@@ -153,21 +124,6 @@ def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     feeds = {"inputs": (), "ranges": ["attention_mask=0:2"], "shapes": shapes}
     return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
                          feeds_kwargs={**feeds, "seed": 1000}, progress=None)
-
-
-def print_summary(report: dict) -> None:
-    for stage, s in report["stages"].items():
-        print(f"  {stage:9} {s['seconds']:7.2f}s{'  (reused)' if s['reused'] else ''}")
-    print(f"  nodes {report['nodes']['parsed']} -> {report['nodes']['optimized']}")
-    for name, counts in report["fusions"].items():  # what each pass rewrote, e.g. fuse-gelu: gelu-erf 2
-        print(f"    {name}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
-    if report["precision"]:
-        print(f"  {report['precision']['target']}: {report['precision']['flop_share']:.1%} of FLOPs")
-    for name, m in report["predicted"]["outputs"].items():
-        print(f"  predicted {name}: max error / range {m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")
-    engine = report["engine"]
-    print(f"  engine: {engine['backend']} {engine['backend_version']}, {engine['network_layers']} layers, "
-          f"{engine['plan_bytes'] / 2**20:.1f} MiB")
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import onnx
 
-from make_cnn import make_cnn  # examples/ is on sys.path when this file runs as a script
+from example_kit import print_summary  # examples/ is on sys.path when this file runs as a script
+from make_cnn import make_cnn
 
 # The dynamic-shape profile for `image`: (MIN, OPT, MAX) shapes. Only the batch dim is dynamic;
 # the engine accepts any batch from 1 to 8 and is tuned for 4.
@@ -40,22 +41,6 @@ def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     feeds = {"inputs": (), "ranges": (), "shapes": ["image=" + "x".join(map(str, PROFILE[1]))]}
     return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
                          feeds_kwargs={**feeds, "seed": 1000}, progress=None)
-
-
-def print_summary(report: dict) -> None:
-    """The headline numbers of report.json (report.md has them all)."""
-    for stage, s in report["stages"].items():
-        print(f"  {stage:9} {s['seconds']:7.2f}s{'  (reused)' if s['reused'] else ''}")
-    print(f"  nodes {report['nodes']['parsed']} -> {report['nodes']['optimized']}")
-    for name, counts in report["fusions"].items():  # what each pass rewrote, e.g. fuse-gelu: gelu-erf 2
-        print(f"    {name}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
-    if report["precision"]:
-        print(f"  {report['precision']['target']}: {report['precision']['flop_share']:.1%} of FLOPs")
-    for name, m in report["predicted"]["outputs"].items():
-        print(f"  predicted {name}: max error / range {m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")
-    engine = report["engine"]
-    print(f"  engine: {engine['backend']} {engine['backend_version']}, {engine['network_layers']} layers, "
-          f"{engine['plan_bytes'] / 2**20:.1f} MiB")
 
 
 def main() -> None:

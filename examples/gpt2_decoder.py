@@ -18,45 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from example_kit import Graph, layer_norm, linear, print_summary  # examples/ is on sys.path when run
 
 VOCAB, MAX_POSITIONS = 512, 128
 HIDDEN, HEADS, LAYERS = 64, 4, 2
 HEAD_DIM = HIDDEN // HEADS
+EPSILON = 1e-5
 # The dynamic-shape profile: (MIN, OPT, MAX) of input_ids' [batch, sequence].
 PROFILE = ((1, 1), (2, 64), (4, 128))
-
-
-class Graph:
-    """A few lines of sugar over onnx.helper: every `op` call adds a node and returns its output's name."""
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-
-    def const(self, name: str, value) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def weight(self, name: str, *shape: int, std: float = 0.02, mean: float = 0.0) -> str:
-        """GPT-2 initializes weights from N(0, 0.02); LayerNorm scales sit around 1."""
-        return self.const(name, (mean + std * self.rng.standard_normal(shape)).astype(np.float32))
-
-    def op(self, op_type: str, *inputs: str, name: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op_type, list(inputs), [name], name=name, **attrs))
-        return name
-
-
-def linear(g: Graph, x: str, n_in: int, n_out: int, name: str) -> str:
-    """GPT-2's Conv1D (x @ W + b) exports as MatMul then Add."""
-    y = g.op("MatMul", x, g.weight(f"{name}.weight", n_in, n_out), name=f"{name}.matmul")
-    return g.op("Add", y, g.weight(f"{name}.bias", n_out), name=f"{name}.add")
-
-
-def layer_norm(g: Graph, x: str, name: str) -> str:
-    scale, bias = g.weight(f"{name}.weight", HIDDEN, mean=1.0), g.weight(f"{name}.bias", HIDDEN)
-    return g.op("LayerNormalization", x, scale, bias, axis=-1, epsilon=1e-5, name=name)
 
 
 def causal_self_attention(g: Graph, x: str, causal: str, name: str) -> str:
@@ -118,12 +89,12 @@ def build_model(seed: int = 0) -> onnx.ModelProto:
 
     for i in range(LAYERS):
         p = f"h{i}"
-        h = g.op("Add", h, causal_self_attention(g, layer_norm(g, h, f"{p}.ln_1"), causal, f"{p}.attn"),
-                 name=f"{p}.residual1")
-        mlp = gelu_tanh(g, linear(g, layer_norm(g, h, f"{p}.ln_2"), HIDDEN, 4 * HIDDEN, f"{p}.mlp.c_fc"),
-                        f"{p}.mlp.gelu")
+        attended = causal_self_attention(g, layer_norm(g, h, HIDDEN, EPSILON, f"{p}.ln_1"), causal, f"{p}.attn")
+        h = g.op("Add", h, attended, name=f"{p}.residual1")
+        fc = linear(g, layer_norm(g, h, HIDDEN, EPSILON, f"{p}.ln_2"), HIDDEN, 4 * HIDDEN, f"{p}.mlp.c_fc")
+        mlp = gelu_tanh(g, fc, f"{p}.mlp.gelu")
         h = g.op("Add", h, linear(g, mlp, 4 * HIDDEN, HIDDEN, f"{p}.mlp.c_proj"), name=f"{p}.residual2")
-    h = layer_norm(g, h, "ln_f")
+    h = layer_norm(g, h, HIDDEN, EPSILON, "ln_f")
     # LM head tied to the embedding: logits = h @ wte^T (the exporter keeps one weight and a Transpose).
     g.nodes.append(helper.make_node("MatMul", [h, g.op("Transpose", wte, perm=[1, 0], name="wte.T")], ["logits"],
                                     name="lm_head"))
@@ -152,21 +123,6 @@ def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     feeds = {"inputs": (), "ranges": (), "shapes": [f"input_ids={'x'.join(map(str, PROFILE[1]))}"]}
     return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
                          feeds_kwargs={**feeds, "seed": 1000}, progress=None)
-
-
-def print_summary(report: dict) -> None:
-    for stage, s in report["stages"].items():
-        print(f"  {stage:9} {s['seconds']:7.2f}s{'  (reused)' if s['reused'] else ''}")
-    print(f"  nodes {report['nodes']['parsed']} -> {report['nodes']['optimized']}")
-    for name, counts in report["fusions"].items():  # what each pass rewrote, e.g. fuse-gelu: gelu-erf 2
-        print(f"    {name}: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
-    if report["precision"]:
-        print(f"  {report['precision']['target']}: {report['precision']['flop_share']:.1%} of FLOPs")
-    for name, m in report["predicted"]["outputs"].items():
-        print(f"  predicted {name}: max error / range {m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")
-    engine = report["engine"]
-    print(f"  engine: {engine['backend']} {engine['backend_version']}, {engine['network_layers']} layers, "
-          f"{engine['plan_bytes'] / 2**20:.1f} MiB")
 
 
 def main() -> None:

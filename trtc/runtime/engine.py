@@ -23,6 +23,7 @@ from trtc.errors import TrtcError
 from trtc.lower.backend import RTX_TARGETS, Backend
 from trtc.runtime import cuda
 from trtc.runtime.io import _numpy_dtype
+from trtc.runtime.reference import latency_summary
 
 Shape = tuple[int, ...]
 DEFAULT_ITERATIONS = 100
@@ -198,23 +199,6 @@ def _check_rtx_target(sidecar: Mapping[str, Any], sm: str, where: str) -> None:
 
 
 # ---------------------------------------------------------------- timing figures
-
-
-def latency_summary(times_ms: Sequence[float], wall_s: float) -> dict[str, Any]:
-    """Latency percentiles (ms) of timed runs, as `time_runs` reports them; throughput is
-    runs per second of wall time over the timed loop."""
-    arr = np.asarray(times_ms, dtype=np.float64)
-    return {
-        "iterations": int(arr.size),
-        "min_ms": float(arr.min()),
-        "median_ms": float(np.median(arr)),
-        "mean_ms": float(arr.mean()),
-        "p90_ms": float(np.percentile(arr, 90)),
-        "p95_ms": float(np.percentile(arr, 95)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "throughput_per_s": float(arr.size / wall_s) if wall_s > 0 else float(1e3 / arr.mean()),
-        "wall_s": float(wall_s),
-    }
 
 
 def _check_counts(warmup: int, iterations: int | None, duration: float | None) -> None:

@@ -90,26 +90,33 @@ class ReferenceRunner:
             self._tmpdir.cleanup()
 
 
-def time_runs(run, feeds: Mapping[str, Any], warmup: int, iterations: int) -> dict[str, float]:
-    """Latency percentiles (ms) and throughput of `run(feeds)` over `iterations` timed runs."""
-    for _ in range(warmup):
-        run(feeds)
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        run(feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    arr = np.asarray(times)
+def latency_summary(times_ms: Sequence[float], wall_s: float) -> dict[str, float]:
+    """Latency percentiles (ms) of timed runs and throughput: runs per second of the timed loop's wall time."""
+    arr = np.asarray(times_ms, dtype=np.float64)
     return {
-        "iterations": iterations,
+        "iterations": int(arr.size),
         "min_ms": float(arr.min()),
         "median_ms": float(np.median(arr)),
         "mean_ms": float(arr.mean()),
         "p90_ms": float(np.percentile(arr, 90)),
         "p95_ms": float(np.percentile(arr, 95)),
         "p99_ms": float(np.percentile(arr, 99)),
-        "throughput_per_s": float(1e3 / arr.mean()),
+        "throughput_per_s": float(arr.size / wall_s) if wall_s > 0 else float(1e3 / arr.mean()),
+        "wall_s": float(wall_s),
     }
+
+
+def time_runs(run, feeds: Mapping[str, Any], warmup: int, iterations: int) -> dict[str, float]:
+    """Latency figures of `run(feeds)` over `iterations` timed runs after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run(feeds)
+    times = []
+    loop_start = time.perf_counter()
+    for _ in range(iterations):
+        start = time.perf_counter()
+        run(feeds)
+        times.append((time.perf_counter() - start) * 1e3)
+    return latency_summary(times, time.perf_counter() - loop_start)
 
 
 def summarize(array: Any) -> dict[str, Any]:
