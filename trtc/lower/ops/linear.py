@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtc.lower.registry import constant_input, converter, known_rank, tensor_types
+from trtc.lower.registry import Constraint, converter, known_rank, tensor_types
 
 
 @converter("MatMul", constraints=[tensor_types(), known_rank(0), known_rank(1)])
@@ -54,31 +54,44 @@ def _conv_common(layer, node, spatial: int):
         layer.padding_mode = P.SAME_UPPER if auto_pad == "SAME_UPPER" else P.SAME_LOWER
 
 
-@converter("Conv", constraints=[tensor_types(), known_rank(0), constant_input(1, "the weight")])
+def static_weight_shape() -> Constraint:
+    """The weight's shape must be static (its values may come at run time)."""
+
+    def check(node) -> str | None:
+        w = node.inputs[1]
+        if w.shape is None or not all(isinstance(d, int) for d in w.shape.dims):
+            return f"the weight {w.name!r} needs a static shape (kernel size and channels)"
+        return None
+
+    return Constraint("static weight shape", check)
+
+
+def _weight_dims(node) -> tuple[int, ...]:
+    return tuple(node.inputs[1].shape.dims)
+
+
+@converter("Conv", constraints=[tensor_types(), known_rank(0), static_weight_shape()])
 def lower_conv(ctx, node):
-    """Conv (1-D as 2-D with a unit dim is left to TensorRT's N-D convolution)."""
-    weight = ctx.const(node.inputs[1])
+    """Conv (weights constant or computed; 1-D as TensorRT's N-D convolution)."""
+    dims = _weight_dims(node)
     x = ctx.tensor(node.inputs[0])
-    spatial = weight.ndim - 2
-    kernel = tuple(weight.shape[2:])
-    bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    w_tensor = ctx.tensor(node.inputs[1])
-    layer = ctx.check(ctx.network.add_convolution_nd(x, weight.shape[0], kernel, ctx.trt.Weights(), ctx.trt.Weights()))
-    layer.set_input(1, w_tensor)
-    if bias is not None or (len(node.inputs) > 2 and node.inputs[2] is not None):
+    spatial = len(dims) - 2
+    layer = ctx.check(ctx.network.add_convolution_nd(x, dims[0], dims[2:], ctx.trt.Weights(), ctx.trt.Weights()))
+    layer.set_input(1, ctx.tensor(node.inputs[1]))
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
         layer.set_input(2, ctx.tensor(node.inputs[2]))
     _conv_common(layer, node, spatial)
     return [layer.get_output(0)]
 
 
-@converter("ConvTranspose", constraints=[tensor_types(), known_rank(0), constant_input(1, "the weight")])
+@converter("ConvTranspose", constraints=[tensor_types(), known_rank(0), static_weight_shape()])
 def lower_conv_transpose(ctx, node):
     """ConvTranspose -> deconvolution (output_padding folded into post-padding)."""
-    weight = ctx.const(node.inputs[1])
-    spatial = weight.ndim - 2
+    dims = _weight_dims(node)
+    spatial = len(dims) - 2
     group = node.attributes.get_int("group", 1)
-    layer = ctx.check(ctx.network.add_deconvolution_nd(ctx.tensor(node.inputs[0]), weight.shape[1] * group,
-                                                       tuple(weight.shape[2:]), ctx.trt.Weights(), ctx.trt.Weights()))
+    layer = ctx.check(ctx.network.add_deconvolution_nd(ctx.tensor(node.inputs[0]), dims[1] * group,
+                                                       dims[2:], ctx.trt.Weights(), ctx.trt.Weights()))
     layer.set_input(1, ctx.tensor(node.inputs[1]))
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         layer.set_input(2, ctx.tensor(node.inputs[2]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from trtc.errors import TrtcError
-from trtc.lower.registry import converter, known_rank, tensor_types
+from trtc.lower.registry import constant_input, converter, known_rank, tensor_types
 
 
 @converter("Reshape", since=5, constraints=[tensor_types()])
@@ -55,7 +55,7 @@ def _axes(ctx, node, index: int) -> list[int] | None:
     return list(attr.value) if attr is not None else None
 
 
-@converter("Squeeze", since=13, constraints=[tensor_types(), known_rank()])
+@converter("Squeeze", since=13, constraints=[tensor_types(), known_rank(), constant_input(1, "the axes")])
 def lower_squeeze(ctx, node):
     x = ctx.tensor(node.inputs[0])
     axes = _axes(ctx, node, 1)
@@ -65,7 +65,7 @@ def lower_squeeze(ctx, node):
     return [ctx.check(ctx.network.add_squeeze(x, axes_t)).get_output(0)]
 
 
-@converter("Unsqueeze", since=13, constraints=[tensor_types(), known_rank()])
+@converter("Unsqueeze", since=13, constraints=[tensor_types(), known_rank(), constant_input(1, "the axes")])
 def lower_unsqueeze(ctx, node):
     x = ctx.tensor(node.inputs[0])
     axes = _axes(ctx, node, 1)
