@@ -69,8 +69,10 @@ def test_naive_low_precision_fails_where_trtc_passes(target, temperature):
     reasons = {name: e["reason"] for name, e in ours.fp32_nodes.items()}
     assert "normalisation" in reasons["blocks.0.ln"]
     assert "exponentiates" in reasons["blocks.0.attn.softmax"]
-    assert "data_max" in reasons["blocks.0.mlp.fc1"]  # the outlier MatMul: observed > 512
-    if target == "bf16":
+    if target == "fp16":  # the outlier MatMul is rescaled by powers of two into fp16's range
+        assert ours.counts["weights-rescaled"] >= 1 and "blocks.0.mlp.fc1" not in reasons
+    else:  # bf16 has the range; its 8-bit mantissa is the problem: the outlier MatMul stays fp32
+        assert "data_max" in reasons["blocks.0.mlp.fc1"]
         assert "feeds Softmax" in reasons["blocks.0.attn.qk"]
 
 
@@ -145,3 +147,34 @@ def test_cli_precision_flow(tmp_path):
     # An already typed artifact is refused.
     proc = run_trtc("optimize", out, "-o", tmp_path / "again.trtir", "--fp16")
     assert proc.returncode == 2 and "already typed for fp16" in proc.stderr
+
+
+def test_rescaling_keeps_fp32_results_and_brings_huge_activations_into_range():
+    """Conv-free chain: MatMul (weights x1000) -> Relu -> MatMul (x1000) -> Add residual -> output.
+    Activations reach ~1e7: naive fp16 overflows; rescaled, the chain runs in fp16."""
+    from trtc.precision.observe import observe
+    from trtc.precision.rescale import rescale_activations
+    from trtc.runtime import ReferenceRunner
+
+    rng = np.random.default_rng(3)
+    w1 = np.abs(rng.standard_normal((16, 16))).astype(np.float32) * 1000
+    w2 = np.abs(rng.standard_normal((16, 16))).astype(np.float32) * 1000
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["m"], name="fc2"),
+             helper.make_node("Add", ["m", "r"], ["y"], name="residual")]
+
+    def build():
+        return _model(nodes, {"w1": w1, "w2": w2}, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])])
+
+    x = {"x": np.abs(rng.standard_normal((4, 16))).astype(np.float32)}
+    model = build()
+    want = ReferenceRunner(model).run(x)["y"]
+    assert rescale_activations(model, observe(model, [x]), 128) == 2
+    np.testing.assert_allclose(ReferenceRunner(model).run(x)["y"], want, rtol=1e-6)  # powers of two: exact
+    report = apply_precision(build(), [x], PrecisionOptions())
+    assert report.flop_share > 0.9 and report.predicted["y"]["nonfinite"] == 0
+    assert report.predicted["y"]["max_rel_error"] <= 1e-2
+    naive = apply_precision(build(), [x], PrecisionOptions(force_fp16=["*"], rescale=False))
+    assert naive.predicted["y"]["nonfinite"] > 0

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from trtc.passes import PASSES, PassContext
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
 from trtc.precision.metrics import compare_outputs, worst
 from trtc.precision.observe import observe
+from trtc.precision.rescale import rescale_activations
 from trtc.precision.rules import PrecisionOptions, RuleContext
 from trtc.precision.simulate import simulation_model
 from trtc.runtime.reference import ReferenceRunner
@@ -68,14 +70,26 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     assign_mod.ensure_node_names(model)
     obs = observe(model, samples)
     reference = _reference_outputs(model, samples)
+    # Rescaling fixes range, not precision: bf16 has fp32's range, so it is fp16's alone.
+    rescaled = rescale_activations(model, obs, options.data_max / 4) if options.rescale and \
+        options.target == "fp16" else 0
+    if rescaled:  # the old weights are dead, the activations changed: observe the rescaled graph
+        PASSES["dead-code"].fn(model, PassContext())
+        assign_mod.ensure_node_names(model)
+        obs = observe(model, samples)
     decision = assign_mod.assign(model, RuleContext(obs, options))
-    flops = {n.name: node_flops(n, obs.shapes) for n in model.graph}
+    # Concrete shapes of every value: observed activations, and the weights' own shapes.
+    shapes = {v.name: tuple(v.const_value.shape.numpy()) for v in model.graph.initializers.values()
+              if v.const_value is not None}
+    shapes.update(obs.shapes)
+    flops = {n.name: node_flops(n, shapes) for n in model.graph}
     total = sum(flops.values()) or 1
     low_flops = sum(f for name, f in flops.items() if decision.compute.get(name) == "low")
     ops = {n.name: n.op_type for n in model.graph}
     fp32 = {name for name, c in decision.compute.items() if c == "fp32"}
     islands = _islands(model, fp32)
     counts = assign_mod.apply(model, decision, options.target, options.cast_io)
+    counts["weights-rescaled"] = rescaled
     predicted, contributions = predict(model, samples, reference, obs.first)
     return PrecisionReport(
         target=options.target,

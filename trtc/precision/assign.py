@@ -144,13 +144,13 @@ def apply(model: ir.Model, assignment: Assignment, target: str, cast_io: bool) -
         if value.dtype == FLOAT:
             storage[value] = low if cast_io else FLOAT
             if cast_io:
-                value.dtype = low
+                value.type = ir.TensorType(low)  # new object: types may be shared
     # Outputs of nodes computing in the target type are stored in it.
     for node in graph:
         if assignment.compute.get(node.name) == "low":
             for value in node.outputs:
                 if value.dtype == FLOAT:
-                    value.dtype = low
+                    value.type = ir.TensorType(low)  # new object: types may be shared
             if node.op_type == "Cast" and node.attributes.get_int("to") == FLOAT:
                 node.attributes["to"] = ir.AttrInt64("to", low)
             if node.op_type == "Attention":
@@ -217,7 +217,7 @@ def _cast(graph: ir.Graph, value: ir.Value, want: ir.DataType, casts: dict, coun
         return producer.inputs[0]
     cast = ir.node("Cast", [value], {"to": want}, name=f"{value.name}__to_{want.name.lower()}")
     cast.outputs[0].name = f"{value.name}__{want.name.lower()}"
-    cast.outputs[0].dtype = want
+    cast.outputs[0].type = ir.TensorType(want)  # new object: types may be shared
     cast.outputs[0].shape = value.shape
     if producer is not None:
         graph.insert_after(producer, cast)
@@ -234,7 +234,7 @@ def _cast_output(graph: ir.Graph, value: ir.Value, counts: dict[str, int]) -> ir
     value.name = f"{name}__low"
     cast = ir.node("Cast", [value], {"to": FLOAT}, name=f"{name}__to_float")
     cast.outputs[0].name = name
-    cast.outputs[0].dtype = FLOAT
+    cast.outputs[0].type = ir.TensorType(FLOAT)  # new object: types may be shared
     cast.outputs[0].shape = value.shape
     graph.insert_after(value.producer(), cast)
     counts["casts"] += 1

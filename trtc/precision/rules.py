@@ -40,6 +40,7 @@ class PrecisionOptions:
     keep_fp32_ops: Sequence[str] = ()  # op-type globs
     force_fp16: Sequence[str] = ()  # node-name or op-type globs; beats every automatic rule
     cast_io: bool = False
+    rescale: bool = True  # power-of-two activation rescaling of homogeneous chains (rescale.py)
 
 
 @dataclasses.dataclass

@@ -27,7 +27,7 @@ def _round_trip(graph: ir.Graph, value: ir.Value, low: ir.DataType, after: ir.No
     down = ir.node("Cast", [value], {"to": low}, name=f"{name}__round_down")
     up = ir.node("Cast", [down.outputs[0]], {"to": FLOAT}, name=f"{name}__round_up")
     up.outputs[0].name = rounded
-    up.outputs[0].dtype = FLOAT
+    up.outputs[0].type = ir.TensorType(FLOAT)  # new object: types may be shared
     up.outputs[0].shape = value.shape
     if after is not None:
         graph.insert_after(after, [down, up])
@@ -47,11 +47,11 @@ def simulation_model(typed: ir.Model) -> ir.Model:
     for value in all_initializers(graph):
         if value.dtype in LOW:
             value.const_value = ir.tensor(value.const_value.numpy().astype("float32"), name=value.name)
-            value.dtype = FLOAT
+            value.type = ir.TensorType(FLOAT)  # new object: types may be shared
     for value in list(graph.inputs):
         if value.dtype in LOW:
             low = value.dtype
-            value.dtype = FLOAT
+            value.type = ir.TensorType(FLOAT)  # new object: types may be shared
             _round_trip(graph, value, low, None)
     for node in list(graph):
         if node.op_type == "Cast" and node.attributes.get_int("to") in LOW:
@@ -59,6 +59,6 @@ def simulation_model(typed: ir.Model) -> ir.Model:
         for value in node.outputs:
             if value.dtype in LOW:
                 low = value.dtype
-                value.dtype = FLOAT
+                value.type = ir.TensorType(FLOAT)  # new object: types may be shared
                 _round_trip(graph, value, low, node)
     return model

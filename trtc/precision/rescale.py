@@ -1,0 +1,110 @@
+"""Power-of-two activation rescaling, so that activations beyond fp16's range can still be
+stored in fp16.
+
+A chain of positively homogeneous ops (Conv/Gemm/MatMul with constant weights, Relu,
+pooling, reshapes, Add/Concat of such values) computes f(k*x) = k*f(x) for k > 0 once
+its biases are scaled along. So the graph can store every activation v as v / 2^e(v):
+each linear op's constant weights are multiplied by 2^(e_in - e_out) and its bias by
+2^-e_out, with e_out chosen from the magnitude observed on calibration data; a Mul by
+2^e restores the true values wherever they leave the chain (a graph output or an op that
+is not homogeneous: Softmax, LRN, Sigmoid...). Scaling by powers of two is exact in fp32,
+so the fp32 model computes the same numbers; in fp16 it moves activations of 1e6..1e27
+(seen in the light_* zoo models with synthetic weights) into range.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from trtc.passes.rewrite import add_constant, const_array, is_op
+from trtc.precision.observe import Observation
+
+LINEAR = {"Conv", "Gemm", "MatMul"}
+# f(k x) = k f(x) for k > 0, one activation input (index 0), constant or no other inputs.
+HOMOGENEOUS = {"Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
+               "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Dropout", "Slice", "Gather", "Split"}
+JOINS = {"Add", "Sum", "Concat", "Max"}
+
+
+def _exponent(peak: float, target: float) -> int:
+    return max(0, math.ceil(math.log2(peak / target))) if peak > target else 0
+
+
+def _scaled(value: ir.Value, factor: float, graph: ir.Graph, name: str) -> ir.Value:
+    data = const_array(value)
+    return add_constant(graph, (data.astype(np.float64) * factor).astype(data.dtype), name)
+
+
+def _mul(graph: ir.Graph, value: ir.Value, exponent: int, before: ir.Node, name: str) -> ir.Value:
+    """value * 2^exponent, inserted before `before`."""
+    factor = add_constant(graph, np.array(2.0**exponent, dtype=value.dtype.numpy()), f"{name}__scale")
+    node = ir.node("Mul", [value, factor], name=f"{name}__rescale")
+    node.outputs[0].type, node.outputs[0].shape = value.type, value.shape
+    graph.insert_before(before, node)
+    return node.outputs[0]
+
+
+def _linear_ok(node: ir.Node) -> bool:
+    if is_op(node, "Conv"):
+        return const_array(node.inputs[1]) is not None and (len(node.inputs) < 3 or node.inputs[2] is None
+                                                            or const_array(node.inputs[2]) is not None)
+    if is_op(node, "Gemm"):
+        return (const_array(node.inputs[1]) is not None and node.attributes.get_float("alpha", 1.0) > 0
+                and (len(node.inputs) < 3 or node.inputs[2] is None or const_array(node.inputs[2]) is not None))
+    return is_op(node, "MatMul") and const_array(node.inputs[1]) is not None
+
+
+def rescale_activations(model: ir.Model, obs: Observation, target: float) -> int:
+    """Rescale where a homogeneous chain exceeds `target`; return how many weights were rescaled."""
+    graph = model.graph
+    if not any(is_op(n, *LINEAR) and _linear_ok(n) and obs.magnitude(n.outputs[0]) > target for n in graph):
+        return 0
+    exponent: dict[ir.Value, int] = {}
+    rescaled = 0
+    for node in list(graph):
+        ins = [exponent.get(v, 0) if v is not None else 0 for v in node.inputs]
+        if is_op(node, *LINEAR) and _linear_ok(node) and (ins[0] or obs.magnitude(node.outputs[0]) > target):
+            e_in, e_out = ins[0], _exponent(obs.magnitude(node.outputs[0]), target)
+            node.replace_input_with(1, _scaled(node.inputs[1], 2.0 ** (e_in - e_out), graph, f"{node.name}.w_rescaled"))
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                # Gemm's beta multiplies the bias as given: scaling C scales beta*C alike.
+                node.replace_input_with(2, _scaled(node.inputs[2], 2.0**-e_out, graph, f"{node.name}.b_rescaled"))
+            exponent[node.outputs[0]] = e_out
+            rescaled += 1
+            continue
+        if not any(ins):
+            continue
+        if is_op(node, *HOMOGENEOUS) and all(e == 0 for e in ins[1:]):
+            for out in node.outputs:
+                exponent[out] = ins[0]
+            continue
+        if is_op(node, *JOINS):
+            top = max(ins)
+            for i, (value, e) in enumerate(zip(node.inputs, ins)):
+                if value is None:
+                    continue
+                if const_array(value) is not None:  # a constant summand: store it at the same scale
+                    node.replace_input_with(i, _scaled(value, 2.0**-top, graph, f"{node.name}.c{i}_rescaled"))
+                elif e != top:
+                    node.replace_input_with(i, _mul(graph, value, e - top, node, f"{node.name}.in{i}"))
+            exponent[node.outputs[0]] = top
+            continue
+        # Any other op sees the true values again.
+        for i, (value, e) in enumerate(zip(node.inputs, ins)):
+            if value is not None and e:
+                node.replace_input_with(i, _mul(graph, value, e, node, f"{node.name}.in{i}"))
+    for i, value in enumerate(list(graph.outputs)):
+        e = exponent.get(value, 0)
+        if e:
+            restore = ir.node("Mul", [value, add_constant(graph, np.array(2.0**e, dtype=value.dtype.numpy()),
+                                                           f"{value.name}__scale")], name=f"{value.name}__rescale")
+            name = value.name
+            value.name = f"{name}__scaled"
+            restore.outputs[0].name = name
+            restore.outputs[0].type, restore.outputs[0].shape = value.type, value.shape
+            graph.append(restore)
+            graph.outputs[i] = restore.outputs[0]
+    return rescaled
