@@ -27,7 +27,7 @@ BN_DEFAULT_EPSILON = 1e-5
 
 @register_pass("fold-batchnorm", order=40)
 def fold_batchnorm(model: ir.Model, ctx: PassContext) -> dict[str, int]:
-    """Fold BatchNormalization, and Mul/Add by a per-channel constant, after Conv/ConvTranspose into its weights."""
+    """Fold BatchNormalization, and Mul/Add by a per-channel constant, into a preceding Conv/ConvTranspose or BN."""
     graph = model.graph
     counts: dict[str, int] = {}
     # In graph order, so a chain Conv -> BN -> Mul -> Add folds in one run: each fold's new
@@ -39,8 +39,39 @@ def fold_batchnorm(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     return counts
 
 
+def _fold_into_batchnorm(graph: ir.Graph, node: ir.Node) -> str | None:
+    """BatchNormalization(x) * c + d (per-channel constants, as Caffe's Scale layer exports) -> one
+    BatchNormalization with scale * c and bias * c + d."""
+    bn, constant = None, None
+    for side in (0, 1):
+        bn = producer_of(node.inputs[side], "BatchNormalization")
+        constant = const_array(node.inputs[1 - side])
+        if bn is not None and constant is not None:
+            break
+    if bn is None or constant is None or only_user(bn.outputs[0]) is not node or bn.inputs[0].shape is None:
+        return None
+    channels = bn.inputs[1].shape[0] if bn.inputs[1].shape is not None else None
+    if not isinstance(channels, int) or _batchnorm_affine(bn, channels) is None:
+        return None
+    affine = _elementwise_affine(node.op_type, constant, channels, len(bn.inputs[0].shape), bn.inputs[1].dtype)
+    if affine is None or not (np.isfinite(affine[0]).all() and np.isfinite(affine[1]).all()):
+        return None
+    c, d = affine
+    gamma, beta = (const_array(v).astype(np.float64) for v in bn.inputs[1:3])
+    dtype = const_array(bn.inputs[1]).dtype
+    new_scale = add_constant(graph, (gamma * c).astype(dtype), f"{bn.inputs[1].name}_folded")
+    new_bias = add_constant(graph, (beta * c + d).astype(dtype), f"{bn.inputs[2].name}_folded")
+    new_bn = ir.Node(bn.domain, bn.op_type, [bn.inputs[0], new_scale, new_bias, bn.inputs[3], bn.inputs[4]],
+                     [ir.Attr(a.name, a.type, a.value) for a in bn.attributes.values()], name=bn.name,
+                     version=bn.version)
+    replace_with(graph, node, [new_bn], [node.outputs[0]], [new_bn.outputs[0]], dead=[node, bn])
+    return f"bn-{node.op_type.lower()}"
+
+
 def _fold(graph: ir.Graph, node: ir.Node) -> str | None:
-    """Fold `node` into the convolution producing its input; the pattern name, or None."""
+    """Fold `node` into the convolution (or BatchNormalization) producing its input; the pattern name, or None."""
+    if is_op(node, "Mul", "Add") and len(node.inputs) == 2 and (pattern := _fold_into_batchnorm(graph, node)):
+        return pattern
     if is_op(node, "BatchNormalization"):
         conv, constant = producer_of(node.inputs[0], *CONV_OPS), None
     elif is_op(node, "Mul", "Add") and len(node.inputs) == 2:
