@@ -80,6 +80,10 @@ class LowerCtx:
             array = array.astype(np.float32)
         # Memory-mapped weights carry an explicit little-endian dtype ('<f4'), which TensorRT's
         # bindings do not take; native order is the same bytes on every platform TensorRT runs on.
+        if array.dtype in (np.int8, np.uint8):
+            # TensorRT takes (u)int8 constants only before a dequantize: build int32 and cast.
+            return self.cast(self.constant(array.astype(np.int32), name), self.trt.int8 if array.dtype == np.int8
+                             else self.trt.uint8)
         shape = array.shape  # ascontiguousarray makes 0-d arrays 1-d: keep the rank
         array = np.ascontiguousarray(array)
         array = array.view(np.dtype(array.dtype.type))  # same bytes, the canonical dtype object

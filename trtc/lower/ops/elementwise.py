@@ -22,7 +22,14 @@ def lower_binary(ctx, node):
     tensors = [ctx.tensor(v) for v in node.inputs if v is not None]
     if len(tensors) == 1:
         return [ctx.check(ctx.network.add_identity(tensors[0])).get_output(0)]
-    return [functools.reduce(lambda a, b: ctx.elementwise(a, b, op), tensors)]
+    narrow = tensors[0].dtype in (ctx.trt.uint8, ctx.trt.int8)
+    if narrow:  # TensorRT keeps (u)int8 for I/O and quantization: compute in int32, cast back
+        original = tensors[0].dtype
+        tensors = [ctx.cast(t, ctx.trt.int32) for t in tensors]
+    out = functools.reduce(lambda a, b: ctx.elementwise(a, b, op), tensors)
+    if narrow and out.dtype == ctx.trt.int32:
+        out = ctx.cast(out, original)
+    return [out]
 
 
 @converter(["GreaterOrEqual", "LessOrEqual"], constraints=[tensor_types()])

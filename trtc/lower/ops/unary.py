@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from trtc.lower.registry import attribute_in, converter, tensor_types
 
 UNARY = {
@@ -26,7 +28,7 @@ ACTIVATIONS = {
     "Softsign": ("SOFTSIGN", None, None), "Softplus": ("SOFTPLUS", None, None),
     "HardSigmoid": ("HARD_SIGMOID", ("alpha", 0.2), ("beta", 0.5)),
     "ThresholdedRelu": ("THRESHOLDED_RELU", ("alpha", 1.0), None),
-    "Celu": ("CELU", ("alpha", 1.0), None), "ScaledTanh": ("SCALED_TANH", ("alpha", 1.0), ("beta", 1.0)),
+    "ScaledTanh": ("SCALED_TANH", ("alpha", 1.0), ("beta", 1.0)),
 }
 
 
@@ -42,6 +44,19 @@ def lower_activation(ctx, node):
     if beta:
         layer.beta = node.attributes.get_float(beta[0], beta[1])
     return [layer.get_output(0)]
+
+
+@converter("Celu", constraints=[tensor_types()])
+def lower_celu(ctx, node):
+    """Celu(x) = max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) (TensorRT-RTX has no CELU activation)."""
+    E, U = ctx.trt.ElementWiseOperation, ctx.trt.UnaryOperation
+    x = ctx.tensor(node.inputs[0])
+    dtype = node.outputs[0].dtype.numpy()
+    alpha = ctx.constant(np.array(node.attributes.get_float("alpha", 1.0), dtype=dtype))
+    zero, one = ctx.constant(np.array(0, dtype=dtype)), ctx.constant(np.array(1, dtype=dtype))
+    negative = ctx.elementwise(alpha, ctx.elementwise(ctx.unary(ctx.elementwise(x, alpha, E.DIV), U.EXP), one, E.SUB),
+                               E.PROD)
+    return [ctx.elementwise(ctx.elementwise(x, zero, E.MAX), ctx.elementwise(negative, zero, E.MIN), E.SUM)]
 
 
 @converter("Gelu", since=20, constraints=[tensor_types(), attribute_in("approximate", ("none", "tanh"), "none")])
