@@ -78,8 +78,9 @@ def run_tool(tool: str, model: Path, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         dst = Path(tmp) / ("out.trtir" if tool == "trtc" else "out.onnx")
         try:
+            # In a scratch cwd: the peers leave temporary files (external data, shape-inference dumps) there.
             proc = subprocess.run([sys.executable, "-c", CHILD, tool, str(model), str(dst)], capture_output=True,
-                                  text=True, timeout=timeout)
+                                  text=True, timeout=timeout, cwd=tmp)
         except subprocess.TimeoutExpired:
             return {"error": f"timeout after {timeout:.0f}s"}
         if proc.returncode != 0:

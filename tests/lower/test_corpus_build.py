@@ -71,6 +71,14 @@ def test_fp16_compile_with_profiles(model, tmp_path):
         assert metrics["cosine"] >= 0.999 and metrics["max_rel_error"] <= 1e-2, (name, metrics)
     floor = 0.8 if model.name.split("-")[0] in ("bert", "distilbert", "gpt2", "t5_encoder", "vit") else 0.9
     assert report["precision"]["flop_share"] >= floor
+    # The typed graph is valid ONNX: strict type inference agrees with every edge's type.
+    import onnx
+
+    from trtc.frontend import to_model_proto
+    from trtc.ir import load_artifact
+
+    typed = load_artifact(tmp_path / "out" / f"{model.path.stem}.opt.trtir").model
+    onnx.checker.check_model(to_model_proto(typed), full_check=True)
 
 
 @pytest.mark.gpu

@@ -47,10 +47,20 @@ def _schema(node: ir.Node, opset: int):
         return None
 
 
+# Ops whose float inputs may have their own type constraint in the schema but that TensorRT (and
+# onnxruntime's type inference) want in one type: all their float inputs follow the compute type.
+# (Not Attention: TensorRT-RTX 1.7's builder crashes on its fused fp16 attention on a CPU-only machine, so
+# V keeps its own type there and the converter decomposes it.)
+ONE_TYPE_OPS = {"LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization",
+                "BatchNormalization"}
+
+
 def typed_inputs(node: ir.Node, opset: int) -> list[int]:
     """Indices of the float inputs that share the type of the node's float outputs."""
     if node.op_type == "Cast":
         return []
+    if node.op_type in ONE_TYPE_OPS and node.domain in STANDARD_DOMAINS:
+        return [i for i, v in enumerate(node.inputs) if v is not None and v.dtype == FLOAT]
     if node.op_type == "CastLike":
         return [1]
     schema = _schema(node, opset)
