@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from trtc.passes.rewrite import add_constant, const_array, is_op
 from trtc.precision.observe import Observation
+from trtc.precision.rules import feeds_exponential_op
 
 LINEAR = {"Conv", "Gemm", "MatMul"}
 # f(k x) = k f(x) for k > 0, one activation input (index 0), constant or no other inputs.
@@ -67,7 +68,10 @@ def rescale_activations(model: ir.Model, obs: Observation, target: float) -> int
     for node in list(graph):
         ins = [exponent.get(v, 0) if v is not None else 0 for v in node.inputs]
         if is_op(node, *LINEAR) and _linear_ok(node) and (ins[0] or obs.magnitude(node.outputs[0]) > target):
-            e_in, e_out = ins[0], _exponent(obs.magnitude(node.outputs[0]), target)
+            # Logits stay at their true scale: their rounding error shows in exp() as absolute error,
+            # which the precision rules judge from the true magnitude.
+            e_in = ins[0]
+            e_out = 0 if feeds_exponential_op(node) else _exponent(obs.magnitude(node.outputs[0]), target)
             node.replace_input_with(1, _scaled(node.inputs[1], 2.0 ** (e_in - e_out), graph, f"{node.name}.w_rescaled"))
             if len(node.inputs) > 2 and node.inputs[2] is not None:
                 # Gemm's beta multiplies the bias as given: scaling C scales beta*C alike.

@@ -146,7 +146,7 @@ _LOGIT_PATH = {"Add", "Sub", "Mul", "Div", "Where", "Neg", "Reshape", "Transpose
                "Cast", "Identity", "Concat", "Slice"}
 
 
-def _feeds_exponential(node: ir.Node, depth: int = 4) -> ir.Node | None:
+def feeds_exponential_op(node: ir.Node, depth: int = 4) -> ir.Node | None:
     """The Softmax/Exp this node's output reaches through cheap logit ops, if any."""
     frontier, seen = [node], set()
     for _ in range(depth):
@@ -174,7 +174,7 @@ def feeds_exponential(node: ir.Node, ctx: RuleContext) -> str | None:
     peak = max((ctx.obs.magnitude(v) for v in node.outputs), default=0.0)
     if peak <= limit:
         return None
-    target = _feeds_exponential(node)
+    target = feeds_exponential_op(node)
     if target is None:
         return None
     return f"feeds {target.op_type} {target.name!r} with values up to {peak:.4g} (> {limit:g})"
