@@ -22,14 +22,27 @@ def lower_binary(ctx, node):
     tensors = [ctx.tensor(v) for v in node.inputs if v is not None]
     if len(tensors) == 1:
         return [ctx.check(ctx.network.add_identity(tensors[0])).get_output(0)]
-    narrow = tensors[0].dtype in (ctx.trt.uint8, ctx.trt.int8)
-    if narrow:  # TensorRT keeps (u)int8 for I/O and quantization: compute in int32, cast back
-        original = tensors[0].dtype
-        tensors = [ctx.cast(t, ctx.trt.int32) for t in tensors]
+    original = tensors[0].dtype
+    tensors, compute = _computable(ctx, tensors, pow_op=node.op_type == "Pow")
     out = functools.reduce(lambda a, b: ctx.elementwise(a, b, op), tensors)
-    if narrow and out.dtype == ctx.trt.int32:
+    if compute != original and out.dtype == compute:
         out = ctx.cast(out, original)
     return [out]
+
+
+def _computable(ctx, tensors, pow_op: bool = False):
+    """Operands in a type TensorRT computes in, and that type: (u)int8 only exists at I/O and around
+    quantization, so it is computed in int32; Pow's exponent may differ in type from its base (computed
+    in float32 then)."""
+    trt = ctx.trt
+    first = tensors[0].dtype
+    if first in (trt.uint8, trt.int8):
+        compute = trt.int32
+    elif pow_op and any(t.dtype != first for t in tensors):
+        compute = trt.float32
+    else:
+        return tensors, first
+    return [ctx.cast(t, compute) for t in tensors], compute
 
 
 @converter(["GreaterOrEqual", "LessOrEqual"], constraints=[tensor_types()])
@@ -37,7 +50,7 @@ def lower_compare_or_equal(ctx, node):
     """a >= b as NOT(a < b); a <= b as NOT(a > b)."""
     E = ctx.trt.ElementWiseOperation
     strict = E.LESS if node.op_type == "GreaterOrEqual" else E.GREATER
-    a, b = (ctx.tensor(v) for v in node.inputs)
+    (a, b), _ = _computable(ctx, [ctx.tensor(v) for v in node.inputs])
     return [ctx.unary(ctx.elementwise(a, b, strict), ctx.trt.UnaryOperation.NOT)]
 
 
