@@ -160,7 +160,8 @@ def test_make_big_model_decoder_fuses_every_rms_norm(tmp_path, dtype):
                     "--heads", "4", "--kv-heads", "2", "--ffn", "160", "--vocab", "500", "--seq-len", "64",
                     "--dtype", dtype], check=True, capture_output=True)
     model = parse_onnx(out).model
-    inputs = {"input_ids": RNG.integers(0, 500, (2, 9)).astype(np.int64)}
+    # A seed of its own: the shared RNG's state depends on which tests ran before in this worker.
+    inputs = {"input_ids": np.random.default_rng(7).integers(0, 500, (2, 9)).astype(np.int64)}
     report = optimize(model, passes=[PASSES["fuse-rms-norm"]], verify_feeds=inputs)
     assert report.totals()["fuse-rms-norm"]["rewrites"] == {"rms-norm": 2 * layers + 1}
     assert "ReduceMean" not in ops(model)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.dims import same_dim
 from trtc.ir.walk import all_graphs
 from trtc.passes.registry import PassContext, register_pass
 from trtc.passes.rewrite import add_constant, const_array, is_op, producer_of, remove_if_dead, replace_with
@@ -68,13 +69,6 @@ def _dims(value: ir.Value | None) -> tuple | None:
 
 def _dtype(value: ir.Value | None) -> ir.DataType | None:
     return None if value is None or not isinstance(value.type, ir.TensorType) else value.type.dtype
-
-
-def same_dim(a: int | ir.SymbolicDim, b: int | ir.SymbolicDim) -> bool:
-    """Provably equal: equal ints, or the same named symbol (two unknown dims are not equal)."""
-    if isinstance(a, int) or isinstance(b, int):
-        return a == b
-    return a.value is not None and a.value == b.value
 
 
 def broadcasts_into(small: Sequence, big: Sequence) -> bool:

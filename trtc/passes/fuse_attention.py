@@ -35,6 +35,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.dims import dims, same_dim
 from trtc.ir.walk import all_graphs
 from trtc.passes.registry import PassContext, register_pass
 from trtc.passes.rewrite import (
@@ -45,6 +46,7 @@ from trtc.passes.rewrite import (
     producer_of,
     replace_with,
     require_opset,
+    sole_reader,
 )
 
 log = logging.getLogger(__name__)
@@ -52,25 +54,6 @@ log = logging.getLogger(__name__)
 ATTENTION_OPSET = 23
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 Dims = tuple  # a known-rank shape: ints and ir.SymbolicDim
-
-
-def dims(value: ir.Value | None) -> Dims | None:
-    return tuple(value.shape) if value is not None and value.shape is not None else None
-
-
-def same_dim(a, b) -> bool:
-    """True when two dims are provably equal: equal ints, or the same named symbol."""
-    if isinstance(a, int) and isinstance(b, int):
-        return a == b
-    return isinstance(a, ir.SymbolicDim) and isinstance(b, ir.SymbolicDim) and a.value is not None \
-        and a.value == b.value
-
-
-def sole_reader(value: ir.Value) -> ir.Node | None:
-    """The node reading `value`, when it is read exactly once (`only_user` also takes Add(v, v)) and is no
-    graph output: a value matched this way can be removed with its reader."""
-    uses = list(value.uses())
-    return uses[0].node if len(uses) == 1 and not value.is_graph_output() else None
 
 
 def perm_of(node: ir.Node | None) -> tuple[int, ...] | None:

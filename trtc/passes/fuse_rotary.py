@@ -25,10 +25,19 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.dims import dims, same_dim
 from trtc.ir.walk import all_graphs
-from trtc.passes.fuse_attention import dims, same_dim, sole_reader, split_heads
+from trtc.passes.fuse_attention import split_heads
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import add_constant, const_array, is_op, producer_of, replace_with, require_opset
+from trtc.passes.rewrite import (
+    add_constant,
+    const_array,
+    is_op,
+    producer_of,
+    replace_with,
+    require_opset,
+    sole_reader,
+)
 
 log = logging.getLogger(__name__)
 

@@ -54,6 +54,13 @@ def only_user(value: ir.Value) -> ir.Node | None:
     return users[0]
 
 
+def sole_reader(value: ir.Value) -> ir.Node | None:
+    """The node reading `value`, when it is read exactly once (`only_user` also takes Add(v, v)) and is no
+    graph output: a value matched this way can be removed with its reader."""
+    uses = list(value.uses())
+    return uses[0].node if len(uses) == 1 and not value.is_graph_output() else None
+
+
 def add_constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     """A new initializer with a unique name derived from `name`."""
     base, i = name, 0

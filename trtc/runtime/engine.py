@@ -24,6 +24,7 @@ from trtc.lower.backend import RTX_TARGETS, Backend
 from trtc.runtime import cuda
 from trtc.runtime.io import _numpy_dtype
 from trtc.runtime.reference import latency_summary
+from trtc.runtime.sidecar import dims_text
 
 Shape = tuple[int, ...]
 DEFAULT_ITERATIONS = 100
@@ -42,11 +43,7 @@ class EngineTensorSpec:
     shape: Shape
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{_dims(self.shape)}]"
-
-
-def _dims(shape: Sequence[int]) -> str:
-    return "x".join("?" if d < 0 else str(d) for d in shape)
+        return f"{self.name}: {self.dtype}[{dims_text(self.shape)}]"
 
 
 def sidecar_dtype(name: str) -> np.dtype:
@@ -63,7 +60,7 @@ def sidecar_specs(entries: Sequence[Mapping[str, Any]]) -> list[EngineTensorSpec
 
 
 def _profile_text(profile: Mapping[str, Sequence[Sequence[int]]]) -> str:
-    return ", ".join(f"{name} {_dims(lo)}..{_dims(hi)}" for name, (lo, _, hi) in profile.items())
+    return ", ".join(f"{name} {dims_text(lo)}..{dims_text(hi)}" for name, (lo, _, hi) in profile.items())
 
 
 # ---------------------------------------------------------------- validation and profile choice
@@ -84,7 +81,7 @@ def choose_profile(sidecar: Mapping[str, Any], shapes: Mapping[str, Sequence[int
     for index, profile in enumerate(profiles):
         if all(_fits(shapes[name], lo, hi) for name, (lo, _, hi) in profile.items() if name in shapes):
             return index
-    given = ", ".join(f"{name} {_dims(shape)}" for name, shape in shapes.items())
+    given = ", ".join(f"{name} {dims_text(shape)}" for name, shape in shapes.items())
     listed = "; ".join(f"profile {i}: {_profile_text(p)}" for i, p in enumerate(profiles))
     raise TrtcError(f"no profile of the engine takes these input shapes together ({given}); {listed}", where=where,
                     hint="use shapes from one profile, or rebuild with a --profile that covers them")
@@ -97,7 +94,7 @@ def _check_dtype(spec: EngineTensorSpec, array: Any, where: str) -> None:
                         where=where, hint=f"convert it, e.g. np.asarray(x, dtype='{spec.dtype}')")
 
 
-def _check_dims(sidecar: Mapping[str, Any], spec: EngineTensorSpec, shape: Shape, where: str) -> None:
+def _checkdims_text(sidecar: Mapping[str, Any], spec: EngineTensorSpec, shape: Shape, where: str) -> None:
     if len(shape) != len(spec.shape):
         raise TrtcError(f"input {spec.name!r} has rank {len(shape)} but the engine expects rank {len(spec.shape)} "
                         f"({spec.describe()})", where=where)
@@ -135,7 +132,7 @@ def validate_engine_feeds(sidecar: Mapping[str, Any], feeds: Mapping[str, Any], 
                         + "; give them with --input NAME=file.npy or let trtc generate them")
     for spec in specs:
         _check_dtype(spec, feeds[spec.name], where)
-        _check_dims(sidecar, spec, feeds[spec.name].shape, where)
+        _checkdims_text(sidecar, spec, feeds[spec.name].shape, where)
     choose_profile(sidecar, {s.name: feeds[s.name].shape for s in specs}, where)
 
 
@@ -454,8 +451,9 @@ class EngineRunner:
         for tensor in self._io:
             if tensor.is_input:
                 if not context.set_input_shape(tensor.name, shapes[tensor.name]):
-                    raise TrtcError(f"TensorRT rejected shape {_dims(shapes[tensor.name])} for input {tensor.name!r}: "
-                                    f"{self._errors()}", where=self.where)
+                    shape = dims_text(shapes[tensor.name])
+                    raise TrtcError(f"TensorRT rejected shape {shape} for input {tensor.name!r}: {self._errors()}",
+                                    where=self.where)
                 self._set_address(context, tensor, shapes[tensor.name])
         try:
             unresolved = context.infer_shapes()

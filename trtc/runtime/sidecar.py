@@ -29,7 +29,8 @@ def read_sidecar(plan: str | Path) -> dict[str, Any]:
     return data
 
 
-def _dims(dims) -> str:
+def dims_text(dims) -> str:
+    """1x?x128: -1 dims shown as ?."""
     return "x".join("?" if d < 0 else str(d) for d in dims)
 
 
@@ -38,12 +39,13 @@ def sidecar_text(data: dict[str, Any]) -> str:
              f"{','.join(data['targets']) or 'default'}, built by trtc {data['trtc_version']}",
              f"plan: {data['plan_bytes'] / 2**20:.1f} MiB, {data['network_layers']} network layers, "
              f"built in {data['build_seconds']:.1f}s", "inputs:"]
-    lines += [f"  {t['name']}: {t['dtype']}[{_dims(t['shape'])}]" for t in data["inputs"]]
+    lines += [f"  {t['name']}: {t['dtype']}[{dims_text(t['shape'])}]" for t in data["inputs"]]
     lines.append("outputs:")
-    lines += [f"  {t['name']}: {t['dtype']}[{_dims(t['shape'])}]" for t in data["outputs"]]
+    lines += [f"  {t['name']}: {t['dtype']}[{dims_text(t['shape'])}]" for t in data["outputs"]]
     for i, profile in enumerate(data["profiles"]):
-        lines.append(f"profile {i}: " + "; ".join(
-            f"{name} {_dims(lo)}..{_dims(hi)} (opt {_dims(opt)})" for name, (lo, opt, hi) in profile.items()))
+        ranges = (f"{name} {dims_text(lo)}..{dims_text(hi)} (opt {dims_text(opt)})"
+                  for name, (lo, opt, hi) in profile.items())
+        lines.append(f"profile {i}: " + "; ".join(ranges))
     precision = data.get("precision")
     lines.append(f"precision: {precision['target']}, {precision['flop_share']:.1%} of FLOPs, "
                  f"{precision['fp32_nodes']} nodes fp32" if precision else "precision: fp32")

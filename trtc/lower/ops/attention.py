@@ -14,6 +14,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.dims import same_dim
 from trtc.lower.context import trt_dtype
 from trtc.lower.registry import Constraint, attribute_in, converter, known_rank, tensor_types
 
@@ -90,7 +91,7 @@ def lower_attention(ctx, node):
     # IAttention also needs V of Q's type: TensorRT-RTX 1.7 fails to build it when V comes through a Cast.
     fused = (not softcap and not wants_scores and precision in (0, 1, 11, int(node.inputs[Q].dtype))
              and node.inputs[V].dtype == node.inputs[Q].dtype
-             and _same_dim(node.inputs[K].shape[-1], node.inputs[V].shape[-1]))
+             and same_dim(node.inputs[K].shape[-1], node.inputs[V].shape[-1]))
     if fused:
         y, scores = fused_attention(ctx, q, k, v, masks), None
     else:
@@ -187,7 +188,7 @@ class AttentionMasks:
             return kinds.UPPER_LEFT
         new_keys = self.node.inputs[K].shape[1 if self.node.inputs[K].shape.rank() == 3 else 2]
         q_len = self.node.inputs[Q].shape[1 if self.node.inputs[Q].shape.rank() == 3 else 2]
-        return kinds.LOWER_RIGHT if _same_dim(new_keys, q_len) else None
+        return kinds.LOWER_RIGHT if same_dim(new_keys, q_len) else None
 
     def attention_mask(self):
         """IAttention's mask: bool when every constraint is boolean, else the float bias."""
@@ -236,7 +237,7 @@ class AttentionMasks:
     def _mask_covers_keys(self) -> bool:
         """The IR proves attn_mask's last dim is the key length (no past cache to add)."""
         key = self.node.inputs[K]
-        return not given(self.node.inputs, PAST_KEY) and _same_dim(
+        return not given(self.node.inputs, PAST_KEY) and same_dim(
             self.node.inputs[MASK].shape[-1], key.shape[1 if key.shape.rank() == 3 else 2])
 
     def _allowed(self):
@@ -282,14 +283,7 @@ def _same_heads(node: ir.Node) -> bool:
     """Q and K/V provably have the same number of heads (no grouping)."""
     if node.inputs[Q].shape.rank() == 3:
         return node.attributes.get_int("q_num_heads") == node.attributes.get_int("kv_num_heads")
-    return _same_dim(node.inputs[Q].shape[1], node.inputs[K].shape[1])
-
-
-def _same_dim(a, b) -> bool:
-    if isinstance(a, int) and isinstance(b, int):
-        return a == b
-    named = isinstance(a, ir.SymbolicDim) and isinstance(b, ir.SymbolicDim) and a.value is not None
-    return named and a.value == b.value
+    return same_dim(node.inputs[Q].shape[1], node.inputs[K].shape[1])
 
 
 # ------------------------------------------------------------------ small helpers
