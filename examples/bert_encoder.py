@@ -11,7 +11,6 @@ Attention node, type the graph for fp16 and build an engine for batch 1..4, sequ
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from example_kit import Graph, layer_norm, linear, print_summary  # examples/ is on sys.path when run
+from example_kit import Graph, example_main, layer_norm, linear  # examples/ is on sys.path when run
 
 VOCAB, TYPE_VOCAB, MAX_POSITIONS = 1000, 2, 128
 HIDDEN, HEADS, INTERMEDIATE, LAYERS = 64, 4, 256, 2
@@ -111,13 +110,13 @@ def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     """`trtc compile` through the library: the same stages and report as the command line."""
     from trtc.compile import compile_model
     from trtc.lower.build import BuildOptions
+    from trtc.precision.api import precision_settings
 
     names = ("input_ids", "attention_mask", "token_type_ids")
     # One optimization profile: every input ranges over the same [batch, sequence] dims.
     build = BuildOptions(profiles=[{name: PROFILE for name in names}])
     # The precision options with the CLI's defaults (`trtc compile --help`); fp16 keeps fp32 islands where needed.
-    precision = {"fp16": fp16, "bf16": False, "calib": (), "calib_samples": 4, "keep_fp32": (), "keep_fp32_op": (),
-                 "force_fp16": (), "cast_io": False, "data_max": 512.0, "max_reduction": 1024, "tolerance": None}
+    precision = precision_settings(fp16=fp16)
     # Calibration and the predicted-error check run at the OPT shape; input_ids and token_type_ids are drawn
     # below their tables' sizes automatically, the mask is drawn from {0, 1}.
     shapes = [f"{name}={'x'.join(map(str, PROFILE[1]))}" for name in names]
@@ -126,19 +125,5 @@ def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
                          feeds_kwargs={**feeds, "seed": 1000}, progress=None)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "bert_encoder")
-    ap.add_argument("--fp32", action="store_true", help="Build in fp32 (skip the fp16 typing).")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    model_path = args.out / "bert_encoder.onnx"
-    onnx.save(build_model(), model_path)
-    print(f"wrote {model_path}; compiling...")
-    report = compile_example(model_path, args.out, fp16=not args.fp32)
-    print_summary(report)
-    print(f"wrote {args.out / 'report.md'}")
-
-
 if __name__ == "__main__":
-    main()
+    example_main("bert_encoder", __doc__, build_model, compile_example)

@@ -10,12 +10,9 @@ says how far the engine's outputs are predicted to be from the fp32 model's.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import onnx
-
-from example_kit import print_summary  # examples/ is on sys.path when this file runs as a script
+from example_kit import example_main  # examples/ is on sys.path when this file runs as a script
 from make_cnn import make_cnn
 
 # The dynamic-shape profile for `image`: (MIN, OPT, MAX) shapes. Only the batch dim is dynamic;
@@ -31,31 +28,17 @@ def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     """
     from trtc.compile import compile_model
     from trtc.lower.build import BuildOptions
+    from trtc.precision.api import precision_settings
 
     build = BuildOptions(profiles=[{"image": PROFILE}])  # one optimization profile
     # The precision options with the CLI's defaults (`trtc compile --help`): fp16 everywhere except the
     # nodes the precision pass keeps in fp32 (large values, long reductions), each with a reason.
-    precision = {"fp16": fp16, "bf16": False, "calib": (), "calib_samples": 4, "keep_fp32": (), "keep_fp32_op": (),
-                 "force_fp16": (), "cast_io": False, "data_max": 512.0, "max_reduction": 1024, "tolerance": None}
+    precision = precision_settings(fp16=fp16)
     # Calibration (seed 0) and the predicted-error check (another seed) use random images at the OPT shape.
     feeds = {"inputs": (), "ranges": (), "shapes": ["image=" + "x".join(map(str, PROFILE[1]))]}
     return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
                          feeds_kwargs={**feeds, "seed": 1000}, progress=None)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "cnn")
-    ap.add_argument("--fp32", action="store_true", help="Build in fp32 (skip the fp16 typing).")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    model_path = args.out / "cnn.onnx"
-    onnx.save(make_cnn(seed=0), model_path)  # input image [batch, 3, 32, 32] -> logits [batch, 10]
-    print(f"wrote {model_path}; compiling...")
-    report = compile_example(model_path, args.out, fp16=not args.fp32)
-    print_summary(report)
-    print(f"wrote {args.out / 'report.md'}")
-
-
 if __name__ == "__main__":
-    main()
+    example_main("cnn", __doc__, lambda: make_cnn(seed=0), compile_example)

@@ -3,6 +3,10 @@ printout of a `trtc compile` report."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -54,3 +58,19 @@ def print_summary(report: dict) -> None:
     engine = report["engine"]
     print(f"  engine: {engine['backend']} {engine['backend_version']}, {engine['network_layers']} layers, "
           f"{engine['plan_bytes'] / 2**20:.1f} MiB")
+
+
+def example_main(name: str, doc: str, build_model: Callable[[], onnx.ModelProto],
+                 compile_example: Callable[[Path, Path, bool], dict]) -> None:
+    """The command line every example shares: write the model into --out, compile it, print the summary."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / name)
+    ap.add_argument("--fp32", action="store_true", help="Build in fp32 (skip the fp16 typing).")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_path = args.out / f"{name}.onnx"
+    onnx.save(build_model(), model_path)
+    print(f"wrote {model_path}; compiling...")
+    report = compile_example(model_path, args.out, not args.fp32)
+    print_summary(report)
+    print(f"wrote {args.out / 'report.md'}")

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trtc.precision.api import precision_settings  # noqa: E402
+
 from corpus import assert_close_to_reference, corpus_params  # noqa: E402
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
 
-PRECISION = {"fp16": True, "bf16": False, "calib": (), "calib_samples": 1, "keep_fp32": (), "keep_fp32_op": (),
-             "force_fp16": (), "cast_io": False, "data_max": 512.0, "max_reduction": 1024, "tolerance": None}
+PRECISION = precision_settings(fp16=True, calib_samples=1)
 
 
 def profile_for(model, inputs: dict[str, np.ndarray]) -> dict:

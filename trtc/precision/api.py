@@ -11,6 +11,19 @@ from trtc.precision import PrecisionOptions, apply_precision
 from trtc.runtime.io import calibration_samples, model_inputs
 
 
+def precision_settings(**overrides: Any) -> dict[str, Any]:
+    """The precision options as `run_precision` (and `trtc compile`) take them, with the CLI's
+    defaults (from PrecisionOptions); `overrides` sets some, e.g. fp16=True."""
+    defaults = PrecisionOptions()
+    settings = {"fp16": False, "bf16": False, "calib": (), "calib_samples": 4, "keep_fp32": (), "keep_fp32_op": (),
+                "force_fp16": (), "cast_io": defaults.cast_io, "data_max": defaults.data_max,
+                "max_reduction": defaults.max_reduction, "tolerance": None}
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        raise TypeError(f"unknown precision settings: {', '.join(sorted(unknown))}")
+    return {**settings, **overrides}
+
+
 def run_precision(artifact: Artifact, opts: Mapping[str, Any], *, inputs: Sequence[str] = (), seed: int = 0,
                   ranges: Sequence[str] = (), shapes: Sequence[str] = ()) -> dict[str, Any]:
     """Type `artifact.model` in place per the CLI options; returns the report for the metadata.
