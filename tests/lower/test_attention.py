@@ -7,17 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
 
-from trtc.frontend import parse_onnx  # noqa: E402
 from trtc.lower.backend import load_backend  # noqa: E402
-from trtc.lower.build import BuildOptions, build_engine  # noqa: E402
 from trtc.lower.network import lower  # noqa: E402
 from trtc.lower.registry import support_issue  # noqa: E402
+
+from lowerutil import build, parse  # noqa: E402
 
 F32, F16, BOOL, I64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BOOL, TensorProto.INT64
 
@@ -34,16 +33,6 @@ def one_node(op, inputs, outputs, attrs=None, inits=None, opset=23, value_inputs
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def parse(proto, tmp_path: Path):
-    path = tmp_path / "model.onnx"
-    onnx.save(proto, str(path))
-    return parse_onnx(path)
-
-
-def build(proto, tmp_path: Path, profile=None):
-    artifact = parse(proto, tmp_path)
-    return build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
-                        BuildOptions(profiles=[profile] if profile else []))
 
 
 def layer_types(proto, tmp_path: Path) -> set[str]:

@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datamove_util import build, issues, model, one_node, output_shapes, vi  # noqa: E402
+from lowerutil import build, issues, model, one_node, output_shapes, vi  # noqa: E402
 
 F, I64 = np.float32, np.int64
 INT64_MAX, INT64_MIN = np.iinfo(np.int64).max, np.iinfo(np.int64).min

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
 
-from trtc.frontend import parse_onnx  # noqa: E402
 from trtc.lower.backend import load_backend  # noqa: E402
-from trtc.lower.build import BuildOptions, build_engine  # noqa: E402
 from trtc.lower.network import lower  # noqa: E402
 from trtc.lower.registry import support_issue  # noqa: E402
+
+from lowerutil import build, parse  # noqa: E402
 
 F32, F16, BOOL = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BOOL
 I64, I32, I8, U8 = TensorProto.INT64, TensorProto.INT32, TensorProto.INT8, TensorProto.UINT8
@@ -41,16 +40,6 @@ def one_node(op, inputs, outputs, value_inputs, value_outputs, inits=(), opset=1
     return graph_model([helper.make_node(op, inputs, outputs, **attrs)], value_inputs, value_outputs, inits, opset)
 
 
-def parse(proto, tmp_path: Path):
-    path = tmp_path / "model.onnx"
-    onnx.save(proto, str(path))
-    return parse_onnx(path)
-
-
-def build(proto, tmp_path: Path, profile=None):
-    artifact = parse(proto, tmp_path)
-    return build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
-                        BuildOptions(profiles=[profile] if profile else []))
 
 
 def layer_types(proto, tmp_path: Path) -> list[str]:

@@ -12,10 +12,11 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from trtc.frontend import parse_onnx
 from trtc.lower.backend import load_backend
 from trtc.lower.build import BuildOptions, build_engine
 from trtc.lower.registry import support_issue
+
+from lowerutil import build, parse
 
 F, F16, I64 = np.float32, np.float16, np.int64
 TYPES = {np.dtype(F): onnx.TensorProto.FLOAT, np.dtype(F16): onnx.TensorProto.FLOAT16,
@@ -35,17 +36,6 @@ def one_node(op, inputs, outputs, attrs=None, inits=None, opset=18):
         [helper.make_tensor_value_info(n, TYPES[np.dtype(t)], s) for n, t, s in outputs if n],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def parse(proto, tmp_path: Path):
-    onnx.save(proto, str(tmp_path / "model.onnx"))
-    return parse_onnx(tmp_path / "model.onnx")
-
-
-def build(proto, tmp_path: Path, profile=None):
-    artifact = parse(proto, tmp_path)
-    build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
-                 BuildOptions(profiles=[profile] if profile else []))
 
 
 def issue(proto, tmp_path: Path):

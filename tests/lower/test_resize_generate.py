@@ -13,7 +13,7 @@ import pytest
 from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datamove_util import build, issues, model, one_node, output_shapes, vi  # noqa: E402
+from lowerutil import build, issues, model, one_node, output_shapes, vi  # noqa: E402
 
 F, H, I32, I64, U8, B = np.float32, np.float16, np.int32, np.int64, np.uint8, np.bool_
 IMAGE = {"x": ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))}

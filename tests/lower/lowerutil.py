@@ -1,4 +1,4 @@
-"""Helpers for the data-movement converter tests: make a one-or-few-node ONNX model, parse it
+"""Helpers for the converter tests: make a one-or-few-node ONNX model, parse it
 with trtc's frontend and build it with TensorRT-RTX (the dtype/shape agreement check runs inside)."""
 
 from __future__ import annotations
