@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from trtc.lower.ops._shape_math import ShapeMath
+from trtc.lower.ops.slice import slice_axes
 from trtc.lower.registry import Constraint, converter, known_rank, tensor_types
 
 
 @converter("MatMul", constraints=[tensor_types(), known_rank(0), known_rank(1)])
 def lower_matmul(ctx, node):
-    """MatMul with numpy semantics: 1-D operands are vectors, batch dims broadcast."""
+    """MatMul with numpy semantics: a 1-D operand is a vector (TensorRT's VECTOR operation, given
+    the other operand's batch dims as leading unit dims), batch dims broadcast."""
     MO = ctx.trt.MatrixOperation
     a, b = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
     op_a = MO.VECTOR if ctx.rank(a) == 1 else MO.NONE
     op_b = MO.VECTOR if ctx.rank(b) == 1 else MO.NONE
     if op_a == MO.NONE and op_b == MO.NONE:
         a, b = ctx.broadcast(a, b)
-    elif op_a == MO.NONE and ctx.rank(a) > 2:
-        pass  # vector rhs broadcasts over a's batch dims
+    elif op_a == MO.VECTOR and op_b == MO.NONE:
+        a = ctx.unsqueeze_to(a, ctx.rank(b) - 1)
+    elif op_b == MO.VECTOR and op_a == MO.NONE:
+        b = ctx.unsqueeze_to(b, ctx.rank(a) - 1)
     return [ctx.check(ctx.network.add_matrix_multiply(a, op_a, b, op_b)).get_output(0)]
 
 
@@ -41,11 +48,17 @@ def lower_gemm(ctx, node):
     return [out]
 
 
-def _conv_common(layer, node, spatial: int):
+def _window(layer, node, spatial: int, unit: tuple[int, ...] = ()):
+    """Strides, dilations and groups of a (de)convolution layer (`unit` appends unit ones)."""
     attrs = node.attributes
-    layer.stride_nd = tuple(attrs.get_ints("strides", [1] * spatial))
-    layer.dilation_nd = tuple(attrs.get_ints("dilations", [1] * spatial))
+    layer.stride_nd = (*attrs.get_ints("strides", [1] * spatial), *unit)
+    layer.dilation_nd = (*attrs.get_ints("dilations", [1] * spatial), *unit)
     layer.num_groups = attrs.get_int("group", 1)
+
+
+def _conv_common(layer, node, spatial: int):
+    _window(layer, node, spatial)
+    attrs = node.attributes
     pads = attrs.get_ints("pads", [0] * (2 * spatial))
     layer.pre_padding, layer.post_padding = tuple(pads[:spatial]), tuple(pads[spatial:])
     auto_pad = attrs.get_string("auto_pad", "NOTSET")
@@ -84,19 +97,82 @@ def lower_conv(ctx, node):
     return [layer.get_output(0)]
 
 
-@converter("ConvTranspose", constraints=[tensor_types(), known_rank(0), static_weight_shape()])
+def deconv_crops(node, input_dims: Sequence[int | None]) -> tuple[list[int], list[int]]:
+    """How much ConvTranspose removes at the begin and end of each spatial dim of the full
+    transposed convolution (size s*(in-1) + (k-1)*d + 1); negative = extended there. ONNX's pads,
+    less output_padding at the end; with output_shape or auto_pad SAME the pads come from the
+    total padding (s*(in-1) + output_padding + (k-1)*d + 1 - output_shape, output_shape = in*s for
+    SAME, whose total does not depend on `in`), the odd one at the end for SAME_UPPER."""
+    attrs = node.attributes
+    kernel = _weight_dims(node)[2:]
+    spatial = len(kernel)
+    strides = attrs.get_ints("strides", [1] * spatial)
+    dilations = attrs.get_ints("dilations", [1] * spatial)
+    out_pad = attrs.get_ints("output_padding", [0] * spatial)
+    auto_pad = attrs.get_string("auto_pad", "NOTSET")
+    output_shape = attrs.get_ints("output_shape", None)
+    if output_shape is None and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = attrs.get_ints("pads", [0] * (2 * spatial))
+        return list(pads[:spatial]), [p - o for p, o in zip(pads[spatial:], out_pad)]
+    begin, end = [], []
+    for i in range(spatial):
+        full = out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+        total = full - strides[i] if output_shape is None else \
+            strides[i] * (input_dims[i] - 1) + full - output_shape[-spatial + i]
+        small, large = total // 2, total - total // 2
+        first, last = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+        begin.append(first)
+        end.append(last - out_pad[i])
+    return begin, end
+
+
+def _static_size_for_output_shape(node) -> str | None:
+    if "output_shape" not in node.attributes:
+        return None
+    x = node.inputs[0]
+    if x.shape is None or not all(isinstance(d, int) for d in x.shape.dims[2:]):
+        return f"output_shape needs static spatial dims of {x.name!r} (the padding depends on them)"
+    return None
+
+
+def _unit_last(ctx, tensor):
+    """`tensor` with a size-1 dim appended."""
+    axis = ctx.constant(np.array([ctx.rank(tensor)], np.int64))
+    return ctx.check(ctx.network.add_unsqueeze(tensor, axis)).get_output(0)
+
+
+@converter("ConvTranspose", constraints=[
+    tensor_types(), known_rank(0), static_weight_shape(),
+    Constraint("output_shape with static spatial dims", _static_size_for_output_shape)])
 def lower_conv_transpose(ctx, node):
-    """ConvTranspose -> deconvolution (output_padding folded into post-padding)."""
+    """ConvTranspose -> deconvolution cropping the positive parts of `deconv_crops`; where they are
+    negative (output_padding, a larger output_shape) the result is extended with zeros by a FILL
+    slice and the bias added after, as ONNX gives those cells the bias only. 1-D is built as 2-D
+    with a unit last dim (TensorRT-RTX fails creating 1-D deconvolutions)."""
     dims = _weight_dims(node)
     spatial = len(dims) - 2
-    group = node.attributes.get_int("group", 1)
-    layer = ctx.check(ctx.network.add_deconvolution_nd(ctx.tensor(node.inputs[0]), dims[1] * group,
-                                                       dims[2:], ctx.trt.Weights(), ctx.trt.Weights()))
-    layer.set_input(1, ctx.tensor(node.inputs[1]))
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        layer.set_input(2, ctx.tensor(node.inputs[2]))
-    _conv_common(layer, node, spatial)
-    out_pad = node.attributes.get_ints("output_padding", [0] * spatial)
-    if any(out_pad):
-        layer.post_padding = tuple(p - o for p, o in zip(layer.post_padding, out_pad))
-    return [layer.get_output(0)]
+    x, w = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
+    begin, end = deconv_crops(node, [d if isinstance(d, int) else None for d in node.inputs[0].shape.dims[2:]])
+    kernel = list(dims[2:])
+    if spatial == 1:
+        x, w, kernel, begin, end = _unit_last(ctx, x), _unit_last(ctx, w), [*kernel, 1], [*begin, 0], [*end, 0]
+    layer = ctx.check(ctx.network.add_deconvolution_nd(x, dims[1] * node.attributes.get_int("group", 1), kernel,
+                                                       ctx.trt.Weights(), ctx.trt.Weights()))
+    layer.set_input(1, w)
+    _window(layer, node, spatial, (1,) * (len(kernel) - spatial))
+    layer.pre_padding = tuple(max(b, 0) for b in begin)
+    layer.post_padding = tuple(max(e, 0) for e in end)
+    before, after = [max(-b, 0) for b in begin], [max(-e, 0) for e in end]
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if bias is not None and not any(before + after):
+        layer.set_input(2, ctx.tensor(bias))
+    y = layer.get_output(0)
+    if any(before + after):
+        axes = np.arange(2, 2 + len(kernel), dtype=np.int64)
+        size = ShapeMath(ctx).add(ShapeMath(ctx).dims(y, axes), np.array(before) + np.array(after))
+        y = slice_axes(ctx, y, axes, -np.array(before, np.int64), size, np.ones(len(kernel), np.int64),
+                       mode=ctx.trt.SampleMode.FILL)
+        if bias is not None:
+            y = ctx.elementwise(y, ctx.reshape(ctx.tensor(bias), [1, -1] + [1] * len(kernel)),
+                                ctx.trt.ElementWiseOperation.SUM)
+    return [ctx.reshape(y, [0, 0, -1]) if spatial == 1 else y]
