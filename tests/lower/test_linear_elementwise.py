@@ -1,4 +1,4 @@
-"""MatMul, ConvTranspose and elementwise converters: each variant builds with TensorRT-RTX (the
+"""MatMul, ConvTranspose, elementwise and TensorScatter converters: each variant builds with TensorRT-RTX (the
 lowering checks every output's dtype and shape against the IR); ConvTranspose's crop/extend plan
 is checked against the ONNX reference evaluator in numpy (numerics of the engine need a GPU)."""
 
@@ -13,7 +13,7 @@ pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip i
 
 from trtc.lower.ops.linear import deconv_crops  # noqa: E402
 
-from lowerutil import build, one_node, parse  # noqa: E402
+from lowerutil import build, issues, one_node, parse  # noqa: E402
 
 F = np.float32
 
@@ -90,3 +90,28 @@ def test_uint8_constant_operands_build(tmp_path, op):
     inits = {"a": np.array([3, 2, 1], np.uint8), "b": np.array([1, 4, 4], np.uint8)}
     build(one_node(op, [("a", np.uint8, [3]), ("b", np.uint8, [3])], [("y", np.uint8, [3])], inits=inits),
           tmp_path)
+
+
+# ------------------------------------------------------------------ TensorScatter
+
+
+def _tensor_scatter(past, update, mode="linear", indices=True, axis=-2):
+    inputs = [("past", F, past), ("update", F, update)] + ([("w", np.int64, [past[0]])] if indices else [])
+    return one_node("TensorScatter", inputs, [("y", F, past)], {"mode": mode, "axis": axis}, opset=24)
+
+
+@pytest.mark.parametrize("mode", ["linear", "circular"])
+def test_tensor_scatter_builds(tmp_path, mode):
+    build(_tensor_scatter([2, 1, 4, 5], [2, 1, 2, 5], mode), tmp_path)
+    build(_tensor_scatter([3, 4, 5], [3, 2, 5], mode, indices=False, axis=1), tmp_path)
+
+
+def test_tensor_scatter_with_run_time_dims(tmp_path):
+    """Batch and sequence length known only at run time: the positions come from a fill layer."""
+    profile = {"past": ((1, 2, 8, 4), (2, 2, 8, 4), (4, 2, 8, 4)), "update": ((1, 2, 1, 4), (2, 2, 3, 4), (4, 2, 8, 4)),
+               "w": ((1,), (2,), (4,))}
+    build(_tensor_scatter(["b", 2, 8, 4], ["b", 2, "s", 4], "circular"), tmp_path, profile)
+
+
+def test_tensor_scatter_on_the_batch_axis_is_refused(tmp_path):
+    assert "batch dim" in issues(_tensor_scatter([2, 4], [2, 4], axis=0), tmp_path)[0]

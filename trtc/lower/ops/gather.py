@@ -1,5 +1,5 @@
 """Indexing: Gather, GatherElements, GatherND, ScatterElements (and the opset-9 Scatter),
-ScatterND -> IGatherLayer / IScatterLayer, with ONNX's negative indices wrapped; NonZero and
+ScatterND, TensorScatter -> IGatherLayer / IScatterLayer, with ONNX's negative indices wrapped; NonZero and
 Compress -> INonZeroLayer (+ gather)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import numpy as np
 
 from trtc.errors import TrtcError
 from trtc.lower.ops._shape_math import ShapeMath, constant, tensor_of, wrap_negative
+from trtc.lower.ops.generate import iota
 from trtc.lower.ops.slice import slice_axes
 from trtc.lower.registry import Constraint, attribute_in, converter, known_rank, tensor_types
 
@@ -105,6 +106,37 @@ def lower_scatter_nd(ctx, node):
     depth = node.inputs[1].shape.dims[-1]
     indices = _indices(ctx, node, 1, _nd_dims(ctx, data, 0, depth))
     layer = ctx.check(ctx.network.add_scatter(data, indices, ctx.tensor(node.inputs[2]), ctx.trt.ScatterMode.ND))
+    return [layer.get_output(0)]
+
+
+def _sequence_axis(node) -> str | None:
+    if node.attributes.get_int("axis", -2) % node.inputs[0].shape.rank() == 0:
+        return "axis 0 is the batch dim (write_indices index it); the sequence axis must be another"
+    return None
+
+
+@converter("TensorScatter", since=24, constraints=[tensor_types(), known_rank(0), known_rank(1),
+                                                   attribute_in("mode", ("linear", "circular"), "linear"),
+                                                   Constraint("sequence axis is not the batch dim", _sequence_axis)])
+def lower_tensor_scatter(ctx, node):
+    """TensorScatter(past_cache, update, write_indices, axis, mode) -> IScatterLayer in ELEMENT mode
+    along the sequence axis: update's position s of batch b goes to write_indices[b] + s (modulo
+    max_sequence_length when circular), those indices broadcast to update's shape by a stride-0 slice."""
+    past, update = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
+    rank = ctx.rank(past)
+    axis = ctx.axis(node.attributes.get_int("axis", -2), rank)
+    math = ShapeMath(ctx)
+    position = iota(ctx, math.dims(update, [axis]), rank, axis)
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        start = ctx.reshape(ctx.cast(ctx.tensor(node.inputs[2]), ctx.trt.int64), [-1] + [1] * (rank - 1))
+        position = math.add(position, start)
+    if node.attributes.get_string("mode", "linear") == "circular":
+        length = _axis_dim(ctx, past, axis)
+        position = math.sub(position, math.mul(length, math.floor_div(position, length)))
+    strides = np.array([0 if d == 1 else 1 for d in position.shape], np.int64)
+    indices = slice_axes(ctx, position, list(range(rank)), np.zeros(rank, np.int64), math.dims(update), strides)
+    layer = ctx.check(ctx.network.add_scatter(past, indices, update, ctx.trt.ScatterMode.ELEMENT))
+    layer.axis = axis
     return [layer.get_output(0)]
 
 
