@@ -84,8 +84,13 @@ class BuildResult:
     cached: bool
 
 
-def _io_entry(value: ir.Value) -> dict[str, Any]:
-    return {"name": value.name, "dtype": value.dtype.name.lower(), "shape": list(dims_of(value))}
+def _io_entry(value: ir.Value, carried: Mapping[str, ir.DataType]) -> dict[str, Any]:
+    """The model's type; `engine_dtype` when the engine carries it in another (see legalize.py)."""
+    entry = {"name": value.name, "dtype": carried.get(value.name, value.dtype).name.lower(),
+             "shape": list(dims_of(value))}
+    if value.name in carried:
+        entry["engine_dtype"] = value.dtype.name.lower()
+    return entry
 
 
 def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions,
@@ -138,8 +143,8 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
     sidecar = {
         "format": "trtc-plan", "sidecar_version": SIDECAR_VERSION, "trtc_version": __version__,
         "backend": backend.name, "backend_version": backend.version, "targets": targets,
-        "inputs": [_io_entry(v) for v in model.graph.inputs],
-        "outputs": [_io_entry(v) for v in model.graph.outputs],
+        "inputs": [_io_entry(v, lowered.carried) for v in model.graph.inputs],
+        "outputs": [_io_entry(v, lowered.carried) for v in model.graph.outputs],
         "profiles": [{k: [list(d) for d in v] for k, v in p.items()} for p in profiles],
         "precision": None if precision is None else {
             "target": precision["target"], "flop_share": precision["flop_share"],

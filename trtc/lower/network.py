@@ -16,6 +16,7 @@ from trtc.errors import TrtcError
 from trtc.lower import ops  # noqa: F401  (registers the converters)
 from trtc.lower.backend import Backend
 from trtc.lower.context import LowerCtx, RecordingLogger, trt_dtype
+from trtc.lower.legalize import legalize_types
 from trtc.lower.registry import find_converter, unsupported_nodes
 
 
@@ -25,6 +26,7 @@ class Lowered:
     network: object
     ctx: LowerCtx
     logger: object
+    carried: dict[str, ir.DataType]  # graph inputs/outputs carried in another type: the model's type
 
 
 def dims_of(value: ir.Value) -> tuple[int, ...]:
@@ -41,8 +43,9 @@ def check_supported(model: ir.Model, where: str) -> None:
 
 
 def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
-    """Build the TensorRT network for `model` (main graph)."""
+    """Build the TensorRT network for `model` (main graph; its types are legalized in place)."""
     check_supported(model, where)
+    carried = legalize_types(model)
     trt = backend.trt
     logger = RecordingLogger(trt)
     builder = trt.Builder(logger)
@@ -65,7 +68,7 @@ def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
         tensor.name = value.name
         network.mark_output(tensor)
     check_agreement(model, ctx, where)
-    return Lowered(builder, network, ctx, logger)
+    return Lowered(builder, network, ctx, logger, carried)
 
 
 def _unique_name(node: ir.Node, index: int, seen: set[str]) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 import onnx_ir as ir
 
+from trtc.lower.legalize import carry_issues, legalize_types
+
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
@@ -87,12 +89,16 @@ def support_issue(node: ir.Node, opset: int) -> str | None:
 
 
 def unsupported_nodes(model: ir.Model) -> list[dict[str, str]]:
-    """Every node of the main graph the builder cannot lower, with the reason."""
+    """Every node of the main graph the builder cannot lower, with the reason. Values of types
+    TensorRT lacks are carried in types it has first (in place: `trtc.lower.legalize`)."""
     load_converters()
+    carry = carry_issues(model)
+    if not carry:
+        legalize_types(model)
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     out = []
     for node in model.graph:
-        reason = support_issue(node, opset)
+        reason = carry.get(node) or support_issue(node, opset)
         if reason is not None:
             out.append({"node": node.name or "<unnamed>", "op": node.op_type, "reason": reason})
     return out

@@ -210,6 +210,16 @@ def _check_counts(warmup: int, iterations: int | None, duration: float | None) -
 # ---------------------------------------------------------------- the runner
 
 
+def to_engine_type(name: str, array: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """An input in the engine's type: the model's own, or the type carrying it (float64 as
+    float32, uint16 as int32, float8 as float16: see trtc/lower/legalize.py). Integers must
+    arrive unchanged (UINT64 rides in INT64, so values from 2**63 on cannot)."""
+    if array.dtype == np.uint64 and dtype == np.int64 and array.size and int(array.max()) >= 2**63:
+        raise TrtcError(f"input {name!r} has {array.dtype} values the engine's {dtype} cannot hold",
+                        where=where, hint="the engine carries this type in a narrower one; keep values below 2**63")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
 def _trt_numpy_dtype(trt, dtype) -> np.dtype | None:
     """numpy dtype of a TensorRT DataType, None for types numpy cannot hold (FP8, INT4, FP4)."""
     import ml_dtypes
@@ -427,7 +437,7 @@ class EngineRunner:
             if tensor.name not in feeds:
                 raise TrtcError(f"the engine takes input {tensor.name!r}, which its sidecar does not list",
                                 where=self.where, hint="rebuild the engine with `trtc build`")
-            arrays[tensor.name] = np.ascontiguousarray(feeds[tensor.name], dtype=tensor.dtype)
+            arrays[tensor.name] = to_engine_type(tensor.name, feeds[tensor.name], tensor.dtype, self.where)
         return arrays
 
     def _grow(self, pool: dict, name: str, nbytes: int, kind) -> Any:

@@ -34,14 +34,19 @@ def dims_text(dims) -> str:
     return "x".join("?" if d < 0 else str(d) for d in dims)
 
 
+def _io_line(entry: dict[str, Any]) -> str:
+    carried = f" (carried as {entry['engine_dtype']})" if entry.get("engine_dtype") else ""
+    return f"  {entry['name']}: {entry['dtype']}[{dims_text(entry['shape'])}]{carried}"
+
+
 def sidecar_text(data: dict[str, Any]) -> str:
     lines = [f"engine: {data['backend']} {data['backend_version']}, targets "
              f"{','.join(data['targets']) or 'default'}, built by trtc {data['trtc_version']}",
              f"plan: {data['plan_bytes'] / 2**20:.1f} MiB, {data['network_layers']} network layers, "
              f"built in {data['build_seconds']:.1f}s", "inputs:"]
-    lines += [f"  {t['name']}: {t['dtype']}[{dims_text(t['shape'])}]" for t in data["inputs"]]
+    lines += [_io_line(t) for t in data["inputs"]]
     lines.append("outputs:")
-    lines += [f"  {t['name']}: {t['dtype']}[{dims_text(t['shape'])}]" for t in data["outputs"]]
+    lines += [_io_line(t) for t in data["outputs"]]
     for i, profile in enumerate(data["profiles"]):
         ranges = (f"{name} {dims_text(lo)}..{dims_text(hi)} (opt {dims_text(opt)})"
                   for name, (lo, opt, hi) in profile.items())
