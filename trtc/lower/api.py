@@ -67,5 +67,6 @@ def build_artifact(artifact: Artifact, output: Path, options: BuildOptions, *, c
 
 def support_report(artifact: Artifact) -> dict[str, Any]:
     """What `--dry-run` / `inspect --support` print: every node that cannot be lowered."""
+    nodes = len(artifact.model.graph)  # before types TensorRT lacks are carried (which adds nodes)
     problems = unsupported_nodes(artifact.model)
-    return {"nodes": len(artifact.model.graph), "unsupported": problems, "supported": not problems}
+    return {"nodes": nodes, "unsupported": problems, "supported": not problems}
