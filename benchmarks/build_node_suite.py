@@ -51,18 +51,34 @@ def input_arrays(case: Path) -> dict:
     return arrays
 
 
+# Float and bool inputs that parameterize an op, by op and input position (None: any small one):
+# Resize's scales, OneHot's depth and Range's bounds set output sizes; Dropout's ratio and
+# training_mode decide whether it is the identity.
+FLOAT_PARAMETERS: dict[str, set[int] | None] = {"Resize": None, "Upsample": None, "OneHot": {1},
+                                                "Range": {0, 1, 2}, "Dropout": {1, 2}}
+
+
+def _is_parameter(node, index: int) -> bool:
+    positions = FLOAT_PARAMETERS.get(node.op_type, set())
+    return positions is None or index in positions
+
+
 def freeze_parameter_inputs(model, arrays: dict) -> list[str]:
-    """Make the small 1-D/0-D inputs that parameterize an op (axes, pads, starts, shapes, scales, K) constants
-    with the test data's values: node tests feed them as inputs, models carry them as initializers."""
+    """Make the small 1-D/0-D inputs that parameterize an op (axes, pads, starts, shapes, scales, K, depth,
+    Range bounds, Dropout's ratio and mode) constants with the test data's values: node tests feed them as
+    inputs, models carry them as initializers."""
     import onnx_ir as ir
 
     frozen = []
     for value in list(model.graph.inputs):
         array = arrays.get(value.name)
-        if array is None or array.ndim > 1 or array.size > 16 or array.dtype.kind not in "iuf":
+        if array is None or array.ndim > 1 or array.size > 16:
             continue
-        if array.dtype.kind == "f" and not any(n.op_type in ("Resize", "Upsample") for n, _ in value.uses()):
-            continue  # float data stays data; only Resize's scales are parameters
+        kind = "f" if array.dtype.name == "bfloat16" else array.dtype.kind  # ml_dtypes' bfloat16 is kind V
+        if kind not in "iufb":
+            continue
+        if kind in "fb" and not any(_is_parameter(n, i) for n, i in value.uses()):
+            continue  # float and bool data stay data
         model.graph.inputs.remove(value)
         value.const_value = ir.tensor(array)
         model.graph.register_initializer(value)
@@ -116,7 +132,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--all-ops", action="store_true", help="also cases whose op onnx-tensorrt lacks")
     ap.add_argument("--freeze-parameters", action="store_true",
-                    help="make small 1-D integer inputs (axes, pads, shapes; Resize scales) constants")
+                    help="make small 1-D integer inputs (axes, pads, shapes) and float/bool parameters (Resize scales, "
+                         "OneHot depth, Range bounds, Dropout ratio/mode) constants")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     if not SUITE.is_dir() or not REFERENCE.is_file():
