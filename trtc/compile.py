@@ -16,7 +16,8 @@ import numpy as np
 from trtc import __version__
 from trtc.errors import TrtcError
 from trtc.frontend import parse_onnx
-from trtc.frontend.parse import file_sha256
+from trtc.frontend.freeze import FreezeValue, freeze_fingerprints
+from trtc.frontend.parse import file_sha256, parse_input_hash
 from trtc.ir import load_artifact, save_artifact
 from trtc.ir.artifact import read_header
 from trtc.lower.api import build_artifact
@@ -31,17 +32,17 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _stage_parse(model: Path, out: Path) -> tuple[dict[str, Any], bool]:
-    source_sha = file_sha256(model)
+def _stage_parse(model: Path, out: Path, freeze: Mapping[str, FreezeValue]) -> tuple[dict[str, Any], bool]:
+    input_hash = parse_input_hash(file_sha256(model), freeze_fingerprints(freeze))
     if out.exists():
         try:
             header = read_header(out)
-            if header["source"]["sha256"] == source_sha and header["trtc_version"] == __version__ \
+            if header.get("input_hash") == input_hash and header["trtc_version"] == __version__ \
                     and header["stage"] == "parse":
                 return header, True
         except TrtcError:
             pass  # unreadable: rebuild it
-    artifact = parse_onnx(model)
+    artifact = parse_onnx(model, freeze)
     return save_artifact(artifact.model, out, artifact.meta), False
 
 
@@ -104,8 +105,10 @@ def _stage_compare(parsed: Path, optimized: Path, feeds_kwargs: Mapping[str, Any
 
 def compile_model(model: str | Path, outdir: str | Path, *, build_options: BuildOptions,
                   precision: Mapping[str, Any], calib: Mapping[str, Any], feeds_kwargs: Mapping[str, Any],
-                  cache: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every stage into `outdir`; return the report (also written as report.json / report.md)."""
+                  freeze: Mapping[str, FreezeValue] | None = None, cache: bool = True,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every stage into `outdir`; return the report (also written as report.json / report.md).
+    `freeze` makes graph inputs constants when parsing (see `trtc.frontend.freeze`)."""
     model, outdir = Path(model), Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     stem = model.stem
@@ -122,7 +125,7 @@ def compile_model(model: str | Path, outdir: str | Path, *, build_options: Build
                         "output": str(paths[name])}
         return result
 
-    parsed = timed("parse", _stage_parse, model, paths["parse"])
+    parsed = timed("parse", _stage_parse, model, paths["parse"], freeze or {})
     optimized = timed("optimize", _stage_optimize, paths["parse"], parsed, paths["optimize"],
                       {"pipeline": "default"}, precision, calib, progress)
     sidecar = timed("build", _stage_build, paths["optimize"], optimized, paths["build"], build_options,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from trtc.errors import TrtcError
 from trtc.frontend import parse_onnx
+from trtc.frontend.freeze import FreezeValue
 from trtc.ir import Artifact, load_artifact
 from trtc.ir.artifact import MAGIC
 
@@ -20,11 +22,15 @@ def artifact_kind(path: Path) -> str:
     return "trtir" if head == MAGIC else "onnx"
 
 
-def open_model(path: str | os.PathLike) -> Artifact:
-    """An IR model from a `.trtir` artifact or an ONNX file (checked and canonicalized)."""
+def open_model(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None = None) -> Artifact:
+    """An IR model from a `.trtir` artifact or an ONNX file (checked and canonicalized, the inputs
+    named in `freeze` made constants)."""
     path = Path(path)
     if artifact_kind(path) == "trtir":
+        if freeze:
+            raise TrtcError("--freeze applies to .onnx models; this artifact is already parsed", where=str(path),
+                            hint="freeze the inputs when parsing: trtc parse MODEL.onnx --freeze NAME=VALUES")
         return load_artifact(path)
-    artifact = parse_onnx(path)
+    artifact = parse_onnx(path, freeze)
     artifact.path = path
     return artifact

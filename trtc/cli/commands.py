@@ -14,6 +14,7 @@ from trtc import inspect as inspect_mod
 from trtc.cli.options import (
     build_options,
     echo_json,
+    freeze_option,
     input_options,
     json_option,
     precision_options,
@@ -24,6 +25,7 @@ from trtc.compare import compare as compare_runs
 from trtc.compile import compile_model
 from trtc.errors import CheckFailed, TrtcError
 from trtc.frontend import export_onnx_file, parse_onnx
+from trtc.frontend.freeze import parse_freeze_specs
 from trtc.ir import save_artifact
 from trtc.loading import open_model
 from trtc.lower.api import build_artifact, prepare_for_build, support_report
@@ -45,11 +47,12 @@ from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar, sidecar_text
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The .trtir artifact to write.")
+@freeze_option
 @json_option
-def parse(model: Path, output: Path, as_json: bool) -> None:
+def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> None:
     """ONNX model -> checked, canonical, shape-inferred .trtir artifact."""
     start = time.perf_counter()
-    artifact = parse_onnx(model)
+    artifact = parse_onnx(model, parse_freeze_specs(freeze))
     header = save_artifact(artifact.model, output, artifact.meta)
     info = {"output": str(output), "nodes": len(artifact.model.graph),
             "content_hash": header["content_hash"], "seconds": round(time.perf_counter() - start, 3),
@@ -61,6 +64,8 @@ def parse(model: Path, output: Path, as_json: bool) -> None:
                f"hash {header['content_hash'][:16]} in {info['seconds']:.2f}s")
     if info["opset_note"]:
         click.echo(f"note: {info['opset_note']}")
+    if info["frozen"]:
+        click.echo(f"frozen (now constants): {', '.join(info['frozen'])}")
     if info["unknown_shapes"]:
         click.echo(f"note: {len(info['unknown_shapes'])} values without inferred shape "
                    f"(see `trtc inspect {output}`)")
@@ -173,6 +178,7 @@ def _list_passes(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--list-passes", is_flag=True, expose_value=False, is_eager=True, callback=_list_passes,
               help="List the passes with their descriptions and exit.")
 @click.option("--verify", is_flag=True, help="Check every pass numerically against the CPU reference.")
+@freeze_option
 @input_options
 @click.option("--fold-max-mb", type=click.FloatRange(min=0), default=64, show_default=True,
               help="Largest tensor constant folding may create (MB).")
@@ -181,13 +187,13 @@ def _list_passes(ctx: click.Context, _param, value: bool) -> None:
               help="Write the graph text after PASS to OUTPUT.after-PASS.txt.")
 @precision_options
 @json_option
-def optimize(artifact: Path, output: Path, pass_list, disable, verify, inputs, seed, ranges, shapes, fold_max_mb,
-             report_path, dump_after, as_json, **precision) -> None:
+def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, inputs, seed, ranges, shapes,
+             fold_max_mb, report_path, dump_after, as_json, **precision) -> None:
     """Optimize an .onnx/.trtir: folding, clean-ups, fusions into TensorRT-native ops."""
     chosen = select_passes(_names(pass_list), _names(disable) or ())
     for name in dump_after:
         select_passes([name])  # validates the name
-    loaded = open_model(artifact)
+    loaded = open_model(artifact, parse_freeze_specs(freeze))
     feeds = None
     if verify:
         specs = model_inputs(loaded.model)
@@ -258,16 +264,17 @@ def _report_table(report) -> str:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="The engine (.plan) to write.")
 @build_options
 @click.option("--dry-run", is_flag=True, help="Only report the nodes that cannot be lowered (no TensorRT needed).")
+@freeze_option
 @precision_options
 @input_options
 @json_option
-def build(artifact: Path, output, no_cache, cache_dir, dry_run, inputs, seed, ranges, as_json, **rest) -> None:
+def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, seed, ranges, as_json, **rest) -> None:
     """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly)."""
     options, precision = split_build_options(rest)
     shapes = rest["profile_shapes"]
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
-    loaded = open_model(artifact)
+    loaded = open_model(artifact, parse_freeze_specs(freeze))
     progress = None if as_json else _progress_line()
     prepare_for_build(loaded, precision, progress=progress,
                       calib_kwargs={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": _calib_shapes(shapes)})
@@ -348,16 +355,18 @@ def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json)
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
               help="Folder for every artifact and the report.")
 @build_options
+@freeze_option
 @precision_options
 @input_options
 @json_option
-def compile_cmd(model: Path, outdir: Path, inputs, seed, ranges, shapes, as_json, **rest) -> None:
+def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes, as_json, **rest) -> None:
     """parse -> optimize -> build -> compare in one go; unchanged stages are reused."""
     options, precision = split_build_options(rest)
     # Calibration and comparison data: --shape if given, else each dynamic input at its OPT shape.
     calib_shapes = list(shapes) or _calib_shapes(rest["profile_shapes"])
     progress = None if as_json else _progress_line()
     report = compile_model(model, outdir, build_options=options, precision=precision,
+                           freeze=parse_freeze_specs(freeze),
                            calib={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": calib_shapes},
                            feeds_kwargs={"inputs": inputs, "seed": seed + 1000, "ranges": ranges,
                                          "shapes": calib_shapes},

@@ -48,6 +48,13 @@ def precision_options(fn):
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
 
+def freeze_option(fn):
+    """--freeze NAME=VALUES: graph inputs made constants when an .onnx is parsed."""
+    return click.option("--freeze", "freeze", multiple=True, metavar="NAME=VALUES",
+                        help="Make graph input NAME a constant: a .npy file or values like 0,1 / 2.5 / true "
+                             "(repeatable; for parameters exported as inputs: axes, pads, scales, K, ...).")(fn)
+
+
 def json_option(fn):
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
 

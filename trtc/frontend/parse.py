@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from trtc.errors import TrtcError
 from trtc.frontend import onnx_load
 from trtc.frontend.canonicalize import canonicalize, upgrade_opset
 from trtc.frontend.canonicalize.opset import default_opset
+from trtc.frontend.freeze import FreezeValue, freeze_fingerprints, freeze_inputs
 from trtc.frontend.shapes import infer_shapes
 from trtc.ir import Artifact, all_initializers
 
@@ -38,9 +41,20 @@ def _absolute_weight_paths(model: ir.Model, model_dir: Path) -> None:
             )
 
 
-def parse_onnx(path: str | os.PathLike) -> Artifact:
-    """Load, check, canonicalize and shape-infer an ONNX model. Weights stay on disk."""
+def parse_input_hash(source_sha: str, frozen: Mapping[str, str]) -> str:
+    """The parse stage's input identity: the source file's SHA-256, combined with the frozen inputs'
+    fingerprints when there are any."""
+    if not frozen:
+        return source_sha
+    return hashlib.sha256(json.dumps([source_sha, frozen], sort_keys=True).encode()).hexdigest()
+
+
+def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None = None) -> Artifact:
+    """Load, check, canonicalize and shape-infer an ONNX model. Weights stay on disk.
+
+    `freeze` maps graph input names to values (array, .npy path or literal) that make them constants."""
     path = Path(path)
+    frozen = freeze_fingerprints(freeze or {})
     proto = onnx_load.read_model_proto(path)
     onnx_load.check_opsets(proto, path)
     onnx_load.check_ops(proto, path)
@@ -57,6 +71,7 @@ def parse_onnx(path: str | os.PathLike) -> Artifact:
                         hint="re-export the model") from None
     del proto
     _absolute_weight_paths(model, path.parent)
+    freeze_inputs(model, freeze or {}, where=f"{path}: --freeze")
     rewrites = canonicalize(model)
     unknown = infer_shapes(model)
     meta: dict[str, Any] = {
@@ -69,9 +84,10 @@ def parse_onnx(path: str | os.PathLike) -> Artifact:
             "opset_note": upgrade_note,
             "canonicalized": rewrites,
             "unknown_shapes": unknown,
+            "frozen": frozen,
         },
     }
-    meta["input_hash"] = meta["source"]["sha256"]
+    meta["input_hash"] = parse_input_hash(meta["source"]["sha256"], frozen)
     return Artifact(model=model, meta=meta)
 
 
