@@ -11,6 +11,7 @@ from onnx.reference import ReferenceEvaluator
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
 
+from trtc.errors import TrtcError  # noqa: E402
 from trtc.lower.ops.linear import deconv_crops  # noqa: E402
 
 from lowerutil import build, issues, one_node, parse  # noqa: E402
@@ -74,6 +75,17 @@ def test_conv_transpose_crops_match_the_reference(tmp_path, case):
     node = next(iter(parse(proto, tmp_path).model.graph))
     np.testing.assert_allclose(_emulate(attrs, node, x, w, b), want, rtol=1e-5, atol=1e-5)
     build(proto, tmp_path)
+
+
+def test_conv_transpose_extension_with_run_time_batch(tmp_path):
+    proto = one_node("ConvTranspose", [("x", F, ["n", 1, 3, 3]), ("w", F, [1, 2, 3, 3]), ("b", F, [2])],
+                     [("y", F, ["n", 2, 10, 8])], {"strides": [3, 2], "output_padding": [1, 1]})
+    build(proto, tmp_path, {"x": ((1, 1, 3, 3), (2, 1, 3, 3), (4, 1, 3, 3))})
+
+
+def test_conv_transpose_strided_and_dilated_is_refused_on_rtx(tmp_path):
+    with pytest.raises(TrtcError, match="TensorRT-RTX cannot build a deconvolution that is both strided and dilated"):
+        build(_conv_transpose({"strides": [2, 1], "dilations": [1, 2]}), tmp_path)
 
 
 def test_conv_transpose_1d_builds_as_2d(tmp_path):

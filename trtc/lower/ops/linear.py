@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trtc.errors import TrtcError
 from trtc.lower.ops._shape_math import ShapeMath
 from trtc.lower.ops.slice import slice_axes
 from trtc.lower.registry import Constraint, converter, known_rank, tensor_types
@@ -151,12 +152,15 @@ def lower_conv_transpose(ctx, node):
     with a unit last dim (TensorRT-RTX fails creating 1-D deconvolutions)."""
     dims = _weight_dims(node)
     spatial = len(dims) - 2
+    attrs = node.attributes
+    if ctx.backend.is_rtx and max(attrs.get_ints("strides", [1])) > 1 and max(attrs.get_ints("dilations", [1])) > 1:
+        raise TrtcError("TensorRT-RTX cannot build a deconvolution that is both strided and dilated")
     x, w = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
     begin, end = deconv_crops(node, [d if isinstance(d, int) else None for d in node.inputs[0].shape.dims[2:]])
     kernel = list(dims[2:])
     if spatial == 1:
         x, w, kernel, begin, end = _unit_last(ctx, x), _unit_last(ctx, w), [*kernel, 1], [*begin, 0], [*end, 0]
-    layer = ctx.check(ctx.network.add_deconvolution_nd(x, dims[1] * node.attributes.get_int("group", 1), kernel,
+    layer = ctx.check(ctx.network.add_deconvolution_nd(x, dims[1] * attrs.get_int("group", 1), kernel,
                                                        ctx.trt.Weights(), ctx.trt.Weights()))
     layer.set_input(1, w)
     _window(layer, node, spatial, (1,) * (len(kernel) - spatial))
@@ -168,11 +172,18 @@ def lower_conv_transpose(ctx, node):
         layer.set_input(2, ctx.tensor(bias))
     y = layer.get_output(0)
     if any(before + after):
-        axes = np.arange(2, 2 + len(kernel), dtype=np.int64)
-        size = ShapeMath(ctx).add(ShapeMath(ctx).dims(y, axes), np.array(before) + np.array(after))
-        y = slice_axes(ctx, y, axes, -np.array(before, np.int64), size, np.ones(len(kernel), np.int64),
-                       mode=ctx.trt.SampleMode.FILL)
-        if bias is not None:
-            y = ctx.elementwise(y, ctx.reshape(ctx.tensor(bias), [1, -1] + [1] * len(kernel)),
-                                ctx.trt.ElementWiseOperation.SUM)
+        y = _extend(ctx, y, before, after, bias)
     return [ctx.reshape(y, [0, 0, -1]) if spatial == 1 else y]
+
+
+def _extend(ctx, y, before: list[int], after: list[int], bias):
+    """`y` [N, C, *spatial] with zeros added before/after each spatial dim, then the bias per channel."""
+    math = ShapeMath(ctx)
+    axes = np.arange(2, 2 + len(before), dtype=np.int64)
+    size = math.add(math.dims(y, axes), np.array(before, np.int64) + np.array(after, np.int64))
+    y = slice_axes(ctx, y, axes, -np.array(before, np.int64), size, np.ones(len(before), np.int64),
+                   mode=ctx.trt.SampleMode.FILL)
+    if bias is None:
+        return y
+    return ctx.elementwise(y, ctx.reshape(ctx.tensor(bias), [1, -1] + [1] * len(before)),
+                           ctx.trt.ElementWiseOperation.SUM)
