@@ -66,11 +66,11 @@ def _is_parameter(node, index: int) -> bool:
 def freeze_parameter_inputs(model, arrays: dict) -> list[str]:
     """Make the small 1-D/0-D inputs that parameterize an op (axes, pads, starts, shapes, scales, K, depth,
     Range bounds, Dropout's ratio and mode) constants with the test data's values: node tests feed them as
-    inputs, models carry them as initializers."""
-    import onnx_ir as ir
+    inputs, models carry them as initializers. The freezing is trtc's own (`--freeze`)."""
+    from trtc.frontend.freeze import freeze_inputs
 
-    frozen = []
-    for value in list(model.graph.inputs):
+    parameters = {}
+    for value in model.graph.inputs:
         array = arrays.get(value.name)
         if array is None or array.ndim > 1 or array.size > 16:
             continue
@@ -79,11 +79,8 @@ def freeze_parameter_inputs(model, arrays: dict) -> list[str]:
             continue
         if kind in "fb" and not any(_is_parameter(n, i) for n, i in value.uses()):
             continue  # float and bool data stay data
-        model.graph.inputs.remove(value)
-        value.const_value = ir.tensor(array)
-        model.graph.register_initializer(value)
-        frozen.append(value.name)
-    return frozen
+        parameters[value.name] = array
+    return freeze_inputs(model, parameters)
 
 
 def build_case(case: Path, freeze: bool = False) -> tuple[str, str]:
