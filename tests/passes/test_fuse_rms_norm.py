@@ -115,7 +115,7 @@ def test_cast_wrapped_fp16_keeps_the_casts_and_the_fp16_weight():
     ({"axes": (1,)}, "axes [-2] are not the trailing axes"),
     ({"exponent": 3.0}, "Pow exponent is 3.0, not 2"),
     ({"extra_output": "ms"}, "mean square: it feeds several nodes, not Add(eps)"),
-    ({"extra_output": "std"}, "std is not used only by Div(x, std), Div(1, std) or Reciprocal"),
+    ({"extra_output": "std"}, "mean square: std is not used only by Div(x, std), Div(1, std) or Reciprocal"),
 ])
 def test_near_misses_do_not_fire(knobs, reason):
     model = rms_norm_model(**knobs)

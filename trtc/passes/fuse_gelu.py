@@ -18,7 +18,7 @@ import math
 import onnx_ir as ir
 
 from trtc.ir.walk import all_graphs
-from trtc.passes.fuse_layer_norm import other_operand
+from trtc.passes.norm_match import other_operand
 from trtc.passes.registry import PassContext, register_pass
 from trtc.passes.rewrite import const_array, const_scalar, is_op, only_user, producer_of, replace_with, require_opset
 

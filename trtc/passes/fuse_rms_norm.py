@@ -21,26 +21,17 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from trtc.ir.walk import all_graphs
-from trtc.passes.fuse_layer_norm import (
+from trtc.passes.norm_match import (
     NORM_DTYPES,
     affine_param,
-    epsilon_of,
+    fuse_each_reduce_mean,
+    match_std_tail,
     normalized_shape,
     other_operand,
     trailing_axes,
 )
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import (
-    add_constant,
-    const_array,
-    const_scalar,
-    is_op,
-    only_user,
-    producer_of,
-    replace_with,
-    require_opset,
-)
+from trtc.passes.rewrite import add_constant, const_scalar, is_op, only_user, producer_of, replace_with
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +67,11 @@ def match_rms_norm(mean_node: ir.Node) -> RmsNormMatch | str:
         return k
     if normalized_shape(x, k) is None:
         return "the normalized dims of the input are not static"
-    mean_square = mean_node.outputs[0]
-    add_eps = only_user(mean_square)
-    eps = epsilon_of(add_eps, mean_square)
-    if isinstance(eps, str):
-        return f"mean square: {eps}"
-    sqrt = only_user(add_eps.outputs[0])
-    if not is_op(sqrt, "Sqrt"):
-        return "mean square + eps is not used only by Sqrt"
-    nodes = [square, mean_node, add_eps, sqrt]
-    std = sqrt.outputs[0]
-    divide = only_user(std)
-    if is_op(divide, "Reciprocal") or (is_op(divide, "Div") and divide.inputs[1] is std and is_one(divide.inputs[0])):
-        nodes.append(divide)
-        inv_std = divide.outputs[0]
-        divide = only_user(inv_std)
-        if not is_op(divide, "Mul") or other_operand(divide, inv_std) is not x:
-            return "1/std is not used only by Mul(x, 1/std)"
-    elif not is_op(divide, "Div") or divide.inputs[0] is not x or divide.inputs[1] is not std:
-        return "std is not used only by Div(x, std), Div(1, std) or Reciprocal"
-    nodes.append(divide)
-    match = RmsNormMatch(x, k, eps, None, divide.outputs[0], nodes)
+    tail = match_std_tail(mean_node.outputs[0], x, "x")
+    if isinstance(tail, str):
+        return f"mean square: {tail}"
+    nodes = [square, mean_node, *tail.nodes]
+    match = RmsNormMatch(x, k, tail.epsilon, None, tail.output, nodes)
     scale = only_user(match.output)
     if is_op(scale, "Mul"):
         weight = affine_param(other_operand(scale, match.output), x, k)
@@ -106,11 +81,6 @@ def match_rms_norm(mean_node: ir.Node) -> RmsNormMatch | str:
             match.weight, match.output = weight, scale.outputs[0]
             nodes.append(scale)
     return match
-
-
-def is_one(value: ir.Value) -> bool:
-    """A constant 1 that broadcasts without adding dims (the numerator of 1/std)."""
-    return const_scalar(value) == 1 and const_array(value).ndim <= 1
 
 
 def why_not(node: ir.Node) -> str | None:
@@ -131,16 +101,5 @@ def fuse(graph: ir.Graph, match: RmsNormMatch) -> None:
 @register_pass("fuse-rms-norm", order=55)
 def fuse_rms_norm(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Fuse decomposed RMSNorm (Pow/ReduceMean/Add/Sqrt/Div[/Mul]) into RMSNormalization."""
-    fused = 0
-    for graph in list(all_graphs(model.graph)):
-        for node in [n for n in graph if is_op(n, "ReduceMean")]:
-            if node.graph is not graph:
-                continue  # removed by an earlier fusion
-            match = match_rms_norm(node)
-            if isinstance(match, str):
-                log.debug("fuse-rms-norm: %s: %s", node.name, match)
-                continue
-            require_opset(model, 23)
-            fuse(graph, match)
-            fused += 1
+    fused = fuse_each_reduce_mean(model, "fuse-rms-norm", 23, match_rms_norm, fuse)
     return {"rms-norm": fused} if fused else {}
