@@ -37,9 +37,18 @@ import onnx_ir as ir
 
 from trtc.ir.dims import dims, same_dim
 from trtc.ir.walk import all_graphs
+from trtc.passes.attention_heads import absorb_heads, perm_of, remove_dead_cone
+from trtc.passes.attention_masks import (
+    broadcasts_over_queries,
+    expand_over_queries,
+    is_causal_bias,
+    is_causal_condition,
+    is_large_negative,
+    is_zero_bias,
+    mask_fits,
+)
 from trtc.passes.registry import PassContext, register_pass
 from trtc.passes.rewrite import (
-    add_constant,
     const_array,
     const_scalar,
     is_op,
@@ -54,10 +63,6 @@ log = logging.getLogger(__name__)
 ATTENTION_OPSET = 23
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 Dims = tuple  # a known-rank shape: ints and ir.SymbolicDim
-
-
-def perm_of(node: ir.Node | None) -> tuple[int, ...] | None:
-    return tuple(node.attributes.get_ints("perm", ())) if is_op(node, "Transpose") else None
 
 
 def scalar_factor(node: ir.Node, x: ir.Value) -> float | None:
@@ -85,122 +90,6 @@ def peel_scale(value: ir.Value) -> tuple[ir.Value, float, list[ir.Node]]:
         nodes.append(node)
         value = x
     return value, factor, nodes
-
-
-def is_large_negative(value: ir.Value | None, dtype: ir.DataType) -> bool:
-    """A constant scalar that masks a score: -inf, or <= half the dtype's lowest (exp(it + s - max) == 0)."""
-    k = const_scalar(value)
-    return k is not None and (k == -math.inf or k <= float(np.finfo(dtype.numpy()).min) / 2)
-
-
-def mask_fits(mask: ir.Value, score_dims: Dims) -> bool:
-    """The mask covers [Sq, Skv] exactly and broadcasts over [batch, heads] without growing the scores."""
-    mask_dims = dims(mask)
-    if mask_dims is None or not 2 <= len(mask_dims) <= 4:
-        return False
-    aligned = score_dims[4 - len(mask_dims):]
-    return same_dim(mask_dims[-1], aligned[-1]) and same_dim(mask_dims[-2], aligned[-2]) and all(
-        m == 1 or same_dim(m, s) for m, s in zip(mask_dims[:-2], aligned[:-2]))
-
-
-def broadcasts_over_queries(mask: ir.Value, score_dims: Dims) -> bool:
-    """A [.., 1, Skv] padding mask (BERT's `attention_mask` as exported) on square self-attention
-    scores: Attention needs it expanded over the query axis (see `expand_over_queries`)."""
-    mask_dims = dims(mask)
-    return (mask_dims is not None and len(mask_dims) == 4 and mask_dims[-2] == 1
-            and same_dim(score_dims[-2], score_dims[-1]) and same_dim(mask_dims[-1], score_dims[-1])
-            and all(m == 1 or same_dim(m, s) for m, s in zip(mask_dims[:2], score_dims[:2])))
-
-
-def expand_over_queries(mask: ir.Value, name: str) -> tuple[list[ir.Node], ir.Value]:
-    """Expand(mask[b, h, 1, S], [1, 1, S, 1]) -> [b, h, S, S]: S read off the mask itself, which
-    is valid because the scores are square (self-attention: q length == kv length)."""
-    length = ir.node("Shape", [mask], {"start": 3}, name=f"{name}_mask_len")
-    ones = ir.Value(name=f"{name}_mask_ones", const_value=ir.tensor(np.array([1, 1], np.int64)))
-    one = ir.Value(name=f"{name}_mask_one", const_value=ir.tensor(np.array([1], np.int64)))
-    target = ir.node("Concat", [ones, length.outputs[0], one], {"axis": 0}, name=f"{name}_mask_shape")
-    expand = ir.node("Expand", [mask, target.outputs[0]], name=f"{name}_mask_expand")
-    out = expand.outputs[0]
-    out.type = mask.type
-    out.shape = ir.Shape([*mask.shape.dims[:2], mask.shape[3], mask.shape[3]])
-    return [length, target, expand], out
-
-
-# ---- causal masks ------------------------------------------------------------------------------------
-
-def peel_leading_broadcast(value: ir.Value) -> ir.Value:
-    """Skip Expand/Unsqueeze producers that leave the last two dims as they are (they only add batch/heads)."""
-    while (node := producer_of(value, "Expand", "Unsqueeze")) is not None:
-        inner, outer = dims(node.inputs[0]), dims(value)
-        if inner is None or outer is None or len(inner) < 2 or not all(map(same_dim, inner[-2:], outer[-2:])):
-            break
-        value = node.inputs[0]
-    return value
-
-
-def uniform_fill(value: ir.Value) -> float | bool | None:
-    """The one value every element of `value` holds: ConstantOfShape's fill or a uniform constant."""
-    node = producer_of(value, "ConstantOfShape")
-    data = const_array(value) if node is None else (
-        node.attributes["value"].value.numpy() if "value" in node.attributes else np.zeros(1, np.float32))
-    if data is None or data.size == 0 or not np.all(data == data.flat[0]):
-        return None
-    return data.flat[0].item()
-
-
-def arange_axis(value: ir.Value) -> tuple[ir.Value, int] | None:
-    """(r, axis counted from the end) when `value` is Unsqueeze*(r), r = Range(0, n, 1), laid along one axis."""
-    shape, source = dims(value), value
-    while (node := producer_of(source, "Unsqueeze")) is not None:
-        source = node.inputs[0]
-    arange = producer_of(source, "Range")
-    if arange is None or shape is None or const_scalar(arange.inputs[0]) != 0 or const_scalar(arange.inputs[2]) != 1:
-        return None
-    long_axes = [i for i, d in enumerate(shape) if d != 1]
-    return (source, len(shape) - long_axes[0]) if len(long_axes) == 1 else None
-
-
-def is_causal_condition(cond: ir.Value) -> bool:
-    """`cond` [..., S, S] is True exactly where key j <= query i."""
-    node = peel_leading_broadcast(cond).producer()
-    if is_op(node, "LessOrEqual", "GreaterOrEqual"):
-        key, query = node.inputs if node.op_type == "LessOrEqual" else node.inputs[::-1]
-        key_axis, query_axis = arange_axis(key), arange_axis(query)
-        return key_axis is not None and query_axis is not None and key_axis[0] is query_axis[0] \
-            and key_axis[1] == 1 and query_axis[1] == 2
-    if is_op(node, "Trilu"):  # the lower triangle, diagonal included, of all-True
-        k = const_scalar(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else 0
-        return node.attributes.get_int("upper", 1) == 0 and k == 0 and uniform_fill(node.inputs[0]) is True
-    return False
-
-
-def is_zero_bias(mask: ir.Value) -> bool:
-    """`mask` is all zeros: a zero constant, or Where(all-True, 0, _), broadcast by Expand/Unsqueeze."""
-    node = producer_of(peel_broadcast(mask), "Where")
-    if node is not None:
-        return uniform_fill(peel_broadcast(node.inputs[0])) is True and uniform_fill(node.inputs[1]) == 0
-    return uniform_fill(peel_broadcast(mask)) == 0
-
-
-def peel_broadcast(value: ir.Value) -> ir.Value:
-    """The value Expand/Unsqueeze producers broadcast (they repeat elements, so a uniform fill stays one)."""
-    while (node := producer_of(value, "Expand", "Unsqueeze")) is not None:
-        value = node.inputs[0]
-    return value
-
-
-def is_causal_bias(mask: ir.Value, dtype: ir.DataType) -> bool:
-    """`mask` [..., S, S] is 0 where key j <= query i and a large negative above the diagonal."""
-    node = peel_leading_broadcast(mask).producer()
-    if is_op(node, "Where"):
-        return uniform_fill(node.inputs[1]) == 0 and is_large_negative(node.inputs[2], dtype) \
-            and is_causal_condition(node.inputs[0])
-    if is_op(node, "Trilu"):  # the strict upper triangle of a large negative constant
-        k = const_scalar(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else 0
-        fill = uniform_fill(node.inputs[0])
-        return node.attributes.get_int("upper", 1) == 1 and k == 1 and fill is not None \
-            and (fill == -math.inf or fill <= float(np.finfo(dtype.numpy()).min) / 2)
-    return False
 
 
 # ---- scaled dot-product attention -> 4-D Attention ---------------------------------------------------
@@ -401,100 +290,6 @@ def fuse(graph: ir.Graph, match: AttentionMatch, name: str) -> None:
     new_nodes.append(ir.node("Attention", inputs, attributes, name=name))
     replace_with(graph, match.nodes[-1], new_nodes, [match.output], new_nodes[-1].outputs, dead=match.nodes[::-1])
     remove_dead_cone(graph, match.dropped_masks)
-
-
-def remove_dead_cone(graph: ir.Graph, values: list[ir.Value]) -> None:
-    """Remove the producers of `values` that nothing reads any more, and theirs in turn."""
-    pending = [v.producer() for v in values]
-    while pending:
-        node = pending.pop()
-        if node is None or node.graph is not graph or any(v.uses() or v.is_graph_output() for v in node.outputs):
-            continue
-        pending += [v.producer() for v in node.inputs if v is not None]
-        graph.remove(node, safe=True)
-
-
-# ---- 4-D Attention between head split/merge -> 3-D Attention --------------------------------------------
-
-def split_heads(value: ir.Value) -> tuple[ir.Value, int, list[ir.Node]] | None:
-    """(x, heads, nodes) when `value` is Transpose(Reshape(x [B, S, H*D], [B, S, H, D]), [0, 2, 1, 3])."""
-    transpose = value.producer()
-    reshape = producer_of(transpose.inputs[0], "Reshape") if perm_of(transpose) == (0, 2, 1, 3) else None
-    if reshape is None:
-        return None
-    x = reshape.inputs[0]
-    x_dims, split = dims(x), dims(reshape.outputs[0])
-    if x_dims is None or split is None or (len(x_dims), len(split)) != (3, 4):
-        return None
-    if not (same_dim(split[0], x_dims[0]) and same_dim(split[1], x_dims[1])
-            and all(isinstance(d, int) for d in (*split[2:], x_dims[2])) and x_dims[2] == split[2] * split[3]):
-        return None
-    return x, split[2], [transpose, reshape]
-
-
-@dataclasses.dataclass
-class HeadMerge:
-    """Y [B, H, S, D] -> Transpose(0, 2, 1, 3) -> Reshape to [B, S, H*D] or [B*S, H*D], Shape readers aside."""
-
-    transpose: ir.Node
-    reshape: ir.Node
-    shape_readers: list[ir.Node]
-    split_dims: Dims  # [B, S, H, D]
-
-
-def merge_heads(value: ir.Value) -> HeadMerge | None:
-    transpose = sole_reader(value)
-    if perm_of(transpose) != (0, 2, 1, 3) or transpose.outputs[0].is_graph_output():
-        return None
-    users = transpose.outputs[0].consumers()
-    reshapes = [u for u in users if is_op(u, "Reshape") and u.inputs[0] is transpose.outputs[0]]
-    # TorchScript computes the merged shape from Shape(transpose): those readers get it from the 3-D output.
-    readers = [u for u in users if is_op(u, "Shape") and not u.attributes]
-    if len(reshapes) != 1 or len(reshapes) + len(readers) != len(users):
-        return None
-    split, merged = dims(transpose.outputs[0]), dims(reshapes[0].outputs[0])
-    if split is None or merged is None or len(split) != 4 or len(merged) not in (2, 3):
-        return None
-    if not all(isinstance(d, int) for d in (*split[2:], merged[-1])) or merged[-1] != split[2] * split[3]:
-        return None
-    if len(merged) == 3 and not (same_dim(merged[0], split[0]) and same_dim(merged[1], split[1])):
-        return None
-    return HeadMerge(transpose, reshapes[0], readers, split)
-
-
-def absorb_heads(graph: ir.Graph, attention: ir.Node) -> bool:
-    """Rewrite a 4-D Attention whose inputs and output only split and merge heads into the 3-D form."""
-    if not is_op(attention, "Attention") or len(attention.outputs) != 1 or len(attention.inputs) > 4 \
-            or "q_num_heads" in attention.attributes or "kv_num_heads" in attention.attributes:
-        return False
-    splits = [split_heads(v) for v in attention.inputs[:3]]
-    merge = merge_heads(attention.outputs[0])
-    if merge is None or None in splits or splits[1][1] != splits[2][1]:
-        return False
-    (q, q_heads, q_nodes), (k, kv_heads, k_nodes), (v, _, v_nodes) = splits
-    attributes = {**{a.name: a.value for a in attention.attributes.values()},
-                  "q_num_heads": q_heads, "kv_num_heads": kv_heads}
-    fused = ir.node("Attention", [q, k, v, *attention.inputs[3:]], attributes, name=attention.name)
-    output = fused.outputs[0]
-    batch, seq, heads, head_dim = merge.split_dims
-    output.type, output.shape = attention.outputs[0].type, ir.Shape([batch, seq, heads * head_dim])
-    new_nodes, readers_new = [fused], []
-    if merge.shape_readers:  # Shape([B, S, H, D]) = Concat(Shape(y3)[:2], [H, D])
-        head = ir.node("Shape", [output], {"start": 0, "end": 2}, name=f"{attention.name}_batch_seq")
-        heads_dims = add_constant(graph, np.array([heads, head_dim], np.int64), f"{attention.name}_heads_dims")
-        new_nodes += [head, ir.node("Concat", [head.outputs[0], heads_dims], {"axis": 0},
-                                    name=f"{attention.name}_shape")]
-        readers_new = [new_nodes[-1].outputs[0]] * len(merge.shape_readers)
-    replace_with(graph, attention, new_nodes, [r.outputs[0] for r in merge.shape_readers], readers_new)
-    merged = [] if len(dims(merge.reshape.outputs[0])) == 3 else [ir.node(
-        "Reshape", [output, merge.reshape.inputs[1]], {"allowzero": merge.reshape.attributes.get_int("allowzero", 0)},
-        name=merge.reshape.name)]  # [B*S, H*D]: the same target reads the same from [B, S, H*D]
-    dead = [merge.reshape, merge.transpose, *merge.shape_readers, attention, *q_nodes, *k_nodes, *v_nodes]
-    target = merge.reshape.inputs[1]
-    replace_with(graph, merge.reshape, merged, [merge.reshape.outputs[0]], [merged[0].outputs[0] if merged else output],
-                 dead=dead)
-    remove_dead_cone(graph, [target])
-    return True
 
 
 @register_pass("fuse-attention", order=70)

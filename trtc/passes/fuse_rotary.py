@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from trtc.ir.dims import dims, same_dim
 from trtc.ir.walk import all_graphs
-from trtc.passes.fuse_attention import split_heads
+from trtc.passes.attention_heads import split_heads
 from trtc.passes.registry import PassContext, register_pass
 from trtc.passes.rewrite import (
     add_constant,
