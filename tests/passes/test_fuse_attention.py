@@ -5,8 +5,6 @@ leaves no Softmax outside Attention and one Attention per layer in every transfo
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -19,7 +17,7 @@ from trtc.passes import PASSES
 from trtc.passes.fuse_attention import why_not
 from trtc.passes.pipeline import optimize
 
-from corpus import MODELS, SHARED, CorpusModel, corpus_params
+from corpus import MODELS, CorpusModel, corpus_params
 from passutil import check_pass, make_model, ops, vi
 
 RNG = np.random.default_rng(0)
@@ -378,20 +376,6 @@ def assert_topologically_sorted(model: ir.Model) -> None:
         missing = [v.name for v in node.inputs if v is not None and v not in defined]
         assert not missing, f"{node.op_type} {node.name} reads {missing} before they are made"
         defined.update(node.outputs)
-
-
-MAKE_BIG_MODEL = SHARED / "tools" / "make_big_model.py"
-
-
-@pytest.fixture(scope="module")
-def llama_path(tmp_path_factory):
-    if not MAKE_BIG_MODEL.is_file():
-        pytest.skip(f"{MAKE_BIG_MODEL} is missing")
-    path = tmp_path_factory.mktemp("llama") / "model.onnx"
-    subprocess.run([sys.executable, str(MAKE_BIG_MODEL), "--out", str(path), "--layers", "2", "--hidden", "64",
-                    "--heads", "4", "--kv-heads", "2", "--ffn", "160", "--vocab", "500", "--seq-len", "64"],
-                   check=True, capture_output=True)
-    return path
 
 
 def test_llama_gqa_causal_attention(llama_path):

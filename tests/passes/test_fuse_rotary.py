@@ -4,9 +4,6 @@ RotaryEmbedding + Attention after the default pipeline."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -18,7 +15,7 @@ from trtc.passes import PASSES
 from trtc.passes.fuse_rotary import why_not
 from trtc.passes.pipeline import optimize
 
-from corpus import SHARED, corpus_params
+from corpus import corpus_params
 from passutil import check_pass, make_model, ops, vi
 
 RNG = np.random.default_rng(0)
@@ -164,20 +161,6 @@ def test_no_rotary_in_the_corpus(corpus_model):
     feeds, _ = corpus_model.reference()
     report = optimize(model, passes=[PASSES["fuse-rotary"]], verify_feeds=feeds)
     assert report.totals()["fuse-rotary"]["rewrites"] == {}
-
-
-MAKE_BIG_MODEL = SHARED / "tools" / "make_big_model.py"
-
-
-@pytest.fixture(scope="module")
-def llama_path(tmp_path_factory):
-    if not MAKE_BIG_MODEL.is_file():
-        pytest.skip(f"{MAKE_BIG_MODEL} is missing")
-    path = tmp_path_factory.mktemp("llama") / "model.onnx"
-    subprocess.run([sys.executable, str(MAKE_BIG_MODEL), "--out", str(path), "--layers", "2", "--hidden", "64",
-                    "--heads", "4", "--kv-heads", "2", "--ffn", "160", "--vocab", "500", "--seq-len", "64"],
-                   check=True, capture_output=True)
-    return path
 
 
 def test_llama_default_pipeline_rotary_and_attention(llama_path):
