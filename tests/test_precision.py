@@ -178,3 +178,59 @@ def test_rescaling_keeps_fp32_results_and_brings_huge_activations_into_range():
     assert report.predicted["y"]["max_rel_error"] <= 1e-2
     naive = apply_precision(build(), [x], PrecisionOptions(force_fp16=["*"], rescale=False))
     assert naive.predicted["y"]["nonfinite"] > 0
+
+
+def _splat_chain() -> ir.Model:
+    """x -> MatMul(W: a 256x128 splat of 500, 128 KiB) -> Reshape(shape) -> y; plus an unread weight."""
+    from trtc.ir.splat import SplatTensor
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Reshape", ["h", "shape"], ["y"], name="reshape")]
+    model = _model(nodes, {"w": np.zeros((256, 128)), "unread": np.ones((128, 256))},
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 256])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 64])])
+    shape = ir.Value(name="shape", const_value=ir.tensor(np.array([8, 64], dtype=np.int64), name="shape"))
+    model.graph.register_initializer(shape)
+    model.graph.node(1).replace_input_with(1, shape)
+    model.graph.initializers["w"].const_value = SplatTensor(500.0, (256, 128), ir.DataType.FLOAT, name="w")
+    return model
+
+
+def test_reference_runner_hands_large_weights_over_with_the_same_results():
+    """Weights of 64 KiB and more reach onnxruntime as arrays, not proto bytes; shape operands
+    stay in the proto (its shape inference reads them there); an unread weight is left out."""
+    import onnxruntime as ort
+
+    from trtc.frontend.onnx_export import to_model_proto
+    from trtc.runtime.reference import ReferenceRunner, ort_model
+
+    model = _splat_chain()
+    proto, weights = ort_model(model)
+    assert list(weights) == ["w"] and {t.name for t in proto.graph.initializer} == {"w", "shape"}
+    x = {"x": RNG.standard_normal((4, 256)).astype(np.float32)}
+    runner = ReferenceRunner(model, fetch=[model.graph.node(0).outputs[0]])
+    got = runner.run(x)
+    assert runner.backend == "onnxruntime" and runner.fallback_reason is None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    inline = ort.InferenceSession(to_model_proto(model).SerializeToString(), options,
+                                  providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got["y"], inline.run(None, x)[0])
+    assert got["h"].shape == (4, 128)
+
+
+def test_splat_weights_stay_splats_through_rescaling_and_conversion():
+    """A 500-valued splat weight drives activations past fp16's range: rescaled and converted to
+    fp16, it stays one element (no 128 KiB arrays), with the numbers the full arrays would give."""
+    from trtc.ir.splat import SplatTensor
+
+    model = _splat_chain()
+    x = {"x": np.abs(RNG.standard_normal((4, 256))).astype(np.float32)}
+    report = apply_precision(model, [x], PrecisionOptions())
+    assert report.counts["weights-rescaled"] == 1 and report.counts["weights-converted"] == 1
+    fc = model.graph.node("fc")
+    weight = fc.inputs[1].const_value
+    assert isinstance(weight, SplatTensor) and weight.dtype == ir.DataType.FLOAT16
+    exponent = int(np.log2(500.0 / float(weight.value)))
+    assert float(weight.value) == np.float16(500.0 * 2.0**-exponent)
+    assert report.predicted["y"]["nonfinite"] == 0 and report.predicted["y"]["cosine"] > 0.9999

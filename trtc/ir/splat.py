@@ -9,6 +9,7 @@ materialized once, when the artifact is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,3 +57,20 @@ class SplatTensor(ir.Tensor):
 
 def is_splat(tensor: ir.TensorProtocol | None) -> bool:
     return isinstance(tensor, SplatTensor)
+
+
+def map_elements(tensor: ir.TensorProtocol, fn: Callable[[np.ndarray], np.ndarray], *,
+                 name: str | None = None) -> ir.Tensor:
+    """`fn` (elementwise: astype, scaling...) applied to `tensor`; a splat maps its one element
+    and stays a splat, with the same numbers `fn` gives on the full array."""
+    if isinstance(tensor, SplatTensor):
+        element = np.asarray(fn(tensor.value))
+        return SplatTensor(element, tensor.shape, ir.DataType.from_numpy(element.dtype), name=name)
+    return ir.tensor(fn(tensor.numpy()), name=name)
+
+
+def dense_array(tensor: ir.TensorProtocol) -> np.ndarray:
+    """The tensor's elements in one C-contiguous array (a splat filled at memset speed)."""
+    if isinstance(tensor, SplatTensor):
+        return np.full(tuple(tensor.shape.numpy()), tensor.value)
+    return np.ascontiguousarray(tensor.numpy())

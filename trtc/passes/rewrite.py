@@ -61,14 +61,15 @@ def sole_reader(value: ir.Value) -> ir.Node | None:
     return uses[0].node if len(uses) == 1 and not value.is_graph_output() else None
 
 
-def add_constant(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
-    """A new initializer with a unique name derived from `name`."""
+def add_constant(graph: ir.Graph, array: np.ndarray | ir.Tensor, name: str) -> ir.Value:
+    """A new initializer with a unique name derived from `name` (an array, or a tensor such as a splat)."""
     base, i = name, 0
     while name in graph.initializers:
         i += 1
         name = f"{base}_{i}"
-    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     shape=ir.Shape(array.shape), const_value=ir.tensor(array, name=name))
+    tensor = array if isinstance(array, ir.Tensor) else ir.tensor(array)
+    tensor.name = name
+    value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(tensor.shape), const_value=tensor)
     graph.register_initializer(value)
     return value
 

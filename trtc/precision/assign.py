@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from trtc.ir.splat import map_elements
 from trtc.passes.rewrite import STANDARD_DOMAINS, add_constant
 from trtc.precision.rules import RuleContext, forced_fp16, keep_reason, user_keep
 
@@ -209,10 +210,10 @@ def _weight_in(graph: ir.Graph, value: ir.Value, want: ir.DataType, counts: dict
     name = f"{value.name}__{want.name.lower()}"
     if name in graph.initializers:
         return graph.initializers[name]
-    data = value.const_value.numpy().astype(np.float32)
     counts["weights-converted"] += 1
     with np.errstate(over="ignore"):  # out-of-range weights only reach here when forced
-        return add_constant(graph, data.astype(want.numpy()), name)
+        converted = map_elements(value.const_value, lambda data: data.astype(np.float32).astype(want.numpy()))
+    return add_constant(graph, converted, name)
 
 
 def _cast(graph: ir.Graph, value: ir.Value, want: ir.DataType, casts: dict, counts: dict[str, int]) -> ir.Value:

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.splat import map_elements
 from trtc.passes.rewrite import add_constant, const_array, is_op
 from trtc.precision.observe import Observation
 from trtc.precision.rules import feeds_exponential_op
@@ -35,8 +36,8 @@ def _exponent(peak: float, target: float) -> int:
 
 
 def _scaled(value: ir.Value, factor: float, graph: ir.Graph, name: str) -> ir.Value:
-    data = const_array(value)
-    return add_constant(graph, (data.astype(np.float64) * factor).astype(data.dtype), name)
+    return add_constant(graph, map_elements(value.const_value,
+                                            lambda data: (data.astype(np.float64) * factor).astype(data.dtype)), name)
 
 
 def _mul(graph: ir.Graph, value: ir.Value, exponent: int, before: ir.Node, name: str) -> ir.Value:

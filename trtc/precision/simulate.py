@@ -8,8 +8,10 @@ compute many ops in fp32 without rounding in between), so they are never used he
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.splat import map_elements
 from trtc.ir.walk import all_initializers
 
 FLOAT = ir.DataType.FLOAT
@@ -42,11 +44,11 @@ def _round_trip(graph: ir.Graph, value: ir.Value, low: ir.DataType, after: ir.No
 
 def simulation_model(typed: ir.Model) -> ir.Model:
     """A new all-fp32 model that rounds wherever `typed` stores a low-precision value."""
-    model = ir.serde.deserialize_model(ir.serde.serialize_model(typed))
+    model = typed.clone()  # shares the weights' tensors: they are replaced, never changed
     graph = model.graph
     for value in all_initializers(graph):
         if value.dtype in LOW:
-            value.const_value = ir.tensor(value.const_value.numpy().astype("float32"), name=value.name)
+            value.const_value = map_elements(value.const_value, lambda data: data.astype(np.float32), name=value.name)
             value.type = ir.TensorType(FLOAT)  # new object: types may be shared
     for value in list(graph.inputs):
         if value.dtype in LOW:
