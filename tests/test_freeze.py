@@ -143,8 +143,6 @@ def test_freezing_lets_tensorrt_build_it(tmp_path):
     assert plan.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="trtc/lower/api.py prepare_for_build derives an on-the-fly ONNX build's "
-                                        "cache key from source.sha256, not the parse input_hash with the frozen values")
 def test_engine_cache_tells_frozen_values_apart(tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
     model, plan, cache = _reduce_sum(tmp_path / "m.onnx"), tmp_path / "m.plan", tmp_path / "cache"

@@ -37,7 +37,7 @@ def prepare_for_build(artifact: Artifact, precision_opts: Mapping[str, Any] | No
     if meta.get("content_hash") is None:  # parsed on the fly from an ONNX file
         report = optimize(artifact.model, progress=progress)
         artifact.meta = meta = optimized_meta(meta, report, {"passes": "default"})
-        meta["content_hash"] = derived_hash(meta["source"]["sha256"], "parse+optimize(default)")
+        meta["content_hash"] = derived_hash(meta["input_hash"], "parse+optimize(default)")  # frozen values included
     wants_precision = precision_opts and (precision_opts.get("fp16") or precision_opts.get("bf16"))
     if wants_precision and not meta.get("precision"):
         from trtc.precision.api import run_precision
