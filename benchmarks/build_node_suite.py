@@ -9,6 +9,7 @@ agreed with the IR (numerics need a GPU: see the `gpu` tests).
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -113,6 +114,22 @@ def build_case(case: Path, freeze: bool = False) -> tuple[str, str]:
         return "fail", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:250] if str(exc).strip() else ''}"
 
 
+FAILURE_KINDS = [  # (what the reason says, the kind of failure), first match wins
+    ("which TensorRT does not support", "a type TensorRT lacks that trtc does not carry (STRING, FLOAT8E8M0)"),
+    ("is not a tensor", "sequence/optional values (TensorRT has tensors only)"),
+    ("has no NonMaxSuppression kernel", "no TensorRT-RTX kernel (NonMaxSuppression, NonZero)"),
+    ("has no NonZero", "no TensorRT-RTX kernel (NonMaxSuppression, NonZero)"),
+    ("is random", "training-mode Dropout with a nonzero ratio (random: inference engines have none)"),
+    ("must be a constant", "a parameter given as a graph input (TensorRT needs it at build time)"),
+    ("graph input", "a parameter given as a graph input (TensorRT needs it at build time)"),
+    ("not supported", "an attribute value TensorRT's layers cannot express"),
+]
+
+
+def failure_kind(reason: str) -> str:
+    return next((kind for text, kind in FAILURE_KINDS if text in reason), "other (see the reason)")
+
+
 def selected_cases(filter_text: str, all_ops: bool) -> list[tuple[Path, str]]:
     supported = onnx_tensorrt_ops()
     out = []
@@ -142,26 +159,24 @@ def main() -> int:
         results = list(pool.map(build_case, [c for c, _ in cases], [args.freeze_parameters] * len(cases), chunksize=4))
     elapsed = time.perf_counter() - start
     passed = sum(1 for s, _ in results if s == "pass")
-    untyped = sum(1 for s, r in results if s != "pass" and "which TensorRT does not support" in r)
-    typed = len(results) - untyped
-    print(f"{passed} passed, {len(results) - passed} failed of {len(results)} cases "
-          f"({passed / max(1, len(results)):.1%}) in {elapsed:.0f}s; {untyped} fail only for a type TensorRT lacks: "
-          f"{passed} of {typed} ({passed / max(1, typed):.1%}) of the cases TensorRT has the types for")
     failures = [(c.name, op, r) for (c, op), (s, r) in zip(cases, results) if s != "pass"]
+    kinds = collections.Counter(failure_kind(r) for _, _, r in failures)
+    summary = (f"{passed} of {len(results)} node-test cases whose op onnx-tensorrt supports build with TensorRT-RTX "
+               f"({passed / max(1, len(results)):.1%}) in {elapsed:.0f}s with {args.jobs} processes")
+    print(summary)
+    for kind, count in kinds.most_common():
+        print(f"  {count:4d}  {kind}")
     for name, op, reason in failures:
         print(f"  {name} [{op}]: {reason}")
     if args.write_results:
         from results import write_section
 
-        mode = ("parameter inputs (axes, pads, shapes, K, Resize scales) frozen to the test values"
+        mode = ("parameter inputs (axes, pads, shapes, K, Resize scales/ROI, OneHot depth, Range bounds, Dropout "
+                "ratio/training_mode) frozen to the test values with trtc's `--freeze`"
                 if args.freeze_parameters else "models as given (parameters as graph inputs)")
-        lines = [f"Mode: {mode}.", "",
-                 f"{passed} of {len(results)} node-test cases whose op onnx-tensorrt supports build with "
-                 f"TensorRT-RTX ({passed / max(1, len(results)):.1%}); {untyped} of the failures are types TensorRT "
-                 f"does not have (INT16, UINT16-64, FP8 E5M2/FNUZ, INT2/UINT2/UINT4, FP4): {passed} of {typed} "
-                 f"({passed / max(1, typed):.1%}) of the cases TensorRT has the types for. {elapsed:.0f}s with "
-                 f"{args.jobs} processes.",
-                 "", "| case | op | reason |", "|---|---|---|"]
+        lines = [f"Mode: {mode}.", "", f"{summary}.", "", "| failures | kind |", "|---|---|"]
+        lines += [f"| {count} | {kind} |" for kind, count in kinds.most_common()]
+        lines += ["", "| case | op | reason |", "|---|---|---|"]
         lines += [f"| {n} | {o} | {r.replace('|', '/')} |" for n, o, r in failures]
         title = "frozen parameters" if args.freeze_parameters else "as given"
         write_section(f"Build coverage: ONNX node tests, {title} (benchmarks/build_node_suite.py)", "\n".join(lines))
