@@ -114,7 +114,9 @@ def constant_input(index: int, what: str = "") -> Constraint:
     def check(node: ir.Node) -> str | None:
         if index < len(node.inputs) and node.inputs[index] is not None:
             value = node.inputs[index]
-            if value.const_value is None or value.is_graph_input():
+            if value.is_graph_input():
+                return f"{label} ({value.name!r}) must be a constant: give its value with --freeze {value.name}=VALUES"
+            if value.const_value is None:
                 return f"{label} ({value.name!r}) must be a constant"
         return None
 

@@ -118,7 +118,8 @@ def _dropout_is_identity(node) -> str | None:
 
     training, known = constant_of(2)
     if not known:
-        return f"training_mode ({training.name!r}) must be a constant (random dropout cannot be built)"
+        hint = f": give its value with --freeze {training.name}=false" if training.is_graph_input() else ""
+        return f"training_mode ({training.name!r}) must be a constant (random dropout cannot be built){hint}"
     if training is None or not bool(np.asarray(training)):
         return None
     ratio, known = constant_of(1)
