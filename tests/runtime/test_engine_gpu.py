@@ -162,3 +162,33 @@ def test_data_dependent_output_shape(backend, tmp_path):
             np.testing.assert_array_equal(out["idx"], np.array(np.nonzero(x)))
         with pytest.raises(TrtcError, match="output shapes depend on data"):
             runner.benchmark({"x": x}, warmup=0, iterations=2, cuda_graph=True)
+
+
+def test_carried_types_round_trip_exactly(backend, tmp_path):
+    """Types TensorRT lacks ride in types it has (trtc/lower/legalize.py): a UINT16 add that
+    wraps and a FLOAT -> FLOAT8E5M2 cast over every float16 value match the ONNX semantics
+    bit for bit on the GPU, with the runner converting at the engine's boundary."""
+    import onnx.reference.ops.op_cast as onnx_cast
+    from onnx import TensorProto, helper
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "lower"))
+    from test_legalize import _probe_values, assert_same
+
+    add = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])], "g",
+        [helper.make_tensor_value_info(n, TensorProto.UINT16, [4]) for n in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.UINT16, [4])]), opset_imports=[helper.make_opsetid("", 14)])
+    plan, side = build_plan(add, tmp_path, "add", "--backend", backend.name)
+    a, b = np.array([1, 65535, 30000, 7], np.uint16), np.array([2, 2, 40000, 0], np.uint16)
+    with EngineRunner(plan, side, backend) as runner:
+        assert_same(runner.run({"a": a, "b": b})["c"], a + b, "uint16 add")
+    x = _probe_values()
+    cast = helper.make_model(helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E5M2, saturate=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(x)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [len(x)])]),
+        opset_imports=[helper.make_opsetid("", 23)])
+    plan, side = build_plan(cast, tmp_path, "cast", "--backend", backend.name)
+    with EngineRunner(plan, side, backend) as runner:
+        got = runner.run({"x": x})["y"]
+    assert_same(got, onnx_cast.cast_to(x, TensorProto.FLOAT8E5M2, False), "float8e5m2 cast")
