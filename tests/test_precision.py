@@ -151,8 +151,9 @@ def test_cli_precision_flow(tmp_path):
 
 def test_rescaling_keeps_fp32_results_and_brings_huge_activations_into_range():
     """Conv-free chain: MatMul (weights x1000) -> Relu -> MatMul (x1000) -> Add residual -> output.
-    Activations reach ~1e7: naive fp16 overflows; rescaled, the chain runs in fp16."""
-    from trtc.precision.observe import observe
+    Activations reach ~1e7: naive fp16 overflows; rescaled, the chain runs in fp16. The rescaled
+    graph's observation, derived from the original's, is the one observing it gives."""
+    from trtc.precision.observe import observe, scaled_observation
     from trtc.precision.rescale import rescale_activations
     from trtc.runtime import ReferenceRunner
 
@@ -171,8 +172,14 @@ def test_rescaling_keeps_fp32_results_and_brings_huge_activations_into_range():
     x = {"x": np.abs(rng.standard_normal((4, 16))).astype(np.float32)}
     model = build()
     want = ReferenceRunner(model).run(x)["y"]
-    assert rescale_activations(model, observe(model, [x]), 128) == 2
+    obs = observe(model, [x])
+    rescaling = rescale_activations(model, obs, 128)
+    assert rescaling.weights == 2 and obs.finite
     np.testing.assert_allclose(ReferenceRunner(model).run(x)["y"], want, rtol=1e-6)  # powers of two: exact
+    derived, again = scaled_observation(obs, rescaling.scaled), observe(model, [x])
+    assert derived.max_abs == again.max_abs and derived.shapes == again.shapes and derived.first.keys() == \
+        again.first.keys() and all(np.array_equal(derived.first[k], again.first[k]) for k in again.first)
+    assert derived.max_abs["h"] < obs.max_abs["h"] / 64  # h and what follows are stored scaled down
     report = apply_precision(build(), [x], PrecisionOptions())
     assert report.flop_share > 0.9 and report.predicted["y"]["nonfinite"] == 0
     assert report.predicted["y"]["max_rel_error"] <= 1e-2

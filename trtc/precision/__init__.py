@@ -20,8 +20,8 @@ from trtc.passes import PASSES, PassContext
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
 from trtc.precision.metrics import compare_outputs, worst
-from trtc.precision.observe import observe
-from trtc.precision.rescale import rescale_activations
+from trtc.precision.observe import observe, scaled_observation
+from trtc.precision.rescale import Rescaling, rescale_activations
 from trtc.precision.rules import PrecisionOptions, RuleContext
 from trtc.precision.simulate import simulation_model
 from trtc.runtime.reference import ReferenceRunner
@@ -71,12 +71,13 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     obs = observe(model, samples)
     reference = obs.outputs  # of the graph as given, before any rescaling
     # Rescaling fixes range, not precision: bf16 has fp32's range, so it is fp16's alone.
-    rescaled = rescale_activations(model, obs, options.data_max / 4) if options.rescale and \
-        options.target == "fp16" else 0
-    if rescaled:  # the old weights are dead, the activations changed: observe the rescaled graph
+    rescaling = rescale_activations(model, obs, options.data_max / 4) if options.rescale and \
+        options.target == "fp16" else Rescaling(0, {})
+    if rescaling.weights:  # the old weights are dead; the activations are the observed ones, scaled
         PASSES["dead-code"].fn(model, PassContext())
         assign_mod.ensure_node_names(model)
-        obs = observe(model, samples)
+        # Overflowed fp32 values may come back into range rescaled: observe those graphs again.
+        obs = scaled_observation(obs, rescaling.scaled) if obs.finite else observe(model, samples)
     decision = assign_mod.assign(model, RuleContext(obs, options))
     # Concrete shapes of every value: observed activations, and the weights' own shapes.
     shapes = {v.name: tuple(v.const_value.shape.numpy()) for v in model.graph.initializers.values()
@@ -89,7 +90,7 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     fp32 = {name for name, c in decision.compute.items() if c == "fp32"}
     islands = _islands(model, fp32)
     counts = assign_mod.apply(model, decision, options.target, options.cast_io)
-    counts["weights-rescaled"] = rescaled
+    counts["weights-rescaled"] = rescaling.weights
     predicted, contributions = predict(model, samples, reference, obs.first)
     return PrecisionReport(
         target=options.target,

@@ -23,6 +23,7 @@ class Observation:
     samples: int
     first: dict[str, np.ndarray]  # every float value on the first sample
     outputs: list[dict[str, Any]]  # per sample, the graph outputs by name (the fp32 reference)
+    finite: bool  # no float value was inf or NaN on any sample
 
     def magnitude(self, value: ir.Value | None) -> float:
         if value is None:
@@ -35,13 +36,14 @@ class Observation:
         return self.max_abs.get(value.name, 0.0)
 
 
-def finite_peak(array: np.ndarray) -> float:
-    """max |x| over the finite elements of a non-empty float array (0 when none is finite)."""
+def finite_peak(array: np.ndarray) -> tuple[float, bool]:
+    """max |x| over the finite elements of a non-empty float array (0 when none is finite), and
+    whether all elements are finite."""
     low, high = float(array.min()), float(array.max())
     if np.isfinite(low) and np.isfinite(high):  # NaN or inf anywhere shows in min or max
-        return max(abs(low), abs(high))
+        return max(abs(low), abs(high)), True
     finite = np.abs(array[np.isfinite(array)])
-    return float(finite.max()) if finite.size else 0.0
+    return (float(finite.max()) if finite.size else 0.0), False
 
 
 def observe(model: ir.Model, samples: Sequence[Mapping[str, Any]]) -> Observation:
@@ -54,6 +56,7 @@ def observe(model: ir.Model, samples: Sequence[Mapping[str, Any]]) -> Observatio
     shapes: dict[str, tuple[int, ...]] = {}
     first: dict[str, np.ndarray] = {}
     outputs: list[dict[str, Any]] = []
+    all_finite = True
     try:
         for feeds in samples:
             results = runner.run(feeds)
@@ -66,7 +69,29 @@ def observe(model: ir.Model, samples: Sequence[Mapping[str, Any]]) -> Observatio
                 if array.dtype.kind == "f" and len(outputs) == 1:
                     first[name] = array
                 if array.dtype.kind == "f" and array.size:
-                    max_abs[name] = max(max_abs.get(name, 0.0), finite_peak(array))
+                    peak, finite = finite_peak(array)
+                    max_abs[name] = max(max_abs.get(name, 0.0), peak)
+                    all_finite &= finite
     finally:
         runner.close()
-    return Observation(max_abs, shapes, len(samples), first, outputs)
+    return Observation(max_abs, shapes, len(samples), first, outputs, all_finite)
+
+
+def _times_power_of_two(array: np.ndarray, exponent: int) -> np.ndarray:
+    return (array.astype(np.float64) * 2.0**exponent).astype(array.dtype)
+
+
+def scaled_observation(obs: Observation, scaled: Mapping[str, tuple[str, int]]) -> Observation:
+    """What observing a rescaled graph would give, from the observation of the original: value
+    `name` holds value `origin` times 2^-e for every name -> (origin, e) in `scaled`, every other
+    value is unchanged. Exact while the scaled numbers stay finite and normal (the caller knows
+    `obs.finite`): products, sums and maxima of numbers scaled by a power of two are scaled alike."""
+    max_abs, shapes, first = dict(obs.max_abs), dict(obs.shapes), dict(obs.first)
+    for name, (origin, e) in scaled.items():
+        if origin in obs.max_abs:
+            max_abs[name] = obs.max_abs[origin] * 2.0**-e
+        if origin in obs.shapes:
+            shapes[name] = obs.shapes[origin]
+        if origin in obs.first:
+            first[name] = _times_power_of_two(obs.first[origin], -e)
+    return Observation(max_abs, shapes, obs.samples, first, obs.outputs, obs.finite)

@@ -9,11 +9,14 @@ each linear op's constant weights are multiplied by 2^(e_in - e_out) and its bia
 2^e restores the true values wherever they leave the chain (a graph output or an op that
 is not homogeneous: Softmax, LRN, Sigmoid...). Scaling by powers of two is exact in fp32,
 so the fp32 model computes the same numbers; in fp16 it moves activations of 1e6..1e27
-(seen in the light_* zoo models with synthetic weights) into range.
+(seen in the light_* zoo models with synthetic weights) into range. For the same reason the
+rescaled graph's observation follows from the original one (`Rescaling.scaled`,
+`observe.scaled_observation`) without running it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -59,12 +62,21 @@ def _linear_ok(node: ir.Node) -> bool:
     return is_op(node, "MatMul") and const_array(node.inputs[1]) is not None
 
 
-def rescale_activations(model: ir.Model, obs: Observation, target: float) -> int:
-    """Rescale where a homogeneous chain exceeds `target`; return how many weights were rescaled."""
+@dataclasses.dataclass
+class Rescaling:
+    weights: int  # how many weights were rescaled
+    # Per value of the rescaled graph that stores other numbers than the value of that name did:
+    # (the name of the value it stores, e) — it holds that value times 2^-e.
+    scaled: dict[str, tuple[str, int]]
+
+
+def rescale_activations(model: ir.Model, obs: Observation, target: float) -> Rescaling:
+    """Rescale where a homogeneous chain exceeds `target`."""
     graph = model.graph
     if not any(is_op(n, *LINEAR) and _linear_ok(n) and obs.magnitude(n.outputs[0]) > target for n in graph):
-        return 0
+        return Rescaling(0, {})
     exponent: dict[ir.Value, int] = {}
+    copies: dict[ir.Value, tuple[str, int]] = {}  # the Mul outputs inserted: (value scaled, e)
     rescaled = 0
     for node in list(graph):
         ins = [exponent.get(v, 0) if v is not None else 0 for v in node.inputs]
@@ -95,12 +107,15 @@ def rescale_activations(model: ir.Model, obs: Observation, target: float) -> int
                     node.replace_input_with(i, _scaled(value, 2.0**-top, graph, f"{node.name}.c{i}_rescaled"))
                 elif e != top:
                     node.replace_input_with(i, _mul(graph, value, e - top, node, f"{node.name}.in{i}"))
+                    copies[node.inputs[i]] = (value.name, top)
             exponent[node.outputs[0]] = top
             continue
         # Any other op sees the true values again.
         for i, (value, e) in enumerate(zip(node.inputs, ins)):
             if value is not None and e:
                 node.replace_input_with(i, _mul(graph, value, e, node, f"{node.name}.in{i}"))
+                copies[node.inputs[i]] = (value.name, 0)
+    scaled = {value: (value.name, e) for value, e in exponent.items() if e} | copies  # names before renaming
     for i, value in enumerate(list(graph.outputs)):
         e = exponent.get(value, 0)
         if e:
@@ -112,4 +127,4 @@ def rescale_activations(model: ir.Model, obs: Observation, target: float) -> int
             restore.outputs[0].type, restore.outputs[0].shape = value.type, value.shape
             graph.append(restore)
             graph.outputs[i] = restore.outputs[0]
-    return rescaled
+    return Rescaling(rescaled, {value.name: origin for value, origin in scaled.items()})
