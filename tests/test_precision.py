@@ -89,6 +89,8 @@ def test_typed_graph_is_valid_onnx_and_keeps_io_types():
             producer = node.inputs[0].producer()
             assert producer is None or producer.op_type != "Cast", node.name
     assert report.counts["casts"] >= 2
+    unread = [v.name for v in model.graph.initializers.values() if not v.uses()]
+    assert not unread, f"fp32 originals of converted weights left in the typed graph: {unread}"
     low = {n.name for n in model.graph if any(v.dtype == TARGETS["fp16"] for v in n.outputs)}
     assert "blocks.0.attn.qk" in low and "blocks.0.ln" not in low
 

@@ -90,6 +90,7 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     fp32 = {name for name, c in decision.compute.items() if c == "fp32"}
     islands = _islands(model, fp32)
     counts = assign_mod.apply(model, decision, options.target, options.cast_io)
+    PASSES["dead-code"].fn(model, PassContext())  # the fp32 originals of converted weights
     counts["weights-rescaled"] = rescaling.weights
     predicted, contributions = predict(model, samples, reference, obs.first)
     return PrecisionReport(
