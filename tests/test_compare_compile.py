@@ -94,3 +94,19 @@ def test_compile_runs_every_stage_then_reuses_them(tmp_path):
                                 "--json").stdout)
     assert third["stages"]["parse"]["reused"] and not third["stages"]["optimize"]["reused"]
     assert not third["stages"]["build"]["reused"]
+
+
+def test_compile_redoes_precision_when_a_calibration_file_changes(tmp_path):
+    """The optimize stage is keyed by the calibration files' contents, not their paths."""
+    pytest.importorskip("tensorrt_rtx")
+    a = _mlp(tmp_path / "a.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
+    args = ["compile", a, "-o", tmp_path / "out", "--fp16", "--calib", calib, "--shapes",
+            "x:1x16,4x16,8x16", "--no-cache", "--json"]
+    assert run_trtc(*args).returncode == 0
+    again = json.loads(run_trtc(*args).stdout)
+    assert again["stages"]["optimize"]["reused"]
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32) * 100)
+    changed = json.loads(run_trtc(*args).stdout)
+    assert changed["stages"]["parse"]["reused"] and not changed["stages"]["optimize"]["reused"]

@@ -20,7 +20,7 @@ from trtc.frontend.freeze import FreezeValue, freeze_fingerprints
 from trtc.frontend.parse import file_sha256, parse_input_hash
 from trtc.ir import load_artifact, save_artifact
 from trtc.ir.artifact import read_header
-from trtc.lower.api import build_artifact
+from trtc.lower.api import build_artifact, calibration_file_hashes
 from trtc.lower.build import BuildOptions
 from trtc.passes.pipeline import optimize, optimized_meta, select_passes
 from trtc.precision.metrics import compare_outputs
@@ -49,7 +49,8 @@ def _stage_parse(model: Path, out: Path, freeze: Mapping[str, FreezeValue]) -> t
 def _stage_optimize(parsed: Path, parsed_header: Mapping[str, Any], out: Path, options: Mapping[str, Any],
                     precision: Mapping[str, Any], calib: Mapping[str, Any],
                     progress: Callable[[str], None] | None) -> tuple[dict[str, Any], bool]:
-    record = _json_safe({"passes": options, "precision": precision, "calibration": calib})
+    record = _json_safe({"passes": options, "precision": precision, "calibration": calib,
+                         "calibration_files": calibration_file_hashes(precision, calib)})
     if out.exists():
         try:
             header = read_header(out)

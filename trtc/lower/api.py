@@ -23,9 +23,12 @@ def derived_hash(base: str, record: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _file_hashes(paths) -> list[str]:
+def calibration_file_hashes(precision_opts: Mapping[str, Any], calib_kwargs: Mapping[str, Any]) -> list[str]:
+    """SHA-256 of every calibration/input file (--calib, --input; NAME=path allowed): a stage that
+    observed them is reused only while their contents are the same."""
     from trtc.frontend.parse import file_sha256
 
+    paths = list(precision_opts.get("calib") or ()) + list(calib_kwargs.get("inputs") or ())
     return [file_sha256(Path(p.rpartition("=")[2])) for p in paths]
 
 
@@ -46,10 +49,10 @@ def prepare_for_build(artifact: Artifact, precision_opts: Mapping[str, Any] | No
         if progress:
             progress("precision: observing calibration data")
         meta["precision"] = run_precision(artifact, precision_opts, **calib_kwargs)
-        files = list(precision_opts.get("calib") or ()) + list(calib_kwargs.get("inputs") or ())
         meta["content_hash"] = derived_hash(meta["content_hash"], {
             "precision": {k: v for k, v in precision_opts.items() if k != "calib"},
-            "calibration": {**{k: v for k, v in calib_kwargs.items() if k != "inputs"}, "files": _file_hashes(files)},
+            "calibration": {**{k: v for k, v in calib_kwargs.items() if k != "inputs"},
+                            "files": calibration_file_hashes(precision_opts, calib_kwargs)},
         })
     return artifact
 
