@@ -228,6 +228,20 @@ def test_reference_runner_hands_large_weights_over_with_the_same_results():
     assert got["h"].shape == (4, 128)
 
 
+def test_a_fallback_to_onnx_reference_is_said(caplog):
+    """A model onnxruntime cannot load runs on onnx.reference (20x slower): the precision pass says so."""
+    from trtc.precision.observe import observe
+
+    model = outlier_transformer_block()
+    model.graph.node(0).outputs[0].type = ir.TensorType(ir.DataType.INT64)  # a type error ORT refuses
+    with caplog.at_level("WARNING", logger="trtc"):
+        try:
+            observe(model, _samples()[:1])
+        except Exception:  # noqa: BLE001  (onnx.reference may fail on it as well: the warning is the point)
+            pass
+    assert "precision: the calibration run ran on onnx.reference (slower): onnxruntime" in caplog.text
+
+
 def test_splat_weights_stay_splats_through_rescaling_and_conversion():
     """A 500-valued splat weight drives activations past fp16's range: rescaled and converted to
     fp16, it stays one element (no 128 KiB arrays), with the numbers the full arrays would give."""

@@ -118,6 +118,7 @@ def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Se
     try:
         results = [runner.run(_as_fp32_feeds(s, sim)) for s in samples]
     finally:
+        runner.warn_if_fallback("precision: the fp16/bf16 simulation")
         runner.close()
     predicted = {}
     for name in reference[0]:

@@ -73,6 +73,7 @@ def observe(model: ir.Model, samples: Sequence[Mapping[str, Any]]) -> Observatio
                     max_abs[name] = max(max_abs.get(name, 0.0), peak)
                     all_finite &= finite
     finally:
+        runner.warn_if_fallback("precision: the calibration run")
         runner.close()
     return Observation(max_abs, shapes, len(samples), first, outputs, all_finite)
 

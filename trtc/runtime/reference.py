@@ -3,6 +3,7 @@ what onnxruntime cannot load or run. Every stage of trtc is checked against it."
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -120,6 +121,11 @@ class ReferenceRunner:
                 self._session = None
         results = self._reference().run(None, dict(feeds))
         return dict(zip(self.output_names, results))
+
+    def warn_if_fallback(self, purpose: str) -> None:
+        """Say on stderr that `purpose` ran on onnx.reference (slow, last-ulp differences)."""
+        if self.fallback_reason:
+            logging.getLogger("trtc").warning("%s ran on onnx.reference (slower): %s", purpose, self.fallback_reason)
 
     def close(self) -> None:
         """Release the session and the weights handed to it."""
