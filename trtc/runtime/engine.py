@@ -22,7 +22,7 @@ import onnx_ir as ir
 from trtc.errors import TrtcError
 from trtc.lower.backend import RTX_TARGETS, Backend
 from trtc.runtime import cuda
-from trtc.runtime.io import _numpy_dtype
+from trtc.runtime.io import _numpy_dtype, check_feed_dtype, check_feed_names
 from trtc.runtime.reference import latency_summary
 from trtc.runtime.sidecar import dims_text
 
@@ -87,13 +87,6 @@ def choose_profile(sidecar: Mapping[str, Any], shapes: Mapping[str, Sequence[int
                     hint="use shapes from one profile, or rebuild with a --profile that covers them")
 
 
-def _check_dtype(spec: EngineTensorSpec, array: Any, where: str) -> None:
-    if not isinstance(array, np.ndarray) or array.dtype != spec.dtype:
-        got = getattr(array, "dtype", type(array).__name__)
-        raise TrtcError(f"input {spec.name!r} has dtype {got} but the engine expects {spec.dtype} ({spec.describe()})",
-                        where=where, hint=f"convert it, e.g. np.asarray(x, dtype='{spec.dtype}')")
-
-
 def _checkdims_text(sidecar: Mapping[str, Any], spec: EngineTensorSpec, shape: Shape, where: str) -> None:
     if len(shape) != len(spec.shape):
         raise TrtcError(f"input {spec.name!r} has rank {len(shape)} but the engine expects rank {len(spec.shape)} "
@@ -120,18 +113,9 @@ def validate_engine_feeds(sidecar: Mapping[str, Any], feeds: Mapping[str, Any], 
     dynamic dims against the profiles' MIN..MAX, and one profile taking all shapes together.
     Raises a one-line TrtcError naming the first bad input."""
     specs = sidecar_specs(sidecar["inputs"])
-    names = [s.name for s in specs]
-    extra = sorted(set(feeds) - set(names))
-    if extra:
-        raise TrtcError(f"unknown input name(s) {', '.join(map(repr, extra))}", where=where,
-                        hint="the engine's inputs are: " + ", ".join(names))
-    missing = [n for n in names if n not in feeds]
-    if missing:
-        raise TrtcError(f"missing input(s) {', '.join(map(repr, missing))}", where=where,
-                        hint="the engine's inputs are: " + ", ".join(names)
-                        + "; give them with --input NAME=file.npy or let trtc generate them")
+    check_feed_names([s.name for s in specs], feeds, where, owner="engine")
     for spec in specs:
-        _check_dtype(spec, feeds[spec.name], where)
+        check_feed_dtype(spec.name, feeds[spec.name], spec.dtype, where, "engine", f" ({spec.describe()})")
         _checkdims_text(sidecar, spec, feeds[spec.name].shape, where)
     choose_profile(sidecar, {s.name: feeds[s.name].shape for s in specs}, where)
 

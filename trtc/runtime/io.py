@@ -232,26 +232,35 @@ def _check_rank_and_dims(spec: TensorSpec, shape: Sequence[int], where: str) -> 
             )
 
 
-def validate_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray], where: str) -> None:
-    """Names, dtypes, ranks and static dims; one line naming the first bad input."""
-    names = [s.name for s in specs]
+def check_feed_names(names: Sequence[str], feeds: Mapping[str, Any], where: str, owner: str = "model") -> None:
+    """Every feed names an input and every input has a feed; one line naming the offenders."""
     extra = sorted(set(feeds) - set(names))
     if extra:
         raise TrtcError(f"unknown input name(s) {', '.join(map(repr, extra))}", where=where,
-                        hint="the model's inputs are: " + ", ".join(names))
+                        hint=f"the {owner}'s inputs are: " + ", ".join(names))
     missing = [n for n in names if n not in feeds]
     if missing:
         raise TrtcError(f"missing input(s) {', '.join(map(repr, missing))}", where=where,
-                        hint="give them with --input NAME=file.npy or let trtc generate them")
+                        hint=f"the {owner}'s inputs are: {', '.join(names)}; give them with --input NAME=file.npy "
+                             "or let trtc generate them")
+
+
+def check_feed_dtype(name: str, array: Any, dtype: np.dtype, where: str, owner: str = "model",
+                     detail: str = "") -> None:
+    if not isinstance(array, np.ndarray) or array.dtype != dtype:
+        got = getattr(array, "dtype", type(array).__name__)
+        raise TrtcError(f"input {name!r} has dtype {got} but the {owner} expects {dtype}{detail}",
+                        where=where, hint=f"convert it, e.g. np.asarray(x, dtype='{dtype}')")
+
+
+def validate_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray], where: str) -> None:
+    """Names, dtypes, ranks and static dims; one line naming the first bad input."""
+    check_feed_names([s.name for s in specs], feeds, where)
     for spec in specs:
         if spec.dtype is None:
             continue
-        array = feeds[spec.name]
-        if not isinstance(array, np.ndarray) or array.dtype != spec.dtype:
-            got = getattr(array, "dtype", type(array).__name__)
-            raise TrtcError(f"input {spec.name!r} has dtype {got} but the model expects {spec.dtype}",
-                            where=where, hint=f"convert it, e.g. np.asarray(x, dtype='{spec.dtype}')")
-        _check_rank_and_dims(spec, array.shape, where)
+        check_feed_dtype(spec.name, feeds[spec.name], spec.dtype, where)
+        _check_rank_and_dims(spec, feeds[spec.name].shape, where)
 
 
 def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count: int, *, seed: int = 0,
