@@ -148,6 +148,8 @@ def main() -> int:
     ap.add_argument("--freeze-parameters", action="store_true",
                     help="make small 1-D integer inputs (axes, pads, shapes) and float/bool parameters (Resize scales, "
                          "OneHot depth, Range bounds, Dropout ratio/mode) constants")
+    ap.add_argument("--with-parser", action="store_true",
+                    help="also TensorRT-RTX's own ONNX parser + build on the same cases (node_suite_parser.py)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     if not SUITE.is_dir() or not REFERENCE.is_file():
@@ -158,11 +160,23 @@ def main() -> int:
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(build_case, [c for c, _ in cases], [args.freeze_parameters] * len(cases), chunksize=4))
     elapsed = time.perf_counter() - start
+    peer = None
+    if args.with_parser:
+        from node_suite_parser import parser_results
+
+        peer = parser_results([c for c, _ in cases], args.freeze_parameters, args.jobs)
     passed = sum(1 for s, _ in results if s == "pass")
     failures = [(c.name, op, r) for (c, op), (s, r) in zip(cases, results) if s != "pass"]
     kinds = collections.Counter(failure_kind(r) for _, _, r in failures)
     summary = (f"{passed} of {len(results)} node-test cases whose op onnx-tensorrt supports build with TensorRT-RTX "
                f"({passed / max(1, len(results)):.1%}) in {elapsed:.0f}s with {args.jobs} processes")
+    if peer is not None:
+        peer_passed = sum(1 for c, _ in cases if peer.get(c.name, ("fail",))[0] == "pass")
+        only_peer = sorted(c.name for (c, _), (s, _) in zip(cases, results)
+                           if s != "pass" and peer.get(c.name, ("fail",))[0] == "pass")
+        summary += (f"; TensorRT-RTX's ONNX parser builds {peer_passed} ({peer_passed / max(1, len(results)):.1%}) "
+                    f"of the same cases in the same run, trtc / parser = {passed / max(1, peer_passed):.2f}x; "
+                    f"cases only the parser builds: {', '.join(only_peer) or 'none'}")
     print(summary)
     for kind, count in kinds.most_common():
         print(f"  {count:4d}  {kind}")
@@ -178,6 +192,10 @@ def main() -> int:
         lines += [f"| {count} | {kind} |" for kind, count in kinds.most_common()]
         lines += ["", "| case | op | reason |", "|---|---|---|"]
         lines += [f"| {n} | {o} | {r.replace('|', '/')} |" for n, o, r in failures]
+        if peer is not None:
+            lines += ["", "Parser failures (first line of its error):", "", "| case | parser's reason |", "|---|---|"]
+            lines += [f"| {c.name} | {peer[c.name][1].replace('|', '/')[:200]} |" for c, _ in cases
+                      if peer.get(c.name, ("fail",))[0] != "pass"]
         title = "frozen parameters" if args.freeze_parameters else "as given"
         write_section(f"Build coverage: ONNX node tests, {title} (benchmarks/build_node_suite.py)", "\n".join(lines))
     return 0

@@ -169,8 +169,18 @@ def test_cumsum_dynamic_and_runtime_axis(tmp_path):
     proto = one_node("CumSum", [("x", F, ["b", 3, 8]), ("axis", I64, [1])], [("y", F, ["b", 3, 8])],
                      inits={"axis": np.array([0], I64)})
     build(proto, tmp_path, BATCH)
+    # A runtime axis builds as a shape tensor pinned to one value (TensorRT needs it at build time).
     runtime = one_node("CumSum", [("x", F, [2, 3]), ("axis", I64, [])], [("y", F, [2, 3])])
-    assert issue(runtime, tmp_path) == "the axis ('axis') must be a constant: give its value with --freeze axis=VALUES"
+    assert issue(runtime, tmp_path) is None
+    artifact = parse(runtime, tmp_path)
+    build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
+                 BuildOptions(shape_inputs={"axis": ((1,), (1,), (1,))}))
+    computed = one_node("CumSum", [("x", F, [2, 3]), ("axis", I64, [])], [("y", F, [2, 3])])
+    computed.graph.node.insert(0, onnx.helper.make_node("Abs", ["axis"], ["axis_abs"], name="abs"))
+    computed.graph.node[1].input[1] = "axis_abs"  # computed at run time: no build-time value
+    artifact = parse(computed, tmp_path)
+    cumsum = [n for n in artifact.model.graph if n.op_type == "CumSum"][0]
+    assert support_issue(cumsum, artifact.model.opset_imports[""]) == "the axis ('axis_abs') must be a constant"
 
 
 # ------------------------------------------------------------------ pooling

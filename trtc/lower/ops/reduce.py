@@ -233,12 +233,27 @@ def lower_topk(ctx, node):
 # ---------------------------------------------------------------- CumSum
 
 
-@converter("CumSum", since=11, constraints=[tensor_types(), known_rank(), constant_input(1, "the axis")])
+def axis_constant_or_input() -> Constraint:
+    """A constant axis, or a graph input TensorRT can take as a shape tensor: its one value must then be
+    pinned at build time (--shape-input NAME:V,V,V), as TensorRT's cumulative layer needs."""
+    constant = constant_input(1, "the axis")
+
+    def check(node: ir.Node) -> str | None:
+        axis = node.inputs[1]
+        return None if axis.is_graph_input() else constant.check(node)
+
+    return Constraint("axis constant or a pinned shape-tensor input", check)
+
+
+@converter("CumSum", since=11, constraints=[tensor_types(), known_rank(), axis_constant_or_input()])
 def lower_cumsum(ctx, node):
-    """CumSum -> ICumulativeLayer(SUM) with a 0-D constant axis; exclusive/reverse map directly."""
+    """CumSum -> ICumulativeLayer(SUM) with a 0-D axis (a constant, or a graph input pinned by its
+    shape-input range); exclusive/reverse map directly."""
     x = ctx.tensor(node.inputs[0])
-    axis = ctx.axis(int(np.atleast_1d(ctx.const(node.inputs[1]))[0]), ctx.rank(x))
+    data = ctx.const(node.inputs[1])
+    axis = scalar_tensor(ctx, ctx.axis(int(np.atleast_1d(data)[0]), ctx.rank(x))) if data is not None \
+        else ctx.reshape(ctx.tensor(node.inputs[1]), [])
     layer = ctx.check(ctx.network.add_cumulative(
-        x, scalar_tensor(ctx, axis), ctx.trt.CumulativeOperation.SUM,
+        x, axis, ctx.trt.CumulativeOperation.SUM,
         bool(node.attributes.get_int("exclusive", 0)), bool(node.attributes.get_int("reverse", 0))))
     return [layer.get_output(0)]
