@@ -214,3 +214,19 @@ def test_engine_inputs_convert_exactly_or_say_why():
     assert np.array_equal(half.astype(e5m2.dtype).astype(np.float32), e5m2.astype(np.float32))
     with pytest.raises(TrtcError, match="input 'ids' has uint64 values the engine's int64 cannot hold"):
         to_engine_type("ids", np.array([2**63], np.uint64), np.dtype(np.int64), "m.plan")
+
+
+def test_fp8_between_quantize_and_dequantize_stays_native(tmp_path):
+    """FP8 made by QuantizeLinear and read only by DequantizeLinear is TensorRT's own Q/DQ pair: not carried."""
+    scale = onnx.numpy_helper.from_array(np.array(0.5, np.float32), "scale")
+    zero = helper.make_tensor("zero", onnx.TensorProto.FLOAT8E4M3FN, [], [0])
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="q"),
+         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"], name="dq")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])], [scale, zero])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    artifact = parse(proto, tmp_path)
+    assert legalize_types(artifact.model) == {}
+    assert [n.op_type for n in artifact.model.graph] == ["QuantizeLinear", "DequantizeLinear"]
+    assert build(proto, tmp_path).sidecar["outputs"][0]["dtype"] == "float"

@@ -64,9 +64,11 @@ def needs_carrier(value: ir.Value) -> bool:
     if dtype not in QDQ_NATIVE:
         return True
     producer = value.producer()
-    made_by_q = producer is None if not value.is_graph_input() else False
-    made_by_q = made_by_q or _is_q(producer, "QuantizeLinear")
-    return not made_by_q or value.is_graph_output() or not all(_is_q(u, "DequantizeLinear") for u in value.consumers())
+    # TensorRT takes FP8/INT4 from a constant or a quantize, into dequantizes; a graph output is carried
+    # anyway, as the runner has no host type for FP8/INT4.
+    from_constant_or_q = (producer is None and not value.is_graph_input()) or _is_q(producer, "QuantizeLinear")
+    into_dq_only = not value.is_graph_output() and all(_is_q(u, "DequantizeLinear") for u in value.consumers())
+    return not (from_constant_or_q and into_dq_only)
 
 
 # A rewrite returns the values replacing the node's outputs, or None when it wraps them after the node.
