@@ -142,7 +142,8 @@ def _relative_error(reference: np.ndarray | None, predicted: Any) -> float:
     if not reference.size:
         return 0.0
     scale = max(float(np.abs(reference).max()), 1e-6)
-    diff = np.abs(predicted.astype(np.float64) - reference)
+    with np.errstate(invalid="ignore"):  # inf - inf: reported as an infinite error below
+        diff = np.abs(predicted.astype(np.float64) - reference)
     return float("inf") if not np.isfinite(diff).all() else float(diff.max()) / scale
 
 
