@@ -85,7 +85,7 @@ class ReferenceRunner:
         # Execute each node as written: ORT's graph rewrites would fuse away the casts
         # that the precision simulation relies on.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # its errors come back as exceptions (and a fallback): no raw log lines
         if threads:
             options.intra_op_num_threads = threads
         try:
