@@ -84,8 +84,9 @@ def freeze_parameter_inputs(model, arrays: dict) -> list[str]:
     return freeze_inputs(model, parameters)
 
 
-def build_case(case: Path, freeze: bool = False) -> tuple[str, str]:
-    """('pass' | 'fail', reason)."""
+def build_case(case: Path, freeze: bool = False, fp16: bool = False) -> tuple[str, str]:
+    """('pass' | 'fail', reason); with `fp16`, trtc's precision pass first types the graph (the test
+    inputs are its calibration sample)."""
     from trtc.errors import TrtcError
     from trtc.frontend import parse_onnx
     from trtc.lower.backend import load_backend
@@ -95,8 +96,11 @@ def build_case(case: Path, freeze: bool = False) -> tuple[str, str]:
         artifact = parse_onnx(case / "model.onnx")
         model = artifact.model
         arrays = input_arrays(case)
-        if freeze:
-            freeze_parameter_inputs(model, arrays)
+        frozen = set(freeze_parameter_inputs(model, arrays)) if freeze else set()
+        if fp16:
+            from trtc.precision import PrecisionOptions, apply_precision
+
+            apply_precision(model, [{k: v for k, v in arrays.items() if k not in frozen}], PrecisionOptions())
         profile = {}
         for value in model.graph.inputs:
             if value.shape is not None and any(not isinstance(d, int) for d in value.shape.dims):
@@ -148,6 +152,7 @@ def main() -> int:
     ap.add_argument("--freeze-parameters", action="store_true",
                     help="make small 1-D integer inputs (axes, pads, shapes) and float/bool parameters (Resize scales, "
                          "OneHot depth, Range bounds, Dropout ratio/mode) constants")
+    ap.add_argument("--fp16", action="store_true", help="type each case with trtc's fp16 precision pass first")
     ap.add_argument("--with-parser", action="store_true",
                     help="also TensorRT-RTX's own ONNX parser + build on the same cases (node_suite_parser.py)")
     ap.add_argument("--write-results", action="store_true")
@@ -158,7 +163,8 @@ def main() -> int:
     cases = selected_cases(args.filter, args.all_ops)
     start = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(build_case, [c for c, _ in cases], [args.freeze_parameters] * len(cases), chunksize=4))
+        results = list(pool.map(build_case, [c for c, _ in cases], [args.freeze_parameters] * len(cases),
+                                [args.fp16] * len(cases), chunksize=4))
     elapsed = time.perf_counter() - start
     peer = None
     if args.with_parser:
@@ -188,6 +194,8 @@ def main() -> int:
         mode = ("parameter inputs (axes, pads, shapes, K, Resize scales/ROI, OneHot depth, Range bounds, Dropout "
                 "ratio/training_mode) frozen to the test values with trtc's `--freeze`"
                 if args.freeze_parameters else "models as given (parameters as graph inputs)")
+        if args.fp16:
+            mode = f"trtc --fp16 (its precision pass, the test inputs as calibration); {mode}"
         lines = [f"Mode: {mode}.", "", f"{summary}.", "", "| failures | kind |", "|---|---|"]
         lines += [f"| {count} | {kind} |" for kind, count in kinds.most_common()]
         lines += ["", "| case | op | reason |", "|---|---|---|"]
@@ -196,7 +204,7 @@ def main() -> int:
             lines += ["", "Parser failures (first line of its error):", "", "| case | parser's reason |", "|---|---|"]
             lines += [f"| {c.name} | {peer[c.name][1].replace('|', '/')[:200]} |" for c, _ in cases
                       if peer.get(c.name, ("fail",))[0] != "pass"]
-        title = "frozen parameters" if args.freeze_parameters else "as given"
+        title = ("frozen parameters" if args.freeze_parameters else "as given") + (", fp16" if args.fp16 else "")
         write_section(f"Build coverage: ONNX node tests, {title} (benchmarks/build_node_suite.py)", "\n".join(lines))
     return 0
 

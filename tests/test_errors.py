@@ -175,3 +175,13 @@ def test_run_unknown_range_name(two_input_model):
 
 def test_run_missing_file():
     _assert_user_error(run_trtc("run", "/nonexistent/model.onnx"), "/nonexistent/model.onnx", "not found")
+
+
+def test_fp16_of_a_sequence_input_is_a_clear_error(tmp_path):
+    seq = helper.make_tensor_sequence_value_info("x", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name="copy")], "g", [seq],
+                              [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "seq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _assert_user_error(run_trtc("build", path, "--fp16", "-o", tmp_path / "seq.plan"),
+                       "input(s) 'x' are not tensors", "takes tensors only")
