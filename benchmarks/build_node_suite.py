@@ -121,6 +121,7 @@ def build_case(case: Path, freeze: bool = False, fp16: bool = False) -> tuple[st
 FAILURE_KINDS = [  # (what the reason says, the kind of failure), first match wins
     ("which TensorRT does not support", "a type TensorRT lacks that trtc does not carry (STRING, FLOAT8E8M0)"),
     ("is not a tensor", "sequence/optional values (TensorRT has tensors only)"),
+    ("are not tensors", "sequence/optional values (TensorRT has tensors only)"),
     ("has no NonMaxSuppression kernel", "no TensorRT-RTX kernel (NonMaxSuppression, NonZero)"),
     ("has no NonZero", "no TensorRT-RTX kernel (NonMaxSuppression, NonZero)"),
     ("is random", "training-mode Dropout with a nonzero ratio (random: inference engines have none)"),
