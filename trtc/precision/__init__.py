@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from trtc.errors import TrtcError
 from trtc.passes import PASSES, PassContext
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
@@ -67,6 +68,10 @@ def _islands(model: ir.Model, fp32: set[str]) -> int:
 def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
                     options: PrecisionOptions) -> PrecisionReport:
     """Type `model` in place for options.target and predict the error on `samples`."""
+    non_tensors = [v.name for v in model.graph.inputs if not isinstance(v.type, ir.TensorType)]
+    if non_tensors:
+        raise TrtcError(f"input(s) {', '.join(map(repr, non_tensors))} are not tensors (sequences/optionals); the "
+                        "precision pass, like TensorRT, takes tensors only")
     assign_mod.ensure_node_names(model)
     obs = observe(model, samples)
     reference = obs.outputs  # of the graph as given, before any rescaling

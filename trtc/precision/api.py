@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import onnx_ir as ir
-
 from trtc.errors import CheckFailed, TrtcError
 from trtc.ir import Artifact
 from trtc.precision import PrecisionOptions, apply_precision
@@ -43,10 +41,6 @@ def run_precision(artifact: Artifact, opts: Mapping[str, Any], *, inputs: Sequen
         keep_fp32=opts["keep_fp32"], keep_fp32_ops=opts["keep_fp32_op"], force_fp16=opts["force_fp16"],
         cast_io=opts["cast_io"],
     )
-    non_tensors = [v.name for v in artifact.model.graph.inputs if not isinstance(v.type, ir.TensorType)]
-    if non_tensors:
-        raise TrtcError(f"input(s) {', '.join(map(repr, non_tensors))} are not tensors (sequences/optionals); the "
-                        "precision pass, like TensorRT, takes tensors only", where=str(artifact.path or "--fp16"))
     specs = model_inputs(artifact.model)
     samples = calibration_samples(specs, opts["calib"] or list(inputs), opts["calib_samples"], seed=seed,
                                   ranges=ranges, shapes=shapes)
