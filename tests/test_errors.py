@@ -74,22 +74,6 @@ def test_opset_newer_than_known(tmp_path):
     _parse_fails(path, tmp_path, f"opset {onnx.defs.onnx_opset_version() + 5}", "upgrade onnx")
 
 
-F, I64 = TensorProto.FLOAT, TensorProto.INT64
-
-
-@pytest.mark.parametrize(("inputs", "output", "needles"), [
-    ((F, I64), F, ["node 'add' (Add)", "inconsistent type tensor(int64)"]),
-    ((F, F), I64, ["node 'add' (Add)", "FLOAT differs from the declared INT64"]),
-])
-def test_type_errors_are_refused_at_parse(tmp_path, inputs, output, needles):
-    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"], name="add")], "g",
-                              [helper.make_tensor_value_info(n, t, [2]) for n, t in zip("ab", inputs)],
-                              [helper.make_tensor_value_info("y", output, [2])])
-    path = tmp_path / "typo.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    _parse_fails(path, tmp_path, "type error", *needles)
-
-
 def _external_model(tmp_path: Path, location: str) -> Path:
     weight = numpy_helper.from_array(np.ones((2, 3), np.float32), "w")
     weight.data_location = TensorProto.EXTERNAL

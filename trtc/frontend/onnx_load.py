@@ -5,7 +5,6 @@ model's folder. Weights are never read here."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,29 +123,6 @@ def check_structure(path: Path) -> None:
             return
         raise TrtcError(f"invalid ONNX model: {first}", where=str(path),
                         hint="the file is truncated or was exported incorrectly; re-export it") from None
-
-
-TYPE_ERROR = re.compile(r"\(op_type:(?P<op>[^,]+), node name: (?P<node>[^)]*)\): (?:\[\w+\] )?(?P<detail>.*)")
-ELEM_TYPES = re.compile(r"elem type differs from existing elem type: \((\d+)\) vs \((\d+)\)")
-
-
-def check_types(proto: onnx.ModelProto, path: Path) -> None:
-    """ONNX's type inference in strict mode: an edge whose type contradicts its op's schema
-    (Add(float, int64), an output declared with the wrong type) is refused here, not at run
-    time. Only type errors count: shape-inference gaps (function bodies, data-dependent dims)
-    are left to the shape inference that follows."""
-    try:
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
-        text = " ".join(str(exc).split())
-        if "TypeInferenceError" not in text and "inconsistent type" not in text:
-            return
-        match = TYPE_ERROR.search(text)
-        detail = text if match is None else f"node {match['node']!r} ({match['op']}): {match['detail']}"
-        detail = ELEM_TYPES.sub(lambda m: f"elem type {onnx.TensorProto.DataType.Name(int(m[1]))} differs from the "
-                                          f"declared {onnx.TensorProto.DataType.Name(int(m[2]))}", detail)
-        raise TrtcError(f"type error: {detail}", where=str(path),
-                        hint="the model contradicts its ops' type constraints; re-export or fix it") from None
 
 
 def check_external_data(proto: onnx.ModelProto, path: Path) -> None:

@@ -60,7 +60,6 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
     onnx_load.check_ops(proto, path)
     onnx_load.check_external_data(proto, path)
     onnx_load.check_structure(path)
-    onnx_load.check_types(proto, path)
     source_opset = default_opset(proto)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
