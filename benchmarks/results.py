@@ -17,12 +17,15 @@ def machine() -> str:
 
 
 def write_section(title: str, body: str) -> None:
-    """Replace (or append) the section `## title` with `body`, stamped with date and machine."""
+    """Replace in place (or append) the section `## title` with `body`, stamped with date and machine."""
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     stamp = f"_{datetime.date.today().isoformat()}, {machine()}_"
     section = f"## {title}\n\n{stamp}\n\n{body.strip()}\n"
     parts = text.split("\n## ")
     head, sections = parts[0], parts[1:]
-    sections = [s for s in sections if not s.startswith(title + "\n")]
-    sections.append(section[3:])
+    index = next((i for i, s in enumerate(sections) if s.startswith(title + "\n")), None)
+    if index is None:
+        sections.append(section[3:])
+    else:  # in place: the file keeps its order across reruns
+        sections[index] = section[3:]
     RESULTS.write_text(head.rstrip() + "\n\n" + "\n\n".join("## " + s.strip() for s in sections) + "\n")
