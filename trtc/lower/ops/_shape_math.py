@@ -208,7 +208,8 @@ def integral_shape_source(indices: tuple[int, ...], what: str) -> Constraint:
                 source = _float_graph_input_behind(node.inputs[index])
                 if source is not None:
                     return (f"{what} comes from the {source.dtype.name} graph input {source.name!r}; TensorRT "
-                            "computes output sizes as shape tensors, whose network inputs must be int32/int64")
+                            "computes output sizes as shape tensors, whose network inputs must be int32/int64: "
+                            f"give its value with --freeze {source.name}=VALUES")
         return None
 
     return Constraint(f"{what} not from a float graph input", check)
