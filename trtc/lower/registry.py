@@ -13,6 +13,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from trtc.lower.expand import expand_ops
 from trtc.lower.legalize import carry_issues, legalize_types
 
 
@@ -89,9 +90,11 @@ def support_issue(node: ir.Node, opset: int) -> str | None:
 
 
 def unsupported_nodes(model: ir.Model) -> list[dict[str, str]]:
-    """Every node of the main graph the builder cannot lower, with the reason. Values of types
-    TensorRT lacks are carried in types it has first (in place: `trtc.lower.legalize`)."""
+    """Every node of the main graph the builder cannot lower, with the reason. Ops TensorRT's layers
+    lack are expanded (`trtc.lower.expand`) and values of types it lacks carried in types it has
+    (`trtc.lower.legalize`) first, in place."""
     load_converters()
+    expand_ops(model)
     carry = carry_issues(model)
     if not carry:
         legalize_types(model)

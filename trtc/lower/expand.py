@@ -1,0 +1,136 @@
+"""Ops TensorRT's layers lack, rewritten in the IR into ops they have before lowering, so the
+CPU reference proves the rewrite like any other graph.
+
+ScatterElements / ScatterND with reduction add, mul, max or min (TensorRT's scatter layer only
+overwrites): every update is matched against every target position with a mask, the masked
+updates are reduced over the updates, and the result is combined with the data:
+
+    ScatterND(data [P.., R..], indices [N.., k], updates [N.., R..], reduction=add)
+ -> pos  = sum(wrap(indices) * strides)                      [N]   (row-major position in P)
+    mask = pos[:, None] == arange(P)[None, :]                [N, P]
+    out  = data + ReduceSum(Where(mask[..., None], updates[:, None, :], 0), axis 0)   [P, R]
+
+The masked tensor has N x P x R elements, so a scatter is expanded only below MAX_ELEMENTS
+(larger ones keep their "reduction not supported" reason).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from trtc.lower.emulate import Emitter
+
+D = ir.DataType
+MAX_ELEMENTS = 1 << 24
+REDUCE = {"add": ("ReduceSum", "Add"), "mul": ("ReduceProd", "Mul"), "max": ("ReduceMax", "Max"),
+          "min": ("ReduceMin", "Min")}
+
+
+def _neutral(reduction: str, dtype: ir.DataType) -> float | int:
+    """The value a reduction ignores: 0, 1, the type's lowest or highest."""
+    np_type = dtype.numpy()
+    info = np.finfo(np_type) if np.issubdtype(np_type, np.floating) else np.iinfo(np_type)
+    inf = np.issubdtype(np_type, np.floating)
+    return {"add": 0, "mul": 1, "max": -np.inf if inf else info.min, "min": np.inf if inf else info.max}[reduction]
+
+
+def _static(value: ir.Value) -> list[int] | None:
+    dims = list(value.shape.dims) if value.shape is not None else None
+    return dims if dims is not None and all(isinstance(d, int) for d in dims) else None
+
+
+def _reduction(node: ir.Node) -> str:
+    attr = node.attributes.get("reduction")
+    value = "none" if attr is None else attr.value
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _wrapped(em: Emitter, indices: ir.Value, sizes: ir.Value) -> ir.Value:
+    """ONNX's negative indices counted from the end: indices + size where indices < 0."""
+    negative = em.like("Less", indices, em.const(0, indices.dtype), dtype=D.BOOL)
+    return em.where(negative, em.like("Add", indices, sizes), indices)
+
+
+def _masked_reduce(em: Emitter, mask: ir.Value, updates: ir.Value, reduction: str, axis: int,
+                   shape: list[int]) -> ir.Value:
+    """Reduce Where(mask, updates, neutral) over `axis` (shape: the broadcast shape before it)."""
+    neutral = em.const(_neutral(reduction, updates.dtype), updates.dtype)
+    masked = em.op("Where", [mask, updates, neutral], updates.dtype, ir.Shape(shape))
+    reduced = [d for i, d in enumerate(shape) if i != axis]
+    return em.op(REDUCE[reduction][0], [masked, em.const([axis], D.INT64)], updates.dtype, ir.Shape(reduced),
+                 keepdims=0)
+
+
+def _operands(node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value, str, list[int], list[int]] | None:
+    """(data, indices, updates, reduction, data dims, index dims) of a scatter that can be expanded."""
+    data, indices, updates = node.inputs[:3]
+    data_dims, index_dims = _static(data), _static(indices)
+    if _reduction(node) not in REDUCE or data_dims is None or index_dims is None:
+        return None
+    return data, indices, updates, _reduction(node), data_dims, index_dims
+
+
+def expand_scatter_nd(em: Emitter, node: ir.Node) -> list[ir.Value] | None:
+    operands = _operands(node)
+    if operands is None:
+        return None
+    data, indices, updates, reduction, data_dims, index_dims = operands
+    k = index_dims[-1]
+    n, p, r = math.prod(index_dims[:-1]), math.prod(data_dims[:k]), math.prod(data_dims[k:])
+    if n * p * r > MAX_ELEMENTS:
+        return None
+    strides = [math.prod(data_dims[j + 1:k]) for j in range(k)]
+    wrapped = _wrapped(em, indices, em.const(data_dims[:k], indices.dtype))
+    scaled = em.like("Mul", wrapped, em.const(strides, indices.dtype))
+    pos = em.op("ReduceSum", [scaled, em.const([-1], D.INT64)], indices.dtype, ir.Shape(index_dims[:-1]), keepdims=0)
+    pos = em.op("Reshape", [pos, em.const([n, 1], D.INT64)], indices.dtype, ir.Shape([n, 1]))
+    mask = em.op("Equal", [pos, em.const(np.arange(p).reshape(1, p), indices.dtype)], D.BOOL, ir.Shape([n, p]))
+    mask = em.op("Reshape", [mask, em.const([n, p, 1], D.INT64)], D.BOOL, ir.Shape([n, p, 1]))
+    flat = em.op("Reshape", [updates, em.const([n, 1, r], D.INT64)], updates.dtype, ir.Shape([n, 1, r]))
+    reduced = _masked_reduce(em, mask, flat, reduction, 0, [n, p, r])
+    scattered = em.op("Reshape", [reduced, em.const(data_dims, D.INT64)], data.dtype, ir.Shape(data_dims))
+    return [em.op(REDUCE[reduction][1], [data, scattered], data.dtype, ir.Shape(data_dims))]
+
+
+def expand_scatter_elements(em: Emitter, node: ir.Node) -> list[ir.Value] | None:
+    operands = _operands(node)
+    if operands is None:
+        return None
+    data, indices, updates, reduction, data_dims, index_dims = operands
+    rank = len(data_dims)
+    axis = node.attributes.get_int("axis", 0) % rank
+    size = data_dims[axis]
+    # Updates land on the same coordinates off the axis: only full-size updates there are expanded.
+    if any(i != axis and index_dims[i] != data_dims[i] for i in range(rank)) or \
+            math.prod(index_dims) * size > MAX_ELEMENTS:
+        return None
+    wrapped = _wrapped(em, indices, em.const(size, indices.dtype))
+    grown = [*index_dims, 1]
+    wrapped = em.op("Unsqueeze", [wrapped, em.const([rank], D.INT64)], indices.dtype, ir.Shape(grown))
+    mask = em.op("Equal", [wrapped, em.const(np.arange(size), indices.dtype)], D.BOOL, ir.Shape([*index_dims, size]))
+    values = em.op("Unsqueeze", [updates, em.const([rank], D.INT64)], updates.dtype, ir.Shape(grown))
+    reduced = _masked_reduce(em, mask, values, reduction, axis, [*index_dims, size])  # the axis moved last
+    perm = [*range(axis), rank - 1, *range(axis, rank - 1)]
+    scattered = em.op("Transpose", [reduced], data.dtype, ir.Shape(data_dims), perm=perm)
+    return [em.op(REDUCE[reduction][1], [data, scattered], data.dtype, ir.Shape(data_dims))]
+
+
+EXPANSIONS = {"ScatterND": expand_scatter_nd, "ScatterElements": expand_scatter_elements}
+
+
+def expand_ops(model: ir.Model) -> int:
+    """Rewrite, in place, the nodes TensorRT's layers lack but its other layers express; the count."""
+    count = 0
+    for node in list(model.graph):
+        expand = EXPANSIONS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if expand is None or _reduction(node) == "none":
+            continue
+        em = Emitter(model.graph, node)
+        outputs = expand(em, node)
+        if outputs is not None:
+            em.commit(outputs)
+            count += 1
+    return count
