@@ -107,3 +107,30 @@ def test_scatter_elements_max_on_any_axis_matches_onnx_reference(axis, tmp_path)
     assert expand_ops(model) == 1
     np.testing.assert_array_equal(ReferenceRunner(model).run(feeds)["y"], want)
     build(proto, tmp_path)
+
+
+CROP_CASES = ["test_resize_tf_crop_and_resize", "test_resize_tf_crop_and_resize_axes_2_3",
+              "test_resize_tf_crop_and_resize_axes_3_2", "test_resize_tf_crop_and_resize_extrapolation_value"]
+
+
+@pytest.mark.parametrize("case", CROP_CASES)
+def test_tf_crop_and_resize_becomes_grid_sample(case, tmp_path):
+    """Resize(linear, tf_crop_and_resize) with its roi and sizes frozen -> GridSample (+ Where for the
+    extrapolation value): the node test's expected output on the CPU, and a TensorRT-RTX build."""
+    from trtc.frontend.freeze import freeze_inputs
+    from trtc.lower.backend import load_backend
+    from trtc.lower.build import BuildOptions, build_engine
+
+    path = NODE_TESTS / case
+    if not path.is_dir():
+        pytest.skip(f"ONNX node test suite missing at {NODE_TESTS}")
+    proto = onnx.load(str(path / "model.onnx"))
+    feeds, expected = _read(path, proto)
+    artifact = parse(proto, tmp_path)
+    freeze_inputs(artifact.model, {"roi": feeds.pop("roi"), "sizes": feeds.pop("sizes")})
+    assert expand_ops(artifact.model) == 1
+    assert [n.op_type for n in artifact.model.graph][0] == "GridSample"
+    outputs = ReferenceRunner(artifact.model, threads=1).run(feeds)
+    for name, want in expected.items():
+        np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5)
+    build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"), BuildOptions())

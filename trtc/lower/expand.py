@@ -1,5 +1,6 @@
 """Ops TensorRT's layers lack, rewritten in the IR into ops they have before lowering, so the
-CPU reference proves the rewrite like any other graph.
+CPU reference proves the rewrite like any other graph: scatter reductions (below) and Resize's
+tf_crop_and_resize (GridSample at the crop's sample points, `expand_crop_and_resize`).
 
 ScatterElements / ScatterND with reduction add, mul, max or min (TensorRT's scatter layer only
 overwrites): every update is matched against every target position with a mask, the masked
@@ -22,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.lower.emulate import Emitter
+from trtc.passes.rewrite import const_array
 
 D = ir.DataType
 MAX_ELEMENTS = 1 << 24
@@ -73,7 +75,7 @@ def _operands(node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value, str, list[in
     return data, indices, updates, _reduction(node), data_dims, index_dims
 
 
-def expand_scatter_nd(em: Emitter, node: ir.Node) -> list[ir.Value] | None:
+def expand_scatter_nd(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
     operands = _operands(node)
     if operands is None:
         return None
@@ -95,7 +97,7 @@ def expand_scatter_nd(em: Emitter, node: ir.Node) -> list[ir.Value] | None:
     return [em.op(REDUCE[reduction][1], [data, scattered], data.dtype, ir.Shape(data_dims))]
 
 
-def expand_scatter_elements(em: Emitter, node: ir.Node) -> list[ir.Value] | None:
+def expand_scatter_elements(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
     operands = _operands(node)
     if operands is None:
         return None
@@ -118,18 +120,58 @@ def expand_scatter_elements(em: Emitter, node: ir.Node) -> list[ir.Value] | None
     return [em.op(REDUCE[reduction][1], [data, scattered], data.dtype, ir.Shape(data_dims))]
 
 
-EXPANSIONS = {"ScatterND": expand_scatter_nd, "ScatterElements": expand_scatter_elements}
+def _crop_coordinates(size_in: int, size_out: int, start: float, end: float) -> np.ndarray:
+    """Resize's tf_crop_and_resize: where each output pixel samples the input, in input pixels."""
+    if size_out == 1:
+        return np.array([0.5 * (start + end) * (size_in - 1)])
+    return start * (size_in - 1) + np.arange(size_out) * (end - start) * (size_in - 1) / (size_out - 1)
+
+
+def expand_crop_and_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
+    """Resize(linear, tf_crop_and_resize) of H and W of an NCHW image -> GridSample at the crop's
+    sample points (align_corners, so -1..1 spans the input's first to last pixel), with
+    extrapolation_value where a point falls outside the image."""
+    attrs = node.attributes
+    mode = attrs.get("coordinate_transformation_mode")
+    x, out = node.inputs[0], node.outputs[0]
+    roi = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
+    dims_in, dims_out = _static(x), _static(out)
+    if mode is None or mode.value != "tf_crop_and_resize" or attrs.get_string("mode", "nearest") != "linear" \
+            or roi is None or dims_in is None or dims_out is None or len(dims_in) != 4 \
+            or x.dtype not in (D.FLOAT, D.FLOAT16) or min(dims_in[2:]) < 2:
+        return None
+    axes = [a % 4 for a in attrs.get_ints("axes", list(range(4)))]
+    starts, ends = dict(zip(axes, roi[:len(axes)])), dict(zip(axes, roi[len(axes):]))
+    if dims_in[:2] != dims_out[:2] or any(starts.get(a, 0) != 0 or ends.get(a, 1) != 1 for a in (0, 1)):
+        return None  # batch and channels are cropped or resized: not an image resize
+    ys, xs = (_crop_coordinates(dims_in[a], dims_out[a], float(starts.get(a, 0)), float(ends.get(a, 1)))
+              for a in (2, 3))
+    grid = np.stack(np.broadcast_arrays((2 * xs / (dims_in[3] - 1) - 1)[None, :],
+                                        (2 * ys / (dims_in[2] - 1) - 1)[:, None]), axis=-1)
+    grid = np.broadcast_to(grid, (dims_in[0], *grid.shape)).astype(x.dtype.numpy())
+    sampled = em.op("GridSample", [x, em.const(grid, x.dtype)], x.dtype, ir.Shape(dims_out), align_corners=1,
+                    mode="linear" if opset >= 20 else "bilinear", padding_mode="zeros")  # GridSample-20 renamed it
+    inside = ((ys >= 0) & (ys <= dims_in[2] - 1))[:, None] & ((xs >= 0) & (xs <= dims_in[3] - 1))[None, :]
+    if inside.all():
+        return [sampled]
+    fill = em.const(attrs.get_float("extrapolation_value", 0.0), x.dtype)
+    return [em.op("Where", [em.const(inside[None, None], D.BOOL), sampled, fill], x.dtype, ir.Shape(dims_out))]
+
+
+EXPANSIONS = {"ScatterND": expand_scatter_nd, "ScatterElements": expand_scatter_elements,
+              "Resize": expand_crop_and_resize}
 
 
 def expand_ops(model: ir.Model) -> int:
     """Rewrite, in place, the nodes TensorRT's layers lack but its other layers express; the count."""
     count = 0
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     for node in list(model.graph):
         expand = EXPANSIONS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if expand is None or _reduction(node) == "none":
+        if expand is None:
             continue
         em = Emitter(model.graph, node)
-        outputs = expand(em, node)
+        outputs = expand(em, node, opset)
         if outputs is not None:
             em.commit(outputs)
             count += 1
