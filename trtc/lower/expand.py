@@ -1,6 +1,7 @@
 """Ops TensorRT's layers lack, rewritten in the IR into ops they have before lowering, so the
 CPU reference proves the rewrite like any other graph: scatter reductions (below) and Resize's
-tf_crop_and_resize (GridSample at the crop's sample points, `expand_crop_and_resize`).
+tf_crop_and_resize and fractional half_pixel_symmetric (GridSample at the sample points,
+`expand_linear_resize`).
 
 ScatterElements / ScatterND with reduction add, mul, max or min (TensorRT's scatter layer only
 overwrites): every update is matched against every target position with a mask, the masked
@@ -120,37 +121,53 @@ def expand_scatter_elements(em: Emitter, node: ir.Node, opset: int) -> list[ir.V
     return [em.op(REDUCE[reduction][1], [data, scattered], data.dtype, ir.Shape(data_dims))]
 
 
-def _crop_coordinates(size_in: int, size_out: int, start: float, end: float) -> np.ndarray:
-    """Resize's tf_crop_and_resize: where each output pixel samples the input, in input pixels."""
-    if size_out == 1:
-        return np.array([0.5 * (start + end) * (size_in - 1)])
-    return start * (size_in - 1) + np.arange(size_out) * (end - start) * (size_in - 1) / (size_out - 1)
+def _sample_coordinates(mode: str, size_in: int, size_out: int, scale: float, start: float,
+                        end: float) -> np.ndarray:
+    """Where each output pixel of a linear Resize samples the input, in input pixels, for the two
+    coordinate modes TensorRT's resize lacks (half_pixel_symmetric only where dim x scale is fractional)."""
+    if mode == "tf_crop_and_resize":
+        if size_out == 1:
+            return np.array([0.5 * (start + end) * (size_in - 1)])
+        return start * (size_in - 1) + np.arange(size_out) * (end - start) * (size_in - 1) / (size_out - 1)
+    offset = size_in / 2 * (1 - size_out / (size_in * scale))  # half_pixel_symmetric
+    return np.clip(offset + (np.arange(size_out) + 0.5) / scale - 0.5, 0, size_in - 1)
 
 
-def expand_crop_and_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
-    """Resize(linear, tf_crop_and_resize) of H and W of an NCHW image -> GridSample at the crop's
-    sample points (align_corners, so -1..1 spans the input's first to last pixel), with
-    extrapolation_value where a point falls outside the image."""
+def _normalized(coordinates: np.ndarray, size: int) -> np.ndarray:
+    """Input pixels -> GridSample's -1..1 with align_corners (a single pixel: its centre, 0)."""
+    return np.zeros_like(coordinates) if size == 1 else 2 * coordinates / (size - 1) - 1
+
+
+def expand_linear_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
+    """Resize(linear) of H and W of an NCHW image in tf_crop_and_resize, or half_pixel_symmetric with
+    a fractional dim x scale -> GridSample at the sample points (align_corners: -1..1 spans the
+    first to the last pixel), with extrapolation_value where a crop point falls outside the image."""
     attrs = node.attributes
-    mode = attrs.get("coordinate_transformation_mode")
+    mode = attrs.get_string("coordinate_transformation_mode", "half_pixel")
     x, out = node.inputs[0], node.outputs[0]
-    roi = const_array(node.inputs[1] if len(node.inputs) > 1 else None)
+    inputs = [*node.inputs, None, None, None][:4]
+    roi, scales = const_array(inputs[1]), const_array(inputs[2])
     dims_in, dims_out = _static(x), _static(out)
-    if mode is None or mode.value != "tf_crop_and_resize" or attrs.get_string("mode", "nearest") != "linear" \
-            or roi is None or dims_in is None or dims_out is None or len(dims_in) != 4 \
-            or x.dtype not in (D.FLOAT, D.FLOAT16) or min(dims_in[2:]) < 2:
+    if mode not in ("tf_crop_and_resize", "half_pixel_symmetric") or attrs.get_string("mode", "nearest") != "linear" \
+            or dims_in is None or dims_out is None or len(dims_in) != 4 or x.dtype not in (D.FLOAT, D.FLOAT16) \
+            or (mode == "tf_crop_and_resize" and roi is None) or (inputs[2] is not None and scales is None):
         return None
     axes = [a % 4 for a in attrs.get_ints("axes", list(range(4)))]
-    starts, ends = dict(zip(axes, roi[:len(axes)])), dict(zip(axes, roi[len(axes):]))
+    starts = dict(zip(axes, roi[:len(axes)])) if roi is not None and roi.size else {}
+    ends = dict(zip(axes, roi[len(axes):])) if roi is not None and roi.size else {}
+    factors = dict(zip(axes, scales)) if scales is not None and scales.size else {}
+    factor = {a: float(factors.get(a, dims_out[a] / dims_in[a])) for a in range(4)}
     if dims_in[:2] != dims_out[:2] or any(starts.get(a, 0) != 0 or ends.get(a, 1) != 1 for a in (0, 1)):
         return None  # batch and channels are cropped or resized: not an image resize
-    ys, xs = (_crop_coordinates(dims_in[a], dims_out[a], float(starts.get(a, 0)), float(ends.get(a, 1)))
-              for a in (2, 3))
-    grid = np.stack(np.broadcast_arrays((2 * xs / (dims_in[3] - 1) - 1)[None, :],
-                                        (2 * ys / (dims_in[2] - 1) - 1)[:, None]), axis=-1)
+    if mode == "half_pixel_symmetric" and all(float(dims_in[a] * factor[a]).is_integer() for a in (2, 3)):
+        return None  # TensorRT's half-pixel resize is exact there: the converter lowers it
+    ys, xs = (_sample_coordinates(mode, dims_in[a], dims_out[a], factor[a], float(starts.get(a, 0)),
+                                  float(ends.get(a, 1))) for a in (2, 3))
+    grid = np.stack(np.broadcast_arrays(_normalized(xs, dims_in[3])[None, :], _normalized(ys, dims_in[2])[:, None]),
+                    axis=-1)
     grid = np.broadcast_to(grid, (dims_in[0], *grid.shape)).astype(x.dtype.numpy())
     sampled = em.op("GridSample", [x, em.const(grid, x.dtype)], x.dtype, ir.Shape(dims_out), align_corners=1,
-                    mode="linear" if opset >= 20 else "bilinear", padding_mode="zeros")  # GridSample-20 renamed it
+                    mode="linear" if opset >= 20 else "bilinear", padding_mode="border")  # GridSample-20 renamed it
     inside = ((ys >= 0) & (ys <= dims_in[2] - 1))[:, None] & ((xs >= 0) & (xs <= dims_in[3] - 1))[None, :]
     if inside.all():
         return [sampled]
@@ -159,7 +176,7 @@ def expand_crop_and_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Va
 
 
 EXPANSIONS = {"ScatterND": expand_scatter_nd, "ScatterElements": expand_scatter_elements,
-              "Resize": expand_crop_and_resize}
+              "Resize": expand_linear_resize}
 
 
 def expand_ops(model: ir.Model) -> int:
