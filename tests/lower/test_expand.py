@@ -112,14 +112,16 @@ def test_scatter_elements_max_on_any_axis_matches_onnx_reference(axis, tmp_path)
 RESIZE_CASES = ["test_resize_tf_crop_and_resize", "test_resize_tf_crop_and_resize_axes_2_3",
                 "test_resize_tf_crop_and_resize_axes_3_2", "test_resize_tf_crop_and_resize_extrapolation_value",
                 "test_resize_downsample_scales_linear_half_pixel_symmetric",
-                "test_resize_upsample_scales_linear_half_pixel_symmetric"]
+                "test_resize_upsample_scales_linear_half_pixel_symmetric",
+                "test_resize_downsample_scales_cubic_antialias", "test_resize_downsample_scales_linear_antialias",
+                "test_resize_downsample_sizes_cubic_antialias", "test_resize_downsample_sizes_linear_antialias"]
 
 
 @pytest.mark.parametrize("case", RESIZE_CASES)
-def test_resize_modes_tensorrt_lacks_become_grid_sample(case, tmp_path):
-    """Resize(linear) in tf_crop_and_resize, or half_pixel_symmetric with a fractional dim x scale, its
-    roi/scales/sizes frozen -> GridSample (+ Where for the extrapolation value): the node test's
-    expected output on the CPU, and a TensorRT-RTX build."""
+def test_resize_forms_tensorrt_lacks_are_expanded(case, tmp_path):
+    """Resize(linear) in tf_crop_and_resize, or half_pixel_symmetric with a fractional dim x scale ->
+    GridSample (+ Where for the extrapolation value); Resize(antialias=1) -> two matmuls. Its
+    roi/scales/sizes frozen, the node test's expected output on the CPU, and a TensorRT-RTX build."""
     from trtc.frontend.freeze import freeze_inputs
     from trtc.lower.backend import load_backend
     from trtc.lower.build import BuildOptions, build_engine
@@ -132,7 +134,7 @@ def test_resize_modes_tensorrt_lacks_become_grid_sample(case, tmp_path):
     artifact = parse(proto, tmp_path)
     freeze_inputs(artifact.model, {name: feeds.pop(name) for name in list(feeds) if name != "X"})
     assert expand_ops(artifact.model) == 1
-    assert [n.op_type for n in artifact.model.graph][0] == "GridSample"
+    assert "Resize" not in [n.op_type for n in artifact.model.graph]
     outputs = ReferenceRunner(artifact.model, threads=1).run(feeds)
     for name, want in expected.items():
         np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5)

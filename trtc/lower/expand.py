@@ -1,7 +1,7 @@
 """Ops TensorRT's layers lack, rewritten in the IR into ops they have before lowering, so the
 CPU reference proves the rewrite like any other graph: scatter reductions (below) and Resize's
 tf_crop_and_resize and fractional half_pixel_symmetric (GridSample at the sample points,
-`expand_linear_resize`).
+`expand_linear_resize`), and its antialiasing filter (two matmuls, `expand_antialias_resize`).
 
 ScatterElements / ScatterND with reduction add, mul, max or min (TensorRT's scatter layer only
 overwrites): every update is matched against every target position with a mask, the masked
@@ -175,8 +175,61 @@ def expand_linear_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Valu
     return [em.op("Where", [em.const(inside[None, None], D.BOOL), sampled, fill], x.dtype, ir.Shape(dims_out))]
 
 
+def _axis_matrix(node: ir.Node, size_in: int, size_out: int, scale: float | None, opset: int) -> np.ndarray:
+    """The [size_out, size_in] matrix the Resize applies along one axis, read off ONNX's reference
+    by resizing the identity (Resize is linear in its input, and separable per axis)."""
+    import onnx
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    attrs = {a.name: a.value for a in node.attributes.values() if a.name not in ("axes", "keep_aspect_ratio_policy")}
+    eye = np.eye(size_in, dtype=np.float32)[None, None]
+    inputs, feeds = ["x", "", "scales"], {"x": eye, "scales": np.array([1, 1, scale, 1], np.float32)}
+    if scale is None:
+        inputs, feeds = ["x", "", "", "sizes"], {"x": eye, "sizes": np.array([1, 1, size_out, size_in], np.int64)}
+    resize = helper.make_node("Resize", inputs, ["y"], **attrs)
+    graph = helper.make_graph([resize], "axis", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT if n != "sizes"
+                              else onnx.TensorProto.INT64, None) for n in inputs if n],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 18))])
+    return ReferenceEvaluator(model).run(None, feeds)[0][0, 0]
+
+
+def expand_antialias_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
+    """Resize(linear or cubic, antialias=1) of H and W of an NCHW image -> A_h @ X @ A_w^T, the
+    two matrices read off ONNX's reference (TensorRT's resize has no antialiasing filter)."""
+    attrs = node.attributes
+    x, out = node.inputs[0], node.outputs[0]
+    inputs = [*node.inputs, None, None, None][:4]
+    scales, sizes = const_array(inputs[2]), const_array(inputs[3])
+    dims_in, dims_out = _static(x), _static(out)
+    if attrs.get_int("antialias", 0) != 1 or attrs.get_string("mode", "nearest") not in ("linear", "cubic") \
+            or dims_in is None or dims_out is None or len(dims_in) != 4 or x.dtype not in (D.FLOAT, D.FLOAT16) \
+            or attrs.get_string("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize" \
+            or (inputs[2] is not None and scales is None) or (inputs[3] is not None and sizes is None) \
+            or "axes" in attrs or dims_in[:2] != dims_out[:2]:
+        return None
+    given = scales if scales is not None and scales.size else None
+    rows, cols = (_axis_matrix(node, dims_in[a], dims_out[a], None if given is None else float(given[a]), opset)
+                  for a in (2, 3))
+    if rows.shape != (dims_out[2], dims_in[2]) or cols.shape != (dims_out[3], dims_in[3]):
+        return None
+    dtype = x.dtype.numpy()
+    left = em.const(rows.astype(dtype)[None, None], x.dtype)
+    right = em.const(cols.T.astype(dtype)[None, None], x.dtype)
+    tall = em.op("MatMul", [left, x], x.dtype, ir.Shape([*dims_in[:2], dims_out[2], dims_in[3]]))
+    return [em.op("MatMul", [tall, right], x.dtype, ir.Shape(dims_out))]
+
+
+def expand_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
+    """The Resize forms TensorRT's resize layer lacks: antialiasing, and two coordinate modes."""
+    if node.attributes.get_int("antialias", 0) == 1:
+        return expand_antialias_resize(em, node, opset)
+    return expand_linear_resize(em, node, opset)
+
+
 EXPANSIONS = {"ScatterND": expand_scatter_nd, "ScatterElements": expand_scatter_elements,
-              "Resize": expand_linear_resize}
+              "Resize": expand_resize}
 
 
 def expand_ops(model: ir.Model) -> int:
