@@ -18,8 +18,7 @@ D = ir.DataType
 
 # bits, signed
 INTEGER_RANGES = {D.INT16: (16, True), D.UINT16: (16, False), D.UINT32: (32, False), D.INT2: (2, True),
-                  D.UINT2: (2, False), D.INT4: (4, True), D.UINT4: (4, False), D.INT8: (8, True),
-                  D.UINT8: (8, False), D.INT32: (32, True)}
+                  D.UINT2: (2, False), D.INT4: (4, True), D.UINT4: (4, False)}  # the carried integer types
 
 
 class Emitter:

@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.lower.emulate import Emitter, dequantize, qdq_issue, quantize, round_to_float, wrap_integer
+from trtc.passes.rewrite import is_op, replace_with
 
 D = ir.DataType
 
@@ -52,10 +53,6 @@ def _dtype(value: ir.Value | None) -> ir.DataType | None:
     return value.dtype if value is not None and isinstance(value.type, ir.TensorType) else None
 
 
-def _is_q(node: ir.Node | None, op: str) -> bool:
-    return node is not None and node.op_type == op and node.domain in ("", "ai.onnx")
-
-
 def needs_carrier(value: ir.Value) -> bool:
     """A value whose type TensorRT lacks, or FP8/INT4 outside a quantize -> dequantize pair."""
     dtype = _dtype(value)
@@ -66,8 +63,8 @@ def needs_carrier(value: ir.Value) -> bool:
     producer = value.producer()
     # TensorRT takes FP8/INT4 from a constant or a quantize, into dequantizes; a graph output is carried
     # anyway, as the runner has no host type for FP8/INT4.
-    from_constant_or_q = (producer is None and not value.is_graph_input()) or _is_q(producer, "QuantizeLinear")
-    into_dq_only = not value.is_graph_output() and all(_is_q(u, "DequantizeLinear") for u in value.consumers())
+    from_constant_or_q = (producer is None and not value.is_graph_input()) or is_op(producer, "QuantizeLinear")
+    into_dq_only = not value.is_graph_output() and all(is_op(u, "DequantizeLinear") for u in value.consumers())
     return not (from_constant_or_q and into_dq_only)
 
 
@@ -128,21 +125,14 @@ def _convert_constant(value: ir.Value, carrier: ir.DataType) -> None:
 def _canonical_castlike(graph: ir.Graph) -> None:
     """CastLike(x, like) -> Cast(x, to=like's type) where a carried type is involved."""
     for node in list(graph):
-        if node.op_type == "CastLike" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+        if is_op(node, "CastLike") and len(node.inputs) == 2:
             if not any(_dtype(v) in CARRIERS for v in (*node.inputs, *node.outputs)):
                 continue
             attrs = {"to": int(node.inputs[1].dtype)}
             if "saturate" in node.attributes:
                 attrs["saturate"] = node.attributes.get_int("saturate", 1)
             cast = ir.node("Cast", [node.inputs[0]], attrs, name=node.name)
-            cast.outputs[0].type, cast.outputs[0].shape = node.outputs[0].type, node.outputs[0].shape
-            graph.insert_before(node, cast)
-            old = node.outputs[0]
-            if old.is_graph_output():
-                name, old.name = old.name, None
-                cast.outputs[0].name = name
-            old.replace_all_uses_with(cast.outputs[0], replace_graph_outputs=True)
-            graph.remove(node, safe=True)
+            replace_with(graph, node, [cast], node.outputs, cast.outputs, dead=[node])
 
 
 def _carried_values(graph: ir.Graph) -> dict[ir.Value, ir.DataType]:
