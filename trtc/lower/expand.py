@@ -18,6 +18,7 @@ The masked tensor has N x P x R elements, so a scatter is expanded only below MA
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -138,27 +139,50 @@ def _normalized(coordinates: np.ndarray, size: int) -> np.ndarray:
     return np.zeros_like(coordinates) if size == 1 else 2 * coordinates / (size - 1) - 1
 
 
+@dataclasses.dataclass
+class ImageResize:
+    """A Resize of an NCHW image with static shapes, batch and channels unchanged, its scales
+    (when given) constant; roi and sizes are the constants, or None."""
+
+    x: ir.Value
+    dims_in: list[int]
+    dims_out: list[int]
+    roi: np.ndarray | None
+    scales: np.ndarray | None
+    sizes: np.ndarray | None
+    has_sizes: bool
+
+
+def _image_resize(node: ir.Node) -> ImageResize | None:
+    x, out = node.inputs[0], node.outputs[0]
+    inputs = [*node.inputs, None, None, None][:4]
+    dims_in, dims_out = _static(x), _static(out)
+    scales = const_array(inputs[2])
+    if dims_in is None or dims_out is None or len(dims_in) != 4 or x.dtype not in (D.FLOAT, D.FLOAT16) \
+            or dims_in[:2] != dims_out[:2] or (inputs[2] is not None and scales is None):
+        return None
+    return ImageResize(x, dims_in, dims_out, const_array(inputs[1]), scales, const_array(inputs[3]),
+                       inputs[3] is not None)
+
+
 def expand_linear_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.Value] | None:
     """Resize(linear) of H and W of an NCHW image in tf_crop_and_resize, or half_pixel_symmetric with
     a fractional dim x scale -> GridSample at the sample points (align_corners: -1..1 spans the
     first to the last pixel), with extrapolation_value where a crop point falls outside the image."""
     attrs = node.attributes
     mode = attrs.get_string("coordinate_transformation_mode", "half_pixel")
-    x, out = node.inputs[0], node.outputs[0]
-    inputs = [*node.inputs, None, None, None][:4]
-    roi, scales = const_array(inputs[1]), const_array(inputs[2])
-    dims_in, dims_out = _static(x), _static(out)
-    if mode not in ("tf_crop_and_resize", "half_pixel_symmetric") or attrs.get_string("mode", "nearest") != "linear" \
-            or dims_in is None or dims_out is None or len(dims_in) != 4 or x.dtype not in (D.FLOAT, D.FLOAT16) \
-            or (mode == "tf_crop_and_resize" and roi is None) or (inputs[2] is not None and scales is None):
+    image = _image_resize(node)
+    if image is None or mode not in ("tf_crop_and_resize", "half_pixel_symmetric") \
+            or attrs.get_string("mode", "nearest") != "linear" or (mode == "tf_crop_and_resize" and image.roi is None):
         return None
+    x, dims_in, dims_out, roi, scales = image.x, image.dims_in, image.dims_out, image.roi, image.scales
     axes = [a % 4 for a in attrs.get_ints("axes", list(range(4)))]
     starts = dict(zip(axes, roi[:len(axes)])) if roi is not None and roi.size else {}
     ends = dict(zip(axes, roi[len(axes):])) if roi is not None and roi.size else {}
     factors = dict(zip(axes, scales)) if scales is not None and scales.size else {}
     factor = {a: float(factors.get(a, dims_out[a] / dims_in[a])) for a in range(4)}
-    if dims_in[:2] != dims_out[:2] or any(starts.get(a, 0) != 0 or ends.get(a, 1) != 1 for a in (0, 1)):
-        return None  # batch and channels are cropped or resized: not an image resize
+    if any(starts.get(a, 0) != 0 or ends.get(a, 1) != 1 for a in (0, 1)):
+        return None  # the roi crops batch or channels: not an image resize
     if mode == "half_pixel_symmetric" and all(float(dims_in[a] * factor[a]).is_integer() for a in (2, 3)):
         return None  # TensorRT's half-pixel resize is exact there: the converter lowers it
     ys, xs = (_sample_coordinates(mode, dims_in[a], dims_out[a], factor[a], float(starts.get(a, 0)),
@@ -199,16 +223,13 @@ def expand_antialias_resize(em: Emitter, node: ir.Node, opset: int) -> list[ir.V
     """Resize(linear or cubic, antialias=1) of H and W of an NCHW image -> A_h @ X @ A_w^T, the
     two matrices read off ONNX's reference (TensorRT's resize has no antialiasing filter)."""
     attrs = node.attributes
-    x, out = node.inputs[0], node.outputs[0]
-    inputs = [*node.inputs, None, None, None][:4]
-    scales, sizes = const_array(inputs[2]), const_array(inputs[3])
-    dims_in, dims_out = _static(x), _static(out)
-    if attrs.get_int("antialias", 0) != 1 or attrs.get_string("mode", "nearest") not in ("linear", "cubic") \
-            or dims_in is None or dims_out is None or len(dims_in) != 4 or x.dtype not in (D.FLOAT, D.FLOAT16) \
+    image = _image_resize(node)
+    if image is None or attrs.get_int("antialias", 0) != 1 \
+            or attrs.get_string("mode", "nearest") not in ("linear", "cubic") \
             or attrs.get_string("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize" \
-            or (inputs[2] is not None and scales is None) or (inputs[3] is not None and sizes is None) \
-            or "axes" in attrs or dims_in[:2] != dims_out[:2]:
+            or (image.has_sizes and image.sizes is None) or "axes" in attrs:
         return None
+    x, dims_in, dims_out, scales = image.x, image.dims_in, image.dims_out, image.scales
     given = scales if scales is not None and scales.size else None
     rows, cols = (_axis_matrix(node, dims_in[a], dims_out[a], None if given is None else float(given[a]), opset)
                   for a in (2, 3))
