@@ -57,6 +57,16 @@ def _to_value(path: Path, type_proto: onnx.TypeProto):
     return numpy_helper.to_array(_read_pb(path, onnx.TensorProto))
 
 
+def case_data(case: Path, proto: onnx.ModelProto) -> tuple[dict, dict]:
+    """(inputs, expected outputs) of a node test case's first data set, by value name (inputs
+    without a file, e.g. omitted optional ones, are left out)."""
+    data_dir = case / "test_data_set_0"
+    inputs = {vi.name: _to_value(data_dir / f"input_{i}.pb", vi.type) for i, vi in enumerate(proto.graph.input)
+              if (data_dir / f"input_{i}.pb").exists()}
+    expected = {vi.name: _to_value(data_dir / f"output_{i}.pb", vi.type) for i, vi in enumerate(proto.graph.output)}
+    return inputs, expected
+
+
 def _compare(name: str, got, want, rtol: float, atol: float) -> str | None:
     if isinstance(want, list):
         if not isinstance(got, list) or len(got) != len(want):
@@ -84,15 +94,7 @@ def run_case(case: Path) -> tuple[str, str]:
     model_path = case / "model.onnx"
     try:
         proto = onnx.load(str(model_path), load_external_data=False)
-        data_dir = case / "test_data_set_0"
-        inputs = {}
-        for i, vi in enumerate(v for v in proto.graph.input):
-            f = data_dir / f"input_{i}.pb"
-            if f.exists():
-                inputs[vi.name] = _to_value(f, vi.type)
-        expected = {}
-        for i, vi in enumerate(proto.graph.output):
-            expected[vi.name] = _to_value(data_dir / f"output_{i}.pb", vi.type)
+        inputs, expected = case_data(case, proto)
         artifact = parse_onnx(model_path)
         with tempfile.TemporaryDirectory() as tmp:
             save_artifact(artifact.model, Path(tmp) / "m.trtir", artifact.meta)

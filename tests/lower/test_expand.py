@@ -4,6 +4,8 @@ CPU reference, and TensorRT-RTX builds it."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import onnx.reference
@@ -15,7 +17,10 @@ from trtc.lower.registry import unsupported_nodes
 from trtc.runtime.reference import ReferenceRunner
 
 from corpus import NODE_TESTS, REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
 from lowerutil import build, parse
+from node_suite import case_data  # noqa: E402
 
 REDUCTION_CASES = [
     "test_scatter_elements_with_duplicate_indices", "test_scatter_elements_with_reduction_max",
@@ -25,25 +30,13 @@ REDUCTION_CASES = [
 ]
 
 
-def _read(case, proto):
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from node_suite import _to_value
-
-    data = case / "test_data_set_0"
-    feeds = {vi.name: _to_value(data / f"input_{i}.pb", vi.type) for i, vi in enumerate(proto.graph.input)}
-    expected = {vi.name: _to_value(data / f"output_{i}.pb", vi.type) for i, vi in enumerate(proto.graph.output)}
-    return feeds, expected
-
-
 @pytest.mark.parametrize("case", REDUCTION_CASES)
 def test_scatter_reduction_matches_the_node_test(case, tmp_path):
     path = NODE_TESTS / case
     if not path.is_dir():
         pytest.skip(f"ONNX node test suite missing at {NODE_TESTS}")
     proto = onnx.load(str(path / "model.onnx"))
-    feeds, expected = _read(path, proto)
+    feeds, expected = case_data(path, proto)
     model = parse(proto, tmp_path).model
     assert expand_ops(model) == 1
     assert not any(n.op_type.startswith("Scatter") for n in model.graph)
@@ -130,7 +123,7 @@ def test_resize_forms_tensorrt_lacks_are_expanded(case, tmp_path):
     if not path.is_dir():
         pytest.skip(f"ONNX node test suite missing at {NODE_TESTS}")
     proto = onnx.load(str(path / "model.onnx"))
-    feeds, expected = _read(path, proto)
+    feeds, expected = case_data(path, proto)
     artifact = parse(proto, tmp_path)
     freeze_inputs(artifact.model, {name: feeds.pop(name) for name in list(feeds) if name != "X"})
     assert expand_ops(artifact.model) == 1

@@ -7,6 +7,8 @@ zero included). Builds then prove TensorRT-RTX accepts the carried graph."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import onnx.reference.ops.op_cast as onnx_cast
@@ -21,18 +23,12 @@ from trtc.runtime.engine import to_engine_type
 from trtc.runtime.reference import ReferenceRunner
 
 from corpus import NODE_TESTS, REPO, run_trtc
+
+sys.path.insert(0, str(REPO / "benchmarks"))
 from lowerutil import build, model, parse
+from node_suite import case_data  # noqa: E402
 
 D = ir.DataType
-
-
-def _to_value(path, type_proto):
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from node_suite import _to_value as read
-
-    return read(path, type_proto)
 
 
 def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
@@ -77,10 +73,7 @@ def test_carried_node_case_matches_expected_outputs(case, tmp_path):
     DequantizeLinear to and from FP8/FP4/INT2/4, integer arithmetic on INT16/UINT16-64)."""
     path = NODE_TESTS / case
     proto = onnx.load(str(path / "model.onnx"), load_external_data=False)
-    data = path / "test_data_set_0"
-    feeds = {vi.name: _to_value(data / f"input_{i}.pb", vi.type) for i, vi in enumerate(proto.graph.input)
-             if (data / f"input_{i}.pb").exists()}
-    expected = {vi.name: _to_value(data / f"output_{i}.pb", vi.type) for i, vi in enumerate(proto.graph.output)}
+    feeds, expected = case_data(path, proto)
     outputs = run_carried(parse(proto, tmp_path).model, feeds)
     for name, want in expected.items():
         assert_same(np.asarray(outputs[name]), np.asarray(want), f"{case}/{name}")
