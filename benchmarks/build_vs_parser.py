@@ -39,7 +39,7 @@ if tool == "trtc":
     optimize(artifact.model)
     if fp16:
         from trtc.precision import PrecisionOptions, apply_precision
-        from trtc.runtime.io import make_feeds, model_inputs
+        from trtc.reference.feeds import make_feeds, model_inputs
         shapes = [f"{k}={'x'.join(map(str, v[1]))}" for k, v in profile.items()]
         feeds = make_feeds(model_inputs(artifact.model), shapes=shapes)
         apply_precision(artifact.model, [feeds], PrecisionOptions())

@@ -26,7 +26,8 @@ tool, src, dst = sys.argv[1:4]
 def count(proto):
     return sum(1 for n in proto.graph.node if n.op_type != "Constant")
 if tool == "trtc":
-    from trtc.frontend import parse_onnx, to_model_proto
+    from trtc.frontend import parse_onnx
+    from trtc.ir.onnx_export import to_model_proto
     from trtc.ir import save_artifact
     from trtc.passes.pipeline import optimize, optimized_meta
     start = time.perf_counter()

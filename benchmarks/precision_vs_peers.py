@@ -189,9 +189,9 @@ def _fp16_flop_share(model, shapes: dict) -> float:
 def judge(model, inputs: dict, reference: dict) -> dict:
     """Predicted error of a typed IR model against fp32 reference outputs, and its fp16 FLOP share."""
     from trtc.ir.walk import all_initializers
-    from trtc.precision.metrics import compare_outputs, worst
+    from trtc.reference.metrics import error_metrics, worst
     from trtc.precision.simulate import simulation_model
-    from trtc.runtime import ReferenceRunner
+    from trtc.reference import ReferenceRunner
 
     io_types = _io_types(model)
     sim = simulation_model(model)
@@ -215,7 +215,7 @@ def judge(model, inputs: dict, reference: dict) -> dict:
     for i, (name, want) in enumerate(reference.items()):
         got = results.get(name, results.get(out_names[i]) if i < len(out_names) else None)
         if isinstance(want, np.ndarray) and want.dtype.kind == "f" and got is not None:
-            metrics.append(compare_outputs(want, np.asarray(got, dtype=np.float64)))
+            metrics.append(error_metrics(want, np.asarray(got, dtype=np.float64)))
     if not metrics:
         raise RuntimeError("no float output to compare")
     m = worst(metrics)
@@ -304,7 +304,8 @@ def validity(proto) -> str:
 
 def run_trtc(model: CorpusModel, inputs: dict, reference: dict) -> dict:
     """precision_table's row, and trtc's typed graph judged by the same yardstick as the peers'."""
-    from trtc.frontend import parse_onnx, to_model_proto
+    from trtc.frontend import parse_onnx
+    from trtc.ir.onnx_export import to_model_proto
     from trtc.passes.pipeline import optimize
     from trtc.precision import PrecisionOptions, apply_precision
 
@@ -328,7 +329,7 @@ def fp32_reference(model: CorpusModel) -> tuple[dict, dict]:
     """The model's reference inputs and the fp32 model's outputs on them (as trtc's own row
     compares against: the CPU reference run of the parsed model)."""
     from trtc.frontend import parse_onnx
-    from trtc.runtime import ReferenceRunner
+    from trtc.reference import ReferenceRunner
 
     inputs, _ = model.reference()
     runner = ReferenceRunner(parse_onnx(model.path).model)

@@ -12,11 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtc import __version__
 from trtc.errors import TrtcError
-from trtc.frontend import parse_onnx, to_model_proto
+from trtc.frontend import parse_onnx
 from trtc.ir import artifact as artifact_mod
 from trtc.ir import load_artifact, save_artifact
 from trtc.ir.artifact import read_header
-from trtc.runtime import ReferenceRunner
+from trtc.ir.onnx_export import to_model_proto
+from trtc.reference import ReferenceRunner
 
 
 def _model_with_external_data(folder, *, big_shape=(64, 32)) -> str:

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtc.frontend import parse_onnx
-from trtc.runtime import ReferenceRunner
+from trtc.reference import ReferenceRunner
 
 
 def _save(tmp_path, nodes, inputs, outputs, inits=(), opset=11, functions=()):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from trtc.frontend import export_onnx_file, parse_onnx
+from trtc.frontend import parse_onnx
 from trtc.ir import load_artifact, save_artifact
+from trtc.ir.onnx_export import export_onnx_file
 from trtc.loading import open_model
-from trtc.runtime import ReferenceRunner
+from trtc.reference import ReferenceRunner
 
 from corpus import assert_close_to_reference, corpus_params
 

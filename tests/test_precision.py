@@ -126,7 +126,7 @@ def test_cheap_island_takes_its_neighbours_type():
 
 
 def test_cli_precision_flow(tmp_path):
-    from trtc.frontend import export_onnx_file
+    from trtc.ir.onnx_export import export_onnx_file
 
     model = outlier_transformer_block()
     export_onnx_file(model, tmp_path / "m.onnx")
@@ -157,7 +157,7 @@ def test_rescaling_keeps_fp32_results_and_brings_huge_activations_into_range():
     graph's observation, derived from the original's, is the one observing it gives."""
     from trtc.precision.observe import observe, scaled_observation
     from trtc.precision.rescale import rescale_activations
-    from trtc.runtime import ReferenceRunner
+    from trtc.reference import ReferenceRunner
 
     rng = np.random.default_rng(3)
     w1 = np.abs(rng.standard_normal((16, 16))).astype(np.float32) * 1000
@@ -210,8 +210,8 @@ def test_reference_runner_hands_large_weights_over_with_the_same_results():
     stay in the proto (its shape inference reads them there); an unread weight is left out."""
     import onnxruntime as ort
 
-    from trtc.frontend.onnx_export import to_model_proto
-    from trtc.runtime.reference import ReferenceRunner, ort_model
+    from trtc.ir.onnx_export import to_model_proto
+    from trtc.reference.runner import ReferenceRunner, ort_model
 
     model = _splat_chain()
     proto, weights = ort_model(model)

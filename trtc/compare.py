@@ -16,11 +16,10 @@ import numpy as np
 
 from trtc.errors import CheckFailed, TrtcError
 from trtc.loading import open_model
-from trtc.runtime.io import TensorSpec, model_inputs, sidecar_inputs
-from trtc.runtime.reference import ReferenceRunner
+from trtc.reference.feeds import TensorSpec, model_inputs
+from trtc.reference.metrics import abs_errors, error_metrics
+from trtc.reference.runner import ReferenceRunner
 from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar
-
-DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
 
 
 @dataclasses.dataclass
@@ -65,7 +64,7 @@ def _engine_executable(path: Path) -> Executable:
         raise TrtcError(f"cannot run a TensorRT engine here: {reason}", where=str(path),
                         hint="compare the .trtir it was built from instead (CPU reference / simulation)")
     runner = EngineRunner(path, sidecar, load_backend(sidecar["backend"]))
-    return Executable(path, sidecar_inputs(sidecar), runner.run, f"{sidecar['backend']} engine", runner.close)
+    return Executable(path(sidecar), runner.run, f"{sidecar['backend']} engine", runner.close)
 
 
 def parse_tolerances(values: Sequence[str], default: float, option: str) -> tuple[float, dict[str, float]]:
@@ -85,28 +84,15 @@ def parse_tolerances(values: Sequence[str], default: float, option: str) -> tupl
 
 
 def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
-    """Metrics of `a` against the reference `b`."""
+    """Metrics of `a` against the reference `b` (trtc.reference.metrics) and the share of elements
+    beyond atol + rtol x |b| (numpy's allclose rule)."""
     if a.shape != b.shape:
         return {"match": False, "reason": f"shape {a.shape} vs {b.shape}"}
-    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    if x.size == 0:
-        return {"match": True, "max_abs_error": 0.0, "max_rel_error": 0.0, "mean_abs_error": 0.0, "cosine": 1.0,
-                "beyond_tolerance": 0.0}
-    diff = np.abs(x - y)
-    both_nan = np.isnan(x) & np.isnan(y)
-    diff[both_nan | (x == y)] = 0.0  # equal infinities and NaN positions agree
-    beyond = (diff > atol + rtol * np.abs(y)) | (np.isnan(diff) & ~both_nan)
-    norm = np.linalg.norm(x) * np.linalg.norm(y)
-    finite = np.isfinite(diff)
-    return {
-        "match": not beyond.any(),
-        "max_abs_error": float(diff[finite].max()) if finite.any() else float("inf"),
-        "max_rel_error": float((diff[finite] / np.maximum(np.abs(y[finite]), 1e-12)).max()) if finite.any() else
-        float("inf"),
-        "mean_abs_error": float(diff[finite].mean()) if finite.any() else float("inf"),
-        "cosine": float(np.dot(x, y) / norm) if norm and np.isfinite(norm) else float(np.array_equal(x, y)),
-        "beyond_tolerance": float(beyond.mean()),
-    }
+    diff = abs_errors(b, a)
+    with np.errstate(invalid="ignore"):
+        beyond = ~(diff <= atol + rtol * np.abs(np.asarray(b, dtype=np.float64).ravel()))
+    metrics = error_metrics(b, a)
+    return {"match": not beyond.any(), **metrics, "beyond_tolerance": float(beyond.mean()) if diff.size else 0.0}
 
 
 def compare(a: Executable, b: Executable, feeds: Mapping[str, Any], atol: tuple[float, dict[str, float]],

@@ -23,9 +23,9 @@ from trtc.ir.artifact import read_header
 from trtc.lower.api import build_artifact, calibration_file_hashes
 from trtc.lower.build import BuildOptions
 from trtc.passes.pipeline import optimize, optimized_meta, select_passes
-from trtc.precision.metrics import compare_outputs
-from trtc.runtime.io import make_feeds, model_inputs
-from trtc.runtime.reference import ReferenceRunner
+from trtc.reference.feeds import make_feeds, model_inputs
+from trtc.reference.metrics import error_metrics
+from trtc.reference.runner import ReferenceRunner
 
 
 def _json_safe(value: Any) -> Any:
@@ -99,7 +99,7 @@ def _stage_compare(parsed: Path, optimized: Path, feeds_kwargs: Mapping[str, Any
         got = candidate.run(feeds)
     finally:
         candidate.close()
-    outputs = {name: compare_outputs(np.asarray(want[name]), np.asarray(got[name]))
+    outputs = {name: error_metrics(np.asarray(want[name]), np.asarray(got[name]))
                for name in want if isinstance(want[name], np.ndarray) and want[name].dtype.kind == "f"}
     return {"runs_on": candidate.how, "outputs": outputs}
 

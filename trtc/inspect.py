@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.ir import Artifact, all_graphs, all_initializers
-from trtc.runtime.io import model_inputs, model_outputs
+from trtc.reference.feeds import model_inputs, model_outputs
 
 
 def summary(artifact: Artifact) -> dict[str, Any]:

@@ -75,8 +75,8 @@ def test_fp16_compile_with_profiles(model, tmp_path):
     # The typed graph is valid ONNX: strict type inference agrees with every edge's type.
     import onnx
 
-    from trtc.frontend import to_model_proto
     from trtc.ir import load_artifact
+    from trtc.ir.onnx_export import to_model_proto
 
     typed = load_artifact(tmp_path / "out" / f"{model.path.stem}.opt.trtir").model
     onnx.checker.check_model(to_model_proto(typed), full_check=True)

@@ -14,7 +14,7 @@ from onnx import helper
 
 from trtc.lower.expand import MAX_ELEMENTS, expand_ops
 from trtc.lower.registry import unsupported_nodes
-from trtc.runtime.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 from corpus import NODE_TESTS, REPO
 

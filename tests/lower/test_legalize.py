@@ -19,8 +19,8 @@ from onnx import helper
 from trtc.errors import TrtcError
 from trtc.lower.legalize import CARRIERS, legalize_types
 from trtc.lower.registry import unsupported_nodes
+from trtc.reference.runner import ReferenceRunner
 from trtc.runtime.engine import to_engine_type
-from trtc.runtime.reference import ReferenceRunner
 
 from corpus import NODE_TESTS, REPO, run_trtc
 

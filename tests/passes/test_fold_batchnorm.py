@@ -8,9 +8,9 @@ import pytest
 from onnx import helper
 
 from trtc.frontend import parse_onnx
+from trtc.ir.rewrite import add_constant, const_array, replace_with
 from trtc.passes import PASSES
 from trtc.passes.pipeline import optimize
-from trtc.passes.rewrite import add_constant, const_array, replace_with
 
 from corpus import LIGHT, corpus_params
 from passutil import check_pass, make_model, ops, run_pass, vi

@@ -10,14 +10,15 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from trtc.frontend import parse_onnx, to_model_proto
+from trtc.frontend import parse_onnx
 from trtc.ir import load_artifact, save_artifact
+from trtc.ir.onnx_export import to_model_proto
+from trtc.ir.rewrite import const_array
 from trtc.ir.splat import SplatTensor
 from trtc.passes import PASSES, PassContext
 from trtc.passes._evaluate import is_constant
 from trtc.passes.pipeline import optimize
-from trtc.passes.rewrite import const_array
-from trtc.runtime import ReferenceRunner
+from trtc.reference import ReferenceRunner
 
 from corpus import corpus_params
 from passutil import check_pass, make_model, ops, run_model, run_pass, vi

@@ -9,9 +9,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from trtc.frontend import parse_onnx
+from trtc.ir.rewrite import const_array
 from trtc.passes import PASSES
 from trtc.passes.pipeline import optimize
-from trtc.passes.rewrite import const_array
 
 from corpus import corpus_params
 from passutil import check_pass, make_model, ops, run_pass, vi

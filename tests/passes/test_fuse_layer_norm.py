@@ -13,10 +13,10 @@ import pytest
 from onnx import helper
 
 from trtc.frontend import parse_onnx
+from trtc.ir.rewrite import add_constant, replace_with
 from trtc.passes import PASSES
 from trtc.passes.fuse_layer_norm import why_not
 from trtc.passes.pipeline import optimize
-from trtc.passes.rewrite import add_constant, replace_with
 
 from corpus import MODELS, CorpusModel
 from passutil import check_pass, make_model, ops, vi

@@ -18,17 +18,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtc.errors import TrtcError
 from trtc.lower.backend import Backend
+from trtc.reference.runner import latency_summary
 from trtc.runtime import cuda
 from trtc.runtime.engine import (
     EngineRunner,
     _check_counts,
     check_engine_compat,
     choose_profile,
-    latency_summary,
     no_gpu_reason,
-    sidecar_dtype,
     validate_engine_feeds,
 )
+from trtc.runtime.sidecar import sidecar_dtype
 
 from corpus import run_trtc
 

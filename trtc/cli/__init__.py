@@ -7,7 +7,11 @@ import sys
 import click
 
 from trtc import __version__
-from trtc.cli import commands
+from trtc.cli.commands import build, compile_cmd, optimize, parse
+from trtc.cli.compare import compare
+from trtc.cli.export import export
+from trtc.cli.inspect import inspect
+from trtc.cli.run import run
 from trtc.errors import TrtcError
 
 
@@ -17,7 +21,7 @@ def cli() -> None:
     """trtc: compile ONNX models into TensorRT engines, checked against a CPU reference."""
 
 
-for command in commands.ALL:
+for command in [parse, optimize, build, run, compare, compile_cmd, inspect, export]:
     cli.add_command(command)
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from trtc import inspect as inspect_mod
 from trtc.cli.options import (
@@ -18,13 +16,13 @@ from trtc.cli.options import (
     input_options,
     json_option,
     precision_options,
+    progress_line,
     split_build_options,
+    support_text,
 )
-from trtc.compare import DEFAULT_ATOL, DEFAULT_RTOL, executable_for, parse_tolerances, raise_on_mismatch
-from trtc.compare import compare as compare_runs
 from trtc.compile import compile_model
 from trtc.errors import CheckFailed, TrtcError
-from trtc.frontend import export_onnx_file, parse_onnx
+from trtc.frontend import parse_onnx
 from trtc.frontend.freeze import parse_freeze_specs
 from trtc.ir import save_artifact
 from trtc.loading import open_model
@@ -33,14 +31,12 @@ from trtc.lower.profiles import parse_shape_spec
 from trtc.passes import PASSES, PassContext
 from trtc.passes.pipeline import optimize as run_optimize
 from trtc.passes.pipeline import optimized_meta, select_passes
-from trtc.precision.api import precision_summary_text, precision_table, run_precision
-from trtc.runtime import (
+from trtc.precision.api import precision_summary_text, run_precision
+from trtc.reference import (
     make_feeds,
     model_inputs,
     validate_feeds,
 )
-from trtc.runtime.api import run_engine_file, run_reference_file
-from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar, sidecar_text
 
 
 @click.command()
@@ -69,97 +65,6 @@ def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> 
     if info["unknown_shapes"]:
         click.echo(f"note: {len(info['unknown_shapes'])} values without inferred shape "
                    f"(see `trtc inspect {output}`)")
-
-
-@click.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@input_options
-@click.option("--output", "output", type=click.Path(path_type=Path), help="Write outputs to an .npz.")
-@click.option("--warmup", type=click.IntRange(min=0), default=0, help="Untimed runs first.")
-@click.option("--iterations", type=click.IntRange(min=0), default=0, help="Timed runs (latency).")
-@click.option("--duration", type=click.FloatRange(min=0), help="Engines: time runs for at least this many seconds.")
-@click.option("--cuda-graph", is_flag=True, help="Engines: capture the inference in a CUDA graph and replay it.")
-@click.option("--include-transfers", is_flag=True, help="Engines: time host<->device copies too.")
-@click.option("--runtime-cache", type=click.Path(path_type=Path),
-              help="TensorRT-RTX: file of JIT-compiled kernels reused across runs.")
-@json_option
-def run(artifact: Path, inputs, seed, ranges, shapes, output, warmup, iterations, duration, cuda_graph,
-        include_transfers, runtime_cache, as_json) -> None:
-    """Run a .plan on the GPU, or an .onnx/.trtir on the CPU reference (onnxruntime, then onnx.reference)."""
-    if artifact.suffix in PLAN_SUFFIXES:
-        report = run_engine_file(artifact, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes, warmup=warmup,
-                                 iterations=iterations, duration=duration, cuda_graph=cuda_graph,
-                                 include_transfers=include_transfers, runtime_cache=runtime_cache)
-    else:
-        if runtime_cache or cuda_graph or duration or include_transfers:
-            raise TrtcError("--runtime-cache/--cuda-graph/--duration/--include-transfers apply to engines (.plan)",
-                            where=str(artifact))
-        report = run_reference_file(artifact, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes, warmup=warmup,
-                                    iterations=iterations)
-    outputs = report.pop("_arrays")
-    if output:
-        np.savez(output, **{k: v for k, v in outputs.items() if isinstance(v, np.ndarray)})
-    if as_json:
-        echo_json(report)
-        return
-    click.echo(f"backend: {report['backend']}" + (f" ({report['fallback_reason']})"
-                                                   if report.get("fallback_reason") else ""))
-    for name, info in report["outputs"].items():
-        click.echo(f"{name}: {_summary_text(info)}")
-    timing = report["latency"]
-    if timing:
-        click.echo(f"latency over {timing['iterations']} runs: min {timing['min_ms']:.3f} ms, median "
-                   f"{timing['median_ms']:.3f} ms, p90 {timing['p90_ms']:.3f} ms, p95 {timing['p95_ms']:.3f} ms, "
-                   f"p99 {timing['p99_ms']:.3f} ms, throughput {timing['throughput_per_s']:.1f}/s")
-    if output:
-        click.echo(f"wrote {output}")
-
-
-def _summary_text(info: dict) -> str:
-    if "shape" not in info:
-        return info.get("type", "?")
-    text = f"{info['dtype']}{info['shape']}"
-    if "min" in info:
-        text += f" min {info['min']:.6g} max {info['max']:.6g} mean {info['mean']:.6g}"
-    if info.get("nan") or info.get("inf"):
-        text += f" NaN {info['nan']} Inf {info['inf']}"
-    return text
-
-
-@click.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--graph", is_flag=True, help="Print the graph, one line per node.")
-@click.option("--precision", is_flag=True, help="List the nodes kept in fp32 and why.")
-@click.option("--support", is_flag=True, help="List the nodes TensorRT lowering does not support yet.")
-@json_option
-def inspect(artifact: Path, graph: bool, precision: bool, support: bool, as_json: bool) -> None:
-    """Inputs, outputs, ops, parameters, opsets, metadata of an .onnx, .trtir or .plan."""
-    if artifact.suffix in PLAN_SUFFIXES:
-        sidecar = read_sidecar(artifact)
-        echo_json(sidecar) if as_json else click.echo(sidecar_text(sidecar))
-        return
-    loaded = open_model(artifact)
-    if support:
-        report = support_report(loaded)
-        echo_json(report) if as_json else click.echo(_support_text(report))
-        return
-    info = inspect_mod.summary(loaded)
-    if precision:
-        report = loaded.meta.get("precision")
-        if report is None:
-            raise TrtcError("the artifact has no precision decisions", where=str(artifact),
-                            hint="create them with `trtc optimize --fp16`")
-        if as_json:
-            echo_json(report)
-        else:
-            click.echo(precision_table(report))
-        return
-    if as_json:
-        if graph:
-            info["graph"] = inspect_mod.graph_text(loaded.model).splitlines()
-        echo_json(info)
-        return
-    click.echo(inspect_mod.graph_text(loaded.model) if graph else inspect_mod.format_summary(info))
 
 
 def _list_passes(ctx: click.Context, _param, value: bool) -> None:
@@ -204,7 +109,7 @@ def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, i
         if name in dump_after:
             Path(f"{output}.after-{name}.txt").write_text(inspect_mod.graph_text(model) + "\n")
 
-    progress = _progress_line() if not as_json else None
+    progress = progress_line() if not as_json else None
     report = run_optimize(loaded.model, passes=chosen, ctx=PassContext(fold_max_bytes=int(fold_max_mb * 2**20)),
                           verify_feeds=feeds, after_pass=dump, progress=progress)
     if progress:
@@ -239,17 +144,6 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
 
-def _progress_line():
-    """A one-line status on a terminal (nothing when stderr is not a terminal)."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(text: str) -> None:
-        click.echo(f"\r\033[K{text}", err=True, nl=False)
-
-    return show
-
-
 def _report_table(report) -> str:
     rows = [f"{'pass':24} {'nodes -':>8} {'time s':>8}  rewrites"]
     for name, entry in report.totals().items():
@@ -275,7 +169,7 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
     loaded = open_model(artifact, parse_freeze_specs(freeze))
-    progress = None if as_json else _progress_line()
+    progress = None if as_json else progress_line()
     prepare_for_build(loaded, precision, progress=progress,
                       calib_kwargs={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": _calib_shapes(shapes)})
     if dry_run:
@@ -283,7 +177,7 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
         if as_json:
             echo_json(report)
         else:
-            click.echo(_support_text(report))
+            click.echo(support_text(report))
         if not report["supported"]:
             raise CheckFailed(f"{len(report['unsupported'])} node(s) cannot be lowered", where=str(artifact))
         return
@@ -311,45 +205,6 @@ def _calib_shapes(shapes) -> list[str]:
     return out
 
 
-def _support_text(report: dict) -> str:
-    if report["supported"]:
-        return f"all {report['nodes']} nodes can be lowered to TensorRT"
-    lines = [f"{len(report['unsupported'])} of {report['nodes']} nodes cannot be lowered:"]
-    lines += [f"  {p['node']} ({p['op']}): {p['reason']}" for p in report["unsupported"]]
-    return "\n".join(lines)
-
-
-@click.command()
-@click.argument("a", type=click.Path(path_type=Path))
-@click.argument("b", type=click.Path(path_type=Path))
-@input_options
-@click.option("--atol", multiple=True, metavar="X|NAME=X", help=f"Absolute tolerance (default {DEFAULT_ATOL:g}).")
-@click.option("--rtol", multiple=True, metavar="X|NAME=X", help=f"Relative tolerance (default {DEFAULT_RTOL:g}).")
-@json_option
-def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json) -> None:
-    """Run A and B (.onnx, .trtir, .plan) on the same inputs and compare every output (B is the reference)."""
-    tolerances = (parse_tolerances(atol, DEFAULT_ATOL, "--atol"), parse_tolerances(rtol, DEFAULT_RTOL, "--rtol"))
-    first, second = executable_for(a), executable_for(b)
-    try:
-        feeds = make_feeds(second.inputs, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
-        validate_feeds(second.inputs, feeds, where=str(b))
-        report = compare_runs(first, second, feeds, *tolerances)
-    finally:
-        first.close()
-        second.close()
-    if as_json:
-        echo_json(report)
-    else:
-        click.echo(f"A: {a} ({report['a']['runs_on']})\nB: {b} ({report['b']['runs_on']}, reference)")
-        for name, r in report["outputs"].items():
-            status = "match" if r["match"] else "MISMATCH"
-            detail = r.get("reason") or (
-                f"max abs {r['max_abs_error']:.3g}, max rel {r['max_rel_error']:.3g}, mean abs "
-                f"{r['mean_abs_error']:.3g}, cosine {r['cosine']:.6f}, {r['beyond_tolerance']:.2%} beyond tolerance")
-            click.echo(f"  {name}: {status} ({detail})")
-    raise_on_mismatch(report)
-
-
 @click.command("compile")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
@@ -364,7 +219,7 @@ def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes,
     options, precision = split_build_options(rest)
     # Calibration and comparison data: --shape if given, else each dynamic input at its OPT shape.
     calib_shapes = list(shapes) or _calib_shapes(rest["profile_shapes"])
-    progress = None if as_json else _progress_line()
+    progress = None if as_json else progress_line()
     report = compile_model(model, outdir, build_options=options, precision=precision,
                            freeze=parse_freeze_specs(freeze),
                            calib={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": calib_shapes},
@@ -383,21 +238,3 @@ def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes,
     for name, m in report["predicted"]["outputs"].items():
         click.echo(f"predicted {name}: max error / range {m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")
     click.echo(f"wrote {outdir}/report.md")
-
-
-@click.group()
-def export() -> None:
-    """Write an artifact in another format."""
-
-
-@export.command("onnx")
-@click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
-def export_onnx(artifact: Path, output: Path) -> None:
-    """A plain ONNX model (external data beside it when weights pass 2 GB)."""
-    loaded = open_model(artifact)
-    export_onnx_file(loaded.model, output)
-    click.echo(f"wrote {output}")
-
-
-ALL = [parse, optimize, build, run, compare, compile_cmd, inspect, export]

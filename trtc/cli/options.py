@@ -1,9 +1,11 @@
-"""Option groups shared by several commands (one definition of "how to give inputs")."""
+"""Option groups shared by several commands (one definition of "how to give inputs") and the
+shared ways of printing (JSON, progress on a terminal, the support report)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import sys
 from typing import Any
 
 import click
@@ -103,3 +105,22 @@ def split_build_options(kwargs: dict[str, Any]):
                            profiles=parse_profiles(kwargs["profile_shapes"], kwargs["profile_groups"]),
                            shape_inputs=dict(parse_shape_spec(s, "--shape-input") for s in kwargs["shape_input_specs"]))
     return options, {k: kwargs[k] for k in PRECISION_KEYS}
+
+
+def progress_line():
+    """A one-line status on a terminal (nothing when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(text: str) -> None:
+        click.echo(f"\r\033[K{text}", err=True, nl=False)
+
+    return show
+
+
+def support_text(report: dict) -> str:
+    if report["supported"]:
+        return f"all {report['nodes']} nodes can be lowered to TensorRT"
+    lines = [f"{len(report['unsupported'])} of {report['nodes']} nodes cannot be lowered:"]
+    lines += [f"  {p['node']} ({p['op']}): {p['reason']}" for p in report["unsupported"]]
+    return "\n".join(lines)

@@ -14,12 +14,11 @@ import onnx.inliner
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
-from trtc.frontend import onnx_load
 from trtc.frontend.canonicalize import canonicalize, upgrade_opset
 from trtc.frontend.canonicalize.opset import default_opset
 from trtc.frontend.freeze import FreezeValue, freeze_fingerprints, freeze_inputs
 from trtc.frontend.shapes import infer_shapes
-from trtc.ir import Artifact, all_initializers
+from trtc.ir import Artifact, all_initializers, onnx_load
 
 
 def file_sha256(path: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from trtc.frontend.onnx_export import to_model_proto
+from trtc.ir.onnx_export import to_model_proto
 
 # Weights up to this size are inlined for inference: shape tensors, axes, scalars.
 SMALL_WEIGHT_BYTES = 1 << 16

@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from trtc.passes.rewrite import add_constant, replace_with
+from trtc.ir.rewrite import add_constant, replace_with
 
 D = ir.DataType
 

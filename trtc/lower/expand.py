@@ -24,8 +24,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import const_array
 from trtc.lower.emulate import Emitter
-from trtc.passes.rewrite import const_array
 
 D = ir.DataType
 MAX_ELEMENTS = 1 << 24

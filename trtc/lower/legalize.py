@@ -26,8 +26,8 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.ir.rewrite import is_op, replace_with
 from trtc.lower.emulate import Emitter, dequantize, qdq_issue, quantize, round_to_float, wrap_integer
-from trtc.passes.rewrite import is_op, replace_with
 
 D = ir.DataType
 

@@ -13,7 +13,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import helper
 
-from trtc.passes.rewrite import STANDARD_DOMAINS
+from trtc.ir.rewrite import STANDARD_DOMAINS
 
 # numpy dtypes onnxruntime's Python API takes as feeds; other constants travel as initializers.
 _FEEDABLE = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,

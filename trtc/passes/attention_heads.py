@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.ir.dims import dims, same_dim
-from trtc.passes.rewrite import add_constant, is_op, producer_of, replace_with, sole_reader
+from trtc.ir.rewrite import add_constant, is_op, producer_of, replace_with, sole_reader
 
 Dims = tuple  # a known-rank shape: ints and ir.SymbolicDim
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.ir.dims import dims, same_dim
-from trtc.passes.rewrite import const_array, const_scalar, is_op, producer_of
+from trtc.ir.rewrite import const_array, const_scalar, is_op, producer_of
 
 Dims = tuple  # a known-rank shape: ints and ir.SymbolicDim
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import add_constant, const_array, is_op, replace_with
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import add_constant, const_array, is_op, replace_with
 
 
 def _affine(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:

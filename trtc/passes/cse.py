@@ -18,9 +18,9 @@ from collections.abc import Hashable
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import STANDARD_DOMAINS
 from trtc.ir.walk import all_graphs
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import STANDARD_DOMAINS
 
 # Ops whose two evaluations on the same inputs may differ.
 NON_DETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",

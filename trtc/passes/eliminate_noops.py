@@ -22,9 +22,9 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.ir.dims import same_dim
+from trtc.ir.rewrite import add_constant, const_array, is_op, producer_of, remove_if_dead, replace_with
 from trtc.ir.walk import all_graphs
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import add_constant, const_array, is_op, producer_of, remove_if_dead, replace_with
 
 INT64_MAX = np.iinfo(np.int64).max
 _D = ir.DataType

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import add_constant, const_array, is_op, only_user, producer_of, replace_with
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import add_constant, const_array, is_op, only_user, producer_of, replace_with
 
 CONV_OPS = ("Conv", "ConvTranspose")
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16})

@@ -20,6 +20,7 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import const_array
 from trtc.ir.splat import SplatTensor
 from trtc.ir.walk import all_initializers
 from trtc.passes._evaluate import (
@@ -32,7 +33,6 @@ from trtc.passes._evaluate import (
     value_to_constant,
 )
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import const_array
 
 NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
                         "Multinomial", "Dropout"})

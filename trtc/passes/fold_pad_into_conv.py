@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from trtc.ir.rewrite import const_array, const_scalar, is_op, only_user, producer_of, remove_if_dead
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import const_array, const_scalar, is_op, only_user, producer_of, remove_if_dead
 
 
 def _spatial_pads(pad: ir.Node, rank: int) -> list[int] | None:

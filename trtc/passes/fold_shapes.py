@@ -27,6 +27,7 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import add_constant, const_array, is_op
 from trtc.passes._evaluate import (
     EvaluationError,
     drop_dead_initializers,
@@ -36,7 +37,6 @@ from trtc.passes._evaluate import (
     value_to_constant,
 )
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import add_constant, const_array, is_op
 
 # Ops that only move elements; the value is which inputs carry elements (None: all of
 # them); their other inputs must be constants.

@@ -29,13 +29,21 @@ the decomposed Softmax (and the ONNX reference) average V uniformly: rows with n
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 
 import numpy as np
 import onnx_ir as ir
 
 from trtc.ir.dims import dims, same_dim
+from trtc.ir.rewrite import (
+    const_array,
+    const_scalar,
+    fuse_matches,
+    is_op,
+    producer_of,
+    replace_with,
+    sole_reader,
+)
 from trtc.ir.walk import all_graphs
 from trtc.passes.attention_heads import absorb_heads, perm_of, remove_dead_cone
 from trtc.passes.attention_masks import (
@@ -48,17 +56,6 @@ from trtc.passes.attention_masks import (
     mask_fits,
 )
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import (
-    const_array,
-    const_scalar,
-    is_op,
-    producer_of,
-    replace_with,
-    require_opset,
-    sole_reader,
-)
-
-log = logging.getLogger(__name__)
 
 ATTENTION_OPSET = 23
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
@@ -295,20 +292,14 @@ def fuse(graph: ir.Graph, match: AttentionMatch, name: str) -> None:
 @register_pass("fuse-attention", order=70)
 def fuse_attention(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Fuse MatMul/Scale/Mask/Softmax/MatMul attention into Attention (heads split/merge absorbed)."""
-    counts = {"attention": 0, "causal": 0, "grouped-query": 0, "heads-absorbed": 0}
-    for graph in list(all_graphs(model.graph)):
-        for softmax in [n for n in graph if is_op(n, "Softmax")]:
-            if softmax.graph is not graph:
-                continue
-            match = match_attention(softmax)
-            if isinstance(match, str):
-                log.debug("fuse-attention: %s: %s", softmax.name, match)
-                continue
-            require_opset(model, ATTENTION_OPSET)
-            fuse(graph, match, f"{softmax.name or 'softmax'}_attention")
-            counts["attention"] += 1
-            counts["causal"] += match.causal
-            counts["grouped-query"] += match.kv_repeat > 1
+    def fuse_named(graph: ir.Graph, match: AttentionMatch) -> None:
+        softmax = next(n for n in match.nodes if is_op(n, "Softmax"))
+        fuse(graph, match, f"{softmax.name or 'softmax'}_attention")
+
+    fused = fuse_matches(model, "fuse-attention", ["Softmax"], match_attention, fuse_named, opset=ATTENTION_OPSET)
+    counts = {"attention": len(fused), "causal": sum(m.causal for m in fused),
+              "grouped-query": sum(m.kv_repeat > 1 for m in fused), "heads-absorbed": 0}
+    for graph in all_graphs(model.graph):
         for attention in [n for n in graph if is_op(n, "Attention")]:
             counts["heads-absorbed"] += absorb_heads(graph, attention)
     return {k: n for k, n in counts.items() if n}

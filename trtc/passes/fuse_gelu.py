@@ -12,17 +12,21 @@ Constants match within 1e-4 relative. `why_not(node)` says why an Erf or Tanh is
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 
 import onnx_ir as ir
 
-from trtc.ir.walk import all_graphs
-from trtc.passes.norm_match import other_operand
+from trtc.ir.rewrite import (
+    const_array,
+    const_scalar,
+    fuse_matches,
+    is_op,
+    only_user,
+    other_operand,
+    producer_of,
+    replace_with,
+)
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import const_array, const_scalar, is_op, only_user, producer_of, replace_with, require_opset
-
-log = logging.getLogger(__name__)
 
 GELU_DTYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 SQRT_2 = math.sqrt(2.0)
@@ -158,18 +162,13 @@ def why_not(node: ir.Node) -> str | None:
 @register_pass("fuse-gelu", order=60)
 def fuse_gelu(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Fuse decomposed GELU (erf and tanh forms) into Gelu."""
-    counts = {"gelu-erf": 0, "gelu-tanh": 0}
-    for graph in list(all_graphs(model.graph)):
-        for node in [n for n in graph if is_op(n, "Erf", "Tanh")]:
-            if node.graph is not graph:
-                continue
-            match = match_gelu(node)
-            if isinstance(match, str):
-                log.debug("fuse-gelu: %s: %s", node.name, match)
-                continue
-            require_opset(model, 20)
-            attributes = {"approximate": "tanh"} if match.approximate == "tanh" else {}
-            gelu = ir.node("Gelu", [match.x], attributes, name=f"{node.name or 'gelu'}_fused")
-            replace_with(graph, match.nodes[-1], [gelu], [match.output], gelu.outputs, dead=match.nodes[::-1])
-            counts["gelu-tanh" if match.approximate == "tanh" else "gelu-erf"] += 1
+    def fuse(graph: ir.Graph, match: GeluMatch) -> None:
+        attributes = {"approximate": "tanh"} if match.approximate == "tanh" else {}
+        anchor = next(n for n in match.nodes if is_op(n, "Erf", "Tanh"))
+        gelu = ir.node("Gelu", [match.x], attributes, name=f"{anchor.name or 'gelu'}_fused")
+        replace_with(graph, match.nodes[-1], [gelu], [match.output], gelu.outputs, dead=match.nodes[::-1])
+
+    fused = fuse_matches(model, "fuse-gelu", ["Erf", "Tanh"], match_gelu, fuse, opset=20)
+    counts = {"gelu-erf": sum(m.approximate != "tanh" for m in fused),
+              "gelu-tanh": sum(m.approximate == "tanh" for m in fused)}
     return {k: v for k, v in counts.items() if v}

@@ -20,17 +20,16 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import add_constant, const_scalar, fuse_matches, is_op, only_user, replace_with
 from trtc.passes.norm_match import (
     NORM_DTYPES,
     affine_param,
-    fuse_each_reduce_mean,
     match_std_tail,
     normalized_shape,
     other_operand,
     trailing_axes,
 )
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import add_constant, const_scalar, is_op, only_user, replace_with
 
 log = logging.getLogger(__name__)
 
@@ -126,5 +125,5 @@ def fuse(graph: ir.Graph, match: LayerNormMatch) -> None:
 @register_pass("fuse-layer-norm", order=50)
 def fuse_layer_norm(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Fuse decomposed LayerNorm (ReduceMean/Sub/Pow/Sqrt/Div[/Mul/Add]) into LayerNormalization."""
-    fused = fuse_each_reduce_mean(model, "fuse-layer-norm", 17, match_layer_norm, fuse)
+    fused = len(fuse_matches(model, "fuse-layer-norm", ["ReduceMean"], match_layer_norm, fuse, opset=17))
     return {"layer-norm": fused} if fused else {}

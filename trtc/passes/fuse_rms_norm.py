@@ -21,17 +21,16 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import add_constant, const_scalar, fuse_matches, is_op, only_user, producer_of, replace_with
 from trtc.passes.norm_match import (
     NORM_DTYPES,
     affine_param,
-    fuse_each_reduce_mean,
     match_std_tail,
     normalized_shape,
     other_operand,
     trailing_axes,
 )
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import add_constant, const_scalar, is_op, only_user, producer_of, replace_with
 
 log = logging.getLogger(__name__)
 
@@ -101,5 +100,5 @@ def fuse(graph: ir.Graph, match: RmsNormMatch) -> None:
 @register_pass("fuse-rms-norm", order=55)
 def fuse_rms_norm(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Fuse decomposed RMSNorm (Pow/ReduceMean/Add/Sqrt/Div[/Mul]) into RMSNormalization."""
-    fused = fuse_each_reduce_mean(model, "fuse-rms-norm", 23, match_rms_norm, fuse)
+    fused = len(fuse_matches(model, "fuse-rms-norm", ["ReduceMean"], match_rms_norm, fuse, opset=23))
     return {"rms-norm": fused} if fused else {}

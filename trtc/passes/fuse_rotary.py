@@ -20,26 +20,22 @@ negative id, which Gather would wrap around, is outside RotaryEmbedding's domain
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import onnx_ir as ir
 
 from trtc.ir.dims import dims, same_dim
-from trtc.ir.walk import all_graphs
-from trtc.passes.attention_heads import split_heads
-from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import (
+from trtc.ir.rewrite import (
     add_constant,
     const_array,
+    fuse_matches,
     is_op,
     producer_of,
     replace_with,
-    require_opset,
     sole_reader,
 )
-
-log = logging.getLogger(__name__)
+from trtc.passes.attention_heads import split_heads
+from trtc.passes.registry import PassContext, register_pass
 
 ROTARY_OPSET = 23
 
@@ -270,17 +266,12 @@ def fuse(graph: ir.Graph, match: RotaryMatch, shared: Shared) -> None:
 @register_pass("fuse-rotary", order=75)
 def fuse_rotary(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Fuse rotate_half rotary position embedding (Split/Neg/Concat/Mul/Add) into RotaryEmbedding."""
+    shared: dict[int, Shared] = {}  # per graph: the cos/sin caches fusions there share
+
+    def fuse_shared(graph: ir.Graph, match: RotaryMatch) -> None:
+        counts["rotary-3d" if heads_split(match) else "rotary"] += 1  # before fusing consumes the match
+        fuse(graph, match, shared.setdefault(id(graph), Shared()))
+
     counts = {"rotary": 0, "rotary-3d": 0}
-    for graph in list(all_graphs(model.graph)):
-        shared = Shared()
-        for add in [n for n in graph if is_op(n, "Add")]:
-            if add.graph is not graph:
-                continue
-            match = match_rotary(add)
-            if isinstance(match, str):
-                log.debug("fuse-rotary: %s: %s", add.name, match)
-                continue
-            require_opset(model, ROTARY_OPSET)
-            counts["rotary-3d" if heads_split(match) else "rotary"] += 1
-            fuse(graph, match, shared)
+    fuse_matches(model, "fuse-rotary", ["Add"], match_rotary, fuse_shared, opset=ROTARY_OPSET)
     return {k: n for k, n in counts.items() if n}

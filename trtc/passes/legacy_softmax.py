@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from trtc.ir.rewrite import const_array, is_op, only_user, producer_of, replace_with
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import const_array, is_op, only_user, producer_of, replace_with
 
 
 def _single_long_axis(x: ir.Value, first: int) -> int | None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from trtc.ir.rewrite import const_array, is_op, only_user, producer_of, replace_with
 from trtc.passes.registry import PassContext, register_pass
-from trtc.passes.rewrite import const_array, is_op, only_user, producer_of, replace_with
 
 GEMM_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16})
 

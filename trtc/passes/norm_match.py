@@ -1,33 +1,18 @@
 """Matching helpers shared by the normalisation fusions (fuse-layer-norm, fuse-rms-norm):
 the reduced axes, per-channel parameters, the epsilon and the `1 / sqrt(var + eps)` tail,
-and the loop that tries every ReduceMean."""
+(the loop that tries every ReduceMean is `trtc.ir.rewrite.fuse_matches`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
-from trtc.ir.walk import all_graphs
-from trtc.passes.rewrite import const_array, const_scalar, is_op, only_user, require_opset
-
-log = logging.getLogger(__name__)
+from trtc.ir.rewrite import const_array, const_scalar, is_op, only_user, other_operand
 
 # The normalisations are computed in float32 (stash_type=1): fusing a float64 one would lose precision.
 NORM_DTYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
-
-
-def other_operand(node: ir.Node, value: ir.Value) -> ir.Value | None:
-    """The other input of a binary commutative `node` that reads `value` once, else None."""
-    a, b = (list(node.inputs) + [None, None])[:2]
-    if a is value and b is not value:
-        return b
-    if b is value and a is not value:
-        return a
-    return None
 
 
 def trailing_axes(reduce: ir.Node) -> int | str:
@@ -128,21 +113,3 @@ def match_std_tail(var: ir.Value, numerator: ir.Value, label: str) -> StdTail | 
         return f"std is not used only by Div({label}, std), Div(1, std) or Reciprocal"
     nodes.append(divide)
     return StdTail(eps, nodes, divide.outputs[0])
-
-
-def fuse_each_reduce_mean(model: ir.Model, name: str, opset: int, match: Callable[[ir.Node], object],
-                          fuse: Callable[[ir.Graph, object], None]) -> int:
-    """Try `match` on every ReduceMean of every graph; fuse what matches (raising the opset)."""
-    fused = 0
-    for graph in list(all_graphs(model.graph)):
-        for node in [n for n in graph if is_op(n, "ReduceMean")]:
-            if node.graph is not graph:
-                continue  # removed by an earlier fusion
-            result = match(node)
-            if isinstance(result, str):
-                log.debug("%s: %s: %s", name, node.name, result)
-                continue
-            require_opset(model, opset)
-            fuse(graph, result)
-            fused += 1
-    return fused

@@ -20,12 +20,12 @@ from trtc.errors import TrtcError
 from trtc.passes import PASSES, PassContext
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
-from trtc.precision.metrics import compare_outputs, worst
 from trtc.precision.observe import observe, scaled_observation
 from trtc.precision.rescale import Rescaling, rescale_activations
 from trtc.precision.rules import PrecisionOptions, RuleContext
 from trtc.precision.simulate import simulation_model
-from trtc.runtime.reference import ReferenceRunner
+from trtc.reference.metrics import error_metrics, worst
+from trtc.reference.runner import ReferenceRunner
 
 __all__ = ["PrecisionOptions", "PrecisionReport", "apply_precision", "predict", "simulation_model"]
 
@@ -127,7 +127,7 @@ def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Se
         runner.close()
     predicted = {}
     for name in reference[0]:
-        per_sample = [compare_outputs(ref[name], res[name]) for ref, res in zip(reference, results)
+        per_sample = [error_metrics(ref[name], res[name]) for ref, res in zip(reference, results)
                       if isinstance(ref[name], np.ndarray) and ref[name].dtype.kind == "f"]
         if per_sample:
             predicted[name] = worst(per_sample)

@@ -8,7 +8,7 @@ from typing import Any
 from trtc.errors import CheckFailed, TrtcError
 from trtc.ir import Artifact
 from trtc.precision import PrecisionOptions, apply_precision
-from trtc.runtime.io import calibration_samples, model_inputs
+from trtc.reference.feeds import calibration_samples, model_inputs
 
 
 def precision_settings(**overrides: Any) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from trtc.ir.rewrite import STANDARD_DOMAINS, add_constant
 from trtc.ir.splat import map_elements
-from trtc.passes.rewrite import STANDARD_DOMAINS, add_constant
 from trtc.precision.rules import RuleContext, forced_fp16, keep_reason, user_keep
 
 FLOAT = ir.DataType.FLOAT

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.ir.splat import is_splat
-from trtc.runtime.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 
 @dataclasses.dataclass

@@ -22,8 +22,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.rewrite import add_constant, const_array, is_op
 from trtc.ir.splat import map_elements
-from trtc.passes.rewrite import add_constant, const_array, is_op
 from trtc.precision.observe import Observation
 from trtc.precision.rules import feeds_exponential_op
 

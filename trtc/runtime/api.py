@@ -8,9 +8,9 @@ from typing import Any
 
 from trtc.errors import TrtcError
 from trtc.loading import open_model
-from trtc.runtime.io import make_feeds, model_inputs, sidecar_inputs, validate_feeds
-from trtc.runtime.reference import ReferenceRunner, summarize, time_runs
-from trtc.runtime.sidecar import read_sidecar
+from trtc.reference.feeds import make_feeds, model_inputs, validate_feeds
+from trtc.reference.runner import ReferenceRunner, summarize, time_runs
+from trtc.runtime.sidecar import read_sidecar, sidecar_inputs
 
 
 def run_reference_file(path: Path, *, inputs: Sequence[str] = (), seed: int = 0, ranges: Sequence[str] = (),

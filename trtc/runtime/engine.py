@@ -17,46 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.lower.backend import RTX_TARGETS, Backend
+from trtc.reference.feeds import check_feed_dtype, check_feed_names
+from trtc.reference.runner import latency_summary
 from trtc.runtime import cuda
-from trtc.runtime.io import _numpy_dtype, check_feed_dtype, check_feed_names
-from trtc.runtime.reference import latency_summary
-from trtc.runtime.sidecar import dims_text
+from trtc.runtime.sidecar import EngineTensorSpec, dims_text, sidecar_specs
 
 Shape = tuple[int, ...]
 DEFAULT_ITERATIONS = 100
 _BACKEND_LABEL = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
-
-
-# ---------------------------------------------------------------- the sidecar's view of the I/O
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineTensorSpec:
-    """An input or output as the sidecar records it: -1 for a dynamic dim."""
-
-    name: str
-    dtype: np.dtype
-    shape: Shape
-
-    def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{dims_text(self.shape)}]"
-
-
-def sidecar_dtype(name: str) -> np.dtype:
-    """numpy dtype of a sidecar dtype name ("float", "float16", "int64": onnx_ir names lower-cased)."""
-    try:
-        return _numpy_dtype(ir.DataType[name.upper()])
-    except (KeyError, TypeError, ValueError):
-        raise TrtcError(f"unknown dtype {name!r} in the engine sidecar") from None
-
-
-def sidecar_specs(entries: Sequence[Mapping[str, Any]]) -> list[EngineTensorSpec]:
-    """The sidecar's `inputs` or `outputs` list as specs."""
-    return [EngineTensorSpec(e["name"], sidecar_dtype(e["dtype"]), tuple(int(d) for d in e["shape"])) for e in entries]
 
 
 def _profile_text(profile: Mapping[str, Sequence[Sequence[int]]]) -> str:

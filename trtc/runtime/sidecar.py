@@ -3,13 +3,50 @@ built. Written by `trtc build`; read by `trtc inspect` and `trtc run` before any
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx_ir as ir
+
 from trtc.errors import TrtcError
+from trtc.reference.feeds import TensorSpec, numpy_dtype
 
 PLAN_SUFFIXES = (".plan", ".engine")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineTensorSpec:
+    """An input or output as the sidecar records it: -1 for a dynamic dim."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{dims_text(self.shape)}]"
+
+
+def sidecar_dtype(name: str) -> np.dtype:
+    """numpy dtype of a sidecar dtype name ("float", "float16", "int64": onnx_ir names lower-cased)."""
+    try:
+        return numpy_dtype(ir.DataType[name.upper()])
+    except (KeyError, TypeError, ValueError):
+        raise TrtcError(f"unknown dtype {name!r} in the engine sidecar") from None
+
+
+def sidecar_specs(entries: Sequence[Mapping[str, Any]]) -> list[EngineTensorSpec]:
+    """The sidecar's `inputs` or `outputs` list as specs."""
+    return [EngineTensorSpec(e["name"], sidecar_dtype(e["dtype"]), tuple(int(d) for d in e["shape"])) for e in entries]
+
+
+def sidecar_inputs(sidecar: Mapping[str, Any]) -> list[TensorSpec]:
+    """An engine's inputs as feeds are made for them (-1 dims are dynamic: None)."""
+    return [TensorSpec(s.name, s.dtype, tuple(d if d >= 0 else None for d in s.shape))
+            for s in sidecar_specs(sidecar["inputs"])]
 
 
 def read_sidecar(plan: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.fileio import atomic_writer
-from trtc.frontend.onnx_load import iter_tensor_protos
+from trtc.ir.onnx_load import iter_tensor_protos
 from trtc.ir.walk import all_initializers, weight_bytes
 
 # Protobuf cannot serialize messages of 2 GiB or more; stay well clear of it.

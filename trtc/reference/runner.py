@@ -14,8 +14,8 @@ import onnx.reference
 import onnx_ir as ir
 import onnxruntime as ort
 
-from trtc.frontend.onnx_export import PROTO_LIMIT, to_model_proto
-from trtc.frontend.onnx_load import iter_tensor_protos
+from trtc.ir.onnx_export import PROTO_LIMIT, to_model_proto
+from trtc.ir.onnx_load import iter_tensor_protos
 from trtc.ir.splat import dense_array
 from trtc.ir.walk import weight_bytes
 

@@ -33,7 +33,7 @@ class TensorSpec:
         return f"{self.name}: {self.dtype if self.dtype is not None else 'non-tensor'}[{dims}]"
 
 
-def _numpy_dtype(dtype: ir.DataType) -> np.dtype:
+def numpy_dtype(dtype: ir.DataType) -> np.dtype:
     if dtype == ir.DataType.BFLOAT16:
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(dtype.numpy())
@@ -64,19 +64,11 @@ def value_spec(value: ir.Value) -> TensorSpec:
     shape = None
     if value.shape is not None:
         shape = tuple(d if isinstance(d, int) else d.value for d in value.shape.dims)
-    return TensorSpec(value.name, _numpy_dtype(ttype.dtype), shape, _index_bound(value))
+    return TensorSpec(value.name, numpy_dtype(ttype.dtype), shape, _index_bound(value))
 
 
 def model_inputs(model: ir.Model) -> list[TensorSpec]:
     return [value_spec(v) for v in model.graph.inputs if not v.is_initializer()]
-
-
-def sidecar_inputs(sidecar: Mapping[str, Any]) -> list[TensorSpec]:
-    """An engine's inputs as its sidecar records them (-1 dims are dynamic)."""
-    from trtc.runtime.engine import sidecar_specs
-
-    return [TensorSpec(s.name, s.dtype, tuple(d if d >= 0 else None for d in s.shape))
-            for s in sidecar_specs(sidecar["inputs"])]
 
 
 def model_outputs(model: ir.Model) -> list[TensorSpec]:

@@ -7,11 +7,17 @@ moves every use (graph outputs included, keeping their names) and drops what bec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.walk import all_graphs
+
+log = logging.getLogger(__name__)
+Match = TypeVar("Match")
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -36,6 +42,16 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     if value.is_graph_input():
         return None  # an overridable default is not a constant
     return value.const_value.numpy()
+
+
+def other_operand(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    """The other input of a binary commutative `node` that reads `value` once, else None."""
+    a, b = (list(node.inputs) + [None, None])[:2]
+    if a is value and b is not value:
+        return b
+    if b is value and a is not value:
+        return a
+    return None
 
 
 def const_scalar(value: ir.Value | None) -> float | None:
@@ -114,3 +130,24 @@ def require_opset(model: ir.Model, version: int) -> None:
     if current < version:
         model.opset_imports[""] = version
         model.graph.opset_imports[""] = version
+
+
+def fuse_matches(model: ir.Model, pass_name: str, anchor_ops: Sequence[str], match: Callable[[ir.Node], Match | str],
+                 fuse: Callable[[ir.Graph, Match], None], *, opset: int) -> list[Match]:
+    """The match-and-fuse driver of the fusion passes: try `match` on every node of
+    `anchor_ops` in every graph (subgraphs included); a string is why it did not match
+    (logged at debug level); a match is fused with `fuse(graph, match)` after the opset is
+    raised to `opset`. Nodes removed by an earlier fusion are skipped. Returns the matches."""
+    fused = []
+    for graph in list(all_graphs(model.graph)):
+        for node in [n for n in graph if is_op(n, *anchor_ops)]:
+            if node.graph is not graph:
+                continue
+            result = match(node)
+            if isinstance(result, str):
+                log.debug("%s: %s: %s", pass_name, node.name, result)
+                continue
+            require_opset(model, opset)
+            fuse(graph, result)
+            fused.append(result)
+    return fused

@@ -1,0 +1,70 @@
+"""`trtc run`: an engine on the GPU, an .onnx/.trtir on the CPU reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from trtc.cli.options import echo_json, input_options, json_option
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@input_options
+@click.option("--output", "output", type=click.Path(path_type=Path), help="Write outputs to an .npz.")
+@click.option("--warmup", type=click.IntRange(min=0), default=0, help="Untimed runs first.")
+@click.option("--iterations", type=click.IntRange(min=0), default=0, help="Timed runs (latency).")
+@click.option("--duration", type=click.FloatRange(min=0), help="Engines: time runs for at least this many seconds.")
+@click.option("--cuda-graph", is_flag=True, help="Engines: capture the inference in a CUDA graph and replay it.")
+@click.option("--include-transfers", is_flag=True, help="Engines: time host<->device copies too.")
+@click.option("--runtime-cache", type=click.Path(path_type=Path),
+              help="TensorRT-RTX: file of JIT-compiled kernels reused across runs.")
+@json_option
+def run(artifact: Path, inputs, seed, ranges, shapes, output, warmup, iterations, duration, cuda_graph,
+        include_transfers, runtime_cache, as_json) -> None:
+    """Run a .plan on the GPU, or an .onnx/.trtir on the CPU reference (onnxruntime, then onnx.reference)."""
+    import numpy as np
+
+    from trtc.errors import TrtcError
+    from trtc.runtime.api import run_engine_file, run_reference_file
+    from trtc.runtime.sidecar import PLAN_SUFFIXES
+
+    if artifact.suffix in PLAN_SUFFIXES:
+        report = run_engine_file(artifact, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes, warmup=warmup,
+                                 iterations=iterations, duration=duration, cuda_graph=cuda_graph,
+                                 include_transfers=include_transfers, runtime_cache=runtime_cache)
+    else:
+        if runtime_cache or cuda_graph or duration or include_transfers:
+            raise TrtcError("--runtime-cache/--cuda-graph/--duration/--include-transfers apply to engines (.plan)",
+                            where=str(artifact))
+        report = run_reference_file(artifact, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes, warmup=warmup,
+                                    iterations=iterations)
+    outputs = report.pop("_arrays")
+    if output:
+        np.savez(output, **{k: v for k, v in outputs.items() if isinstance(v, np.ndarray)})
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"backend: {report['backend']}" + (f" ({report['fallback_reason']})"
+                                                   if report.get("fallback_reason") else ""))
+    for name, info in report["outputs"].items():
+        click.echo(f"{name}: {_summary_text(info)}")
+    timing = report["latency"]
+    if timing:
+        click.echo(f"latency over {timing['iterations']} runs: min {timing['min_ms']:.3f} ms, median "
+                   f"{timing['median_ms']:.3f} ms, p90 {timing['p90_ms']:.3f} ms, p95 {timing['p95_ms']:.3f} ms, "
+                   f"p99 {timing['p99_ms']:.3f} ms, throughput {timing['throughput_per_s']:.1f}/s")
+    if output:
+        click.echo(f"wrote {output}")
+
+
+def _summary_text(info: dict) -> str:
+    if "shape" not in info:
+        return info.get("type", "?")
+    text = f"{info['dtype']}{info['shape']}"
+    if "min" in info:
+        text += f" min {info['min']:.6g} max {info['max']:.6g} mean {info['mean']:.6g}"
+    if info.get("nan") or info.get("inf"):
+        text += f" NaN {info['nan']} Inf {info['inf']}"
+    return text
