@@ -28,6 +28,11 @@ class TrtcError(Exception):
             text += f"; {self.hint}"
         return " ".join(text.split())
 
+    def as_json(self) -> dict[str, str | int | None]:
+        """The error as `--json` prints it: the same fields as the one line, kept apart for programs."""
+        return {"error": " ".join(self.message.split()), "where": self.where, "hint": self.hint,
+                "exit_code": self.exit_code}
+
 
 class CheckFailed(TrtcError):
     """A check the user asked for did not pass (e.g. a mismatch in `compare`)."""

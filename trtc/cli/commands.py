@@ -67,11 +67,18 @@ def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> 
                    f"(see `trtc inspect {output}`)")
 
 
-def _list_passes(ctx: click.Context, _param, value: bool) -> None:
+def _list_passes(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    for info in PASSES.values():
-        click.echo(f"{info.name:24} {'' if info.default else '(not default) '}{info.description}")
+    from trtc.cli import JSON_MODE
+
+    # This eager callback runs before --json is processed, so the group records --json in ctx.meta.
+    if ctx.meta.get(JSON_MODE) or ctx.params.get("as_json"):
+        echo_json([{"name": info.name, "default": info.default, "description": info.description,
+                    "order": info.order} for info in PASSES.values()])
+    else:
+        for info in PASSES.values():
+            click.echo(f"{info.name:24} {'' if info.default else '(not default) '}{info.description}")
     ctx.exit(0)
 
 

@@ -58,10 +58,14 @@ def freeze_option(fn):
 
 
 def json_option(fn):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+    """--json: the result as JSON on stdout. trtc.cli.main also looks for it, to print an error as a
+    JSON object on stdout rather than a line on stderr."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print machine-readable JSON (an error too: a JSON object, same exit code).")(fn)
 
 
 def echo_json(data: Any) -> None:
+    """Indented JSON on stdout; what JSON cannot hold (paths, numpy scalars) as its str()."""
     click.echo(json.dumps(data, indent=2, default=str))
 
 
