@@ -50,10 +50,13 @@ def _schema(node: ir.Node, opset: int):
 
 # Ops whose float inputs may have their own type constraint in the schema but that TensorRT (and
 # onnxruntime's type inference) want in one type: all their float inputs follow the compute type.
-# (Not Attention: TensorRT-RTX 1.7's builder crashes on its fused fp16 attention on a CPU-only machine, so
-# V keeps its own type there and the converter decomposes it.)
 ONE_TYPE_OPS = {"LayerNormalization", "RMSNormalization", "GroupNormalization", "InstanceNormalization",
                 "BatchNormalization"}
+# Type parameters the schema keeps apart but onnxruntime binds to one type: Attention's V and
+# past_value (T2) take Q's type (T1), else onnxruntime refuses the model and every CPU check falls
+# back to onnx.reference. attn_mask (U) keeps its own type. TensorRT-RTX 1.7's trouble with an fp32
+# attention fed through fp16->fp32 Casts is the lowering's to avoid (trtc/lower/ops/attention.py).
+SAME_TYPE_PARAMS = {"Attention": {"T2": "T1"}}
 
 
 def typed_inputs(node: ir.Node, opset: int) -> list[int]:
@@ -67,14 +70,16 @@ def typed_inputs(node: ir.Node, opset: int) -> list[int]:
     schema = _schema(node, opset)
     if schema is None:
         return []
-    out_types = {schema.outputs[min(i, len(schema.outputs) - 1)].type_str
-                 for i, v in enumerate(node.outputs) if v.dtype == FLOAT and schema.outputs}
+    same = SAME_TYPE_PARAMS.get(node.op_type, {})
+    out_types = {same.get(t, t) for t in (schema.outputs[min(i, len(schema.outputs) - 1)].type_str
+                                          for i, v in enumerate(node.outputs) if v.dtype == FLOAT and schema.outputs)}
     if not out_types:  # no float output: follow the float inputs (Shape, Less, ArgMax...)
         return [i for i, v in enumerate(node.inputs) if v is not None and v.dtype == FLOAT]
     typed = []
     for i, value in enumerate(node.inputs):
         formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
-        if value is not None and value.dtype == FLOAT and formal is not None and formal.type_str in out_types:
+        if value is not None and value.dtype == FLOAT and formal is not None and \
+                same.get(formal.type_str, formal.type_str) in out_types:
             typed.append(i)
     return typed
 

@@ -61,8 +61,8 @@ ATTENTION_CONSTRAINTS = [
 @converter("Attention", since=23, constraints=ATTENTION_CONSTRAINTS)
 def lower_attention(ctx, node):
     """Attention: IAttention (fused kernels, decomposable) unless softcap, the qk_matmul_output
-    output, a V head size or type different from K's, or a lower softmax precision need the
-    decomposition."""
+    output, a V head size or type different from K's, a lower softmax precision, or fp32 inputs
+    widened from fp16/bf16 by a Cast need the decomposition."""
     attrs = node.attributes
     three_d = node.inputs[Q].shape.rank() == 3
     dtype = trt_dtype(ctx.trt, node.inputs[Q].dtype)
@@ -88,10 +88,12 @@ def lower_attention(ctx, node):
     softcap = attrs.get_float("softcap", 0.0)
     wants_scores = given(node.outputs, 3)
     precision = attrs.get_int("softmax_precision", 0)
-    # IAttention also needs V of Q's type: TensorRT-RTX 1.7 fails to build it when V comes through a Cast.
+    # IAttention takes Q, K and V in one type (the schema lets V have its own), and TensorRT-RTX 1.7
+    # cannot build an fp32 one fed through a widening Cast (see widened_from_low_precision).
     fused = (not softcap and not wants_scores and precision in (0, 1, 11, int(node.inputs[Q].dtype))
              and node.inputs[V].dtype == node.inputs[Q].dtype
-             and same_dim(node.inputs[K].shape[-1], node.inputs[V].shape[-1]))
+             and same_dim(node.inputs[K].shape[-1], node.inputs[V].shape[-1])
+             and not widened_from_low_precision(node))
     if fused:
         y, scores = fused_attention(ctx, q, k, v, masks), None
     else:
@@ -277,6 +279,34 @@ def _masks_nothing(mask: np.ndarray | None) -> bool:
     if mask is None:
         return False
     return bool(mask.all()) if mask.dtype == np.bool_ else not bool(np.isneginf(mask).any())
+
+
+# Ops that only move elements: TensorRT lowers them to shuffles (or nothing), which do not keep
+# Myelin from fusing a Cast before them into the attention.
+LAYOUT_OPS = {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
+LOW_FLOATS = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def widened_from_low_precision(node: ir.Node) -> bool:
+    """An fp32 Attention reads Q, K, V or a past cache through a Cast from fp16/bf16 (through layout ops).
+
+    TensorRT-RTX 1.7's builder (Myelin, also on a CPU-only machine) folds such a Cast into its fused
+    fp32 attention and breaks: a widened V or Q fails the build ("Fusing attention ops must leave the
+    graph in a well-formed state"), a widened K segfaults it (the process dies). The fp16 precision
+    pass produces exactly this where an attention mask keeps the Attention in fp32 and its
+    projections run in fp16 (BERT), so such an Attention takes the decomposition, which builds."""
+    if node.inputs[Q].dtype != ir.DataType.FLOAT:
+        return False
+    for index in (Q, K, V, PAST_KEY, PAST_VALUE):
+        if not given(node.inputs, index):
+            continue
+        producer = node.inputs[index].producer()
+        while producer is not None and producer.op_type in LAYOUT_OPS and producer.inputs:
+            producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+        if producer is not None and producer.op_type in ("Cast", "CastLike") and producer.inputs[0] is not None \
+                and producer.inputs[0].dtype in LOW_FLOATS:
+            return True
+    return False
 
 
 def _same_heads(node: ir.Node) -> bool:
