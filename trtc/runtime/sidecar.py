@@ -49,34 +49,49 @@ def sidecar_inputs(sidecar: Mapping[str, Any]) -> list[TensorSpec]:
             for s in sidecar_specs(sidecar["inputs"])]
 
 
+def sidecar_path(plan: str | Path) -> Path:
+    """Where `trtc build` writes an engine's sidecar: `model.plan.json` beside `model.plan`."""
+    return Path(f"{plan}.json")
+
+
 def read_sidecar(plan: str | Path) -> dict[str, Any]:
+    """The sidecar of `plan`, checked to be one; TrtcError when the engine or its sidecar is missing or bad."""
     plan = Path(plan)
-    side = Path(f"{plan}.json")
+    side = sidecar_path(plan)
     if not plan.is_file():
         raise TrtcError("engine file not found", where=str(plan))
     if not side.is_file():
         raise TrtcError(f"no sidecar {side.name} beside the engine", where=str(plan),
-                        hint="engines built by trtc have one; rebuild with `trtc build`")
+                        hint="engines built by trtc have one; rebuild with `trtc build` "
+                             "(`trtc inspect` shows what the engine file itself tells)")
     try:
         data = json.loads(side.read_text())
     except json.JSONDecodeError as exc:
         raise TrtcError(f"sidecar is not valid JSON ({exc.msg})", where=str(side)) from None
-    if data.get("format") != "trtc-plan":
+    if not isinstance(data, dict) or data.get("format") != "trtc-plan":
         raise TrtcError("not a trtc engine sidecar", where=str(side))
     return data
 
 
-def dims_text(dims) -> str:
+def dims_text(dims: Sequence[int]) -> str:
     """1x?x128: -1 dims shown as ?."""
     return "x".join("?" if d < 0 else str(d) for d in dims)
 
 
-def _io_line(entry: dict[str, Any]) -> str:
+def _io_line(entry: Mapping[str, Any]) -> str:
     carried = f" (carried as {entry['engine_dtype']})" if entry.get("engine_dtype") else ""
     return f"  {entry['name']}: {entry['dtype']}[{dims_text(entry['shape'])}]{carried}"
 
 
-def sidecar_text(data: dict[str, Any]) -> str:
+def _precision_line(precision: Mapping[str, Any] | None) -> str:
+    if not precision:
+        return "precision: fp32"
+    return (f"precision: {precision['target']}, {precision['flop_share']:.1%} of FLOPs, "
+            f"{precision['fp32_nodes']} nodes fp32")
+
+
+def sidecar_text(data: Mapping[str, Any]) -> str:
+    """`trtc inspect model.plan`: the engine as its sidecar describes it."""
     lines = [f"engine: {data['backend']} {data['backend_version']}, targets "
              f"{','.join(data['targets']) or 'default'}, built by trtc {data['trtc_version']}",
              f"plan: {data['plan_bytes'] / 2**20:.1f} MiB, {data['network_layers']} network layers, "
@@ -88,8 +103,9 @@ def sidecar_text(data: dict[str, Any]) -> str:
         ranges = (f"{name} {dims_text(lo)}..{dims_text(hi)} (opt {dims_text(opt)})"
                   for name, (lo, opt, hi) in profile.items())
         lines.append(f"profile {i}: " + "; ".join(ranges))
-    precision = data.get("precision")
-    lines.append(f"precision: {precision['target']}, {precision['flop_share']:.1%} of FLOPs, "
-                 f"{precision['fp32_nodes']} nodes fp32" if precision else "precision: fp32")
+    lines.append(_precision_line(data.get("precision")))
     lines.append(f"IR content hash: {data.get('ir_content_hash')}")
+    source = data.get("source")
+    if source and source.get("path"):
+        lines.append(f"source: {source['path']}")
     return "\n".join(lines)
