@@ -51,10 +51,11 @@ def test_every_command_is_listed_and_loads():
         assert cli.get_command(ctx, name).name == name
 
 
-def test_bare_trtc_prints_the_usage_and_exits_0():
-    proc = run_trtc()
+@pytest.mark.parametrize("group", [(), ("export",)], ids=["trtc", "trtc export"])
+def test_bare_group_prints_the_usage_and_exits_0(group):
+    proc = run_trtc(*group)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("Usage: trtc") and "Commands:" in proc.stdout
+    assert proc.stdout.startswith(f"Usage: {' '.join(('trtc', *group))} ") and "Commands:" in proc.stdout
     assert proc.stderr == ""
 
 

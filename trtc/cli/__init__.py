@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# click >= 8.2 raises this for a group given no subcommand (`trtc export`); click 8.1 printed the
+# group's help and exited 0, which is what it means here too (as a bare `trtc` does).
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 # ctx.meta key (shared by every context of one invocation): whether --json is among the arguments.
 # Eager callbacks (`optimize --list-passes`) run before --json is processed and read it here.
 JSON_MODE = "trtc.json"
@@ -104,6 +108,9 @@ def _main_json(args: list[str]) -> None:
     try:
         with contextlib.redirect_stdout(printed):
             code = cli.main(args, prog_name="trtc", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:
+        printed.write(exc.ctx.get_help() + "\n")
+        code = 0
     except TrtcError as exc:
         _exit_json(exc.as_json(), printed.getvalue())
     except click.exceptions.Abort:
@@ -124,6 +131,9 @@ def main(args: list[str] | None = None) -> None:
 
     try:
         code = cli.main(args, prog_name="trtc", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:
+        click.echo(exc.ctx.get_help())
+        code = 0
     except TrtcError as exc:
         click.echo(f"trtc: error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
