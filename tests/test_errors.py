@@ -137,19 +137,19 @@ def test_run_input_name_typo(two_input_model, tmp_path):
 
 def test_run_wrong_dtype(two_input_model, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
-    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}"),
+    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}", "--generate", "bias"),
                        "'ids'", "dtype float32", "expects int64")
 
 
 def test_run_wrong_rank(two_input_model, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 4, 1), np.int64))
-    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}"),
+    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}", "--generate", "bias"),
                        "'ids'", "rank 3", "expects rank 2")
 
 
 def test_run_wrong_static_dim(two_input_model, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 5), np.int64))
-    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}"),
+    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}", "--generate", "bias"),
                        "'ids' dim 1 is 5", "fixes it to 4")
 
 

@@ -16,21 +16,24 @@ import numpy as np
 
 from trtc.errors import CheckFailed, TrtcError
 from trtc.loading import open_model
-from trtc.reference.feeds import TensorSpec, model_inputs
+from trtc.reference.feeds import TensorSpec, model_inputs, model_outputs
 from trtc.reference.metrics import abs_errors, error_metrics
 from trtc.reference.runner import ReferenceRunner
-from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar
+from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar, sidecar_inputs
 
 
 @dataclasses.dataclass
 class Executable:
-    """Something that maps feeds to outputs, with the inputs it expects and how it runs."""
+    """Something that maps feeds to outputs, with the inputs it expects and how it runs;
+    `precision` is the fp16/bf16 target it is typed for (None: fp32), which sets default tolerances."""
 
     path: Path
     inputs: list[TensorSpec]
     run: Callable[[Mapping[str, Any]], dict[str, Any]]
     how: str
     close: Callable[[], None] = lambda: None
+    outputs: list[str] = dataclasses.field(default_factory=list)
+    precision: str | None = None
 
 
 def executable_for(path: str | Path) -> Executable:
@@ -51,7 +54,8 @@ def executable_for(path: str | Path) -> Executable:
         wanted = {s.name: s.dtype for s in model_inputs(model)}
         return runner.run({k: np.asarray(v, dtype=wanted.get(k) or np.asarray(v).dtype) for k, v in feeds.items()})
 
-    return Executable(path, inputs, run, how, runner.close)
+    return Executable(path, inputs, run, how, runner.close, [s.name for s in model_outputs(artifact.model)],
+                      precision["target"] if precision else None)
 
 
 def _engine_executable(path: Path) -> Executable:
@@ -64,23 +68,100 @@ def _engine_executable(path: Path) -> Executable:
         raise TrtcError(f"cannot run a TensorRT engine here: {reason}", where=str(path),
                         hint="compare the .trtir it was built from instead (CPU reference / simulation)")
     runner = EngineRunner(path, sidecar, load_backend(sidecar["backend"]))
-    return Executable(path(sidecar), runner.run, f"{sidecar['backend']} engine", runner.close)
+    return Executable(path, sidecar_inputs(sidecar), runner.run, f"{sidecar['backend']} engine", runner.close,
+                      [o["name"] for o in sidecar["outputs"]], engine_precision(sidecar))
 
 
-def parse_tolerances(values: Sequence[str], default: float, option: str) -> tuple[float, dict[str, float]]:
-    """`--atol 1e-3 --atol logits=1e-2` -> (1e-3, {'logits': 1e-2})."""
-    overall, per_output = default, {}
+def engine_precision(sidecar: Mapping[str, Any]) -> str | None:
+    """The fp16/bf16 target an engine was built for, from its sidecar (None: fp32)."""
+    return (sidecar.get("precision") or {}).get("target")
+
+
+# ---------------------------------------------------------------- tolerances
+
+# Default (atol, rtol) by the format an output is computed in: loose enough for the rounding a
+# whole network accumulates in that format (fp16 keeps 11 significant bits, bf16 8), tight
+# enough to catch a wrong result. fp32 keeps compare's old defaults; integers must be exact.
+DEFAULT_TOLERANCES = {"float32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
+
+
+def default_tolerance(dtype: np.dtype, precision: str | None) -> tuple[float, float, str]:
+    """(atol, rtol, why) for an output of `dtype` computed by an artifact typed for `precision`:
+    integers exact; fp16/bf16 values or artifacts their format's; else fp32's."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_ or np.issubdtype(dtype, np.integer):
+        return 0.0, 0.0, f"exact for {dtype}"
+    if dtype.name == "bfloat16" or precision == "bf16":
+        return (*DEFAULT_TOLERANCES["bf16"], "for bf16")
+    if dtype == np.float16 or precision == "fp16":
+        return (*DEFAULT_TOLERANCES["fp16"], "for fp16")
+    return (*DEFAULT_TOLERANCES["float32"], f"for {dtype if dtype.kind == 'f' else 'float32'}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerances:
+    """`--atol/--rtol`: an overall value and per-output values; what is not given comes from
+    `default_tolerance`."""
+
+    atol: float | None = None
+    rtol: float | None = None
+    atol_by_output: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    rtol_by_output: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_cli(cls, atol: Sequence[str] = (), rtol: Sequence[str] = ()) -> Tolerances:
+        """From `--atol 1e-3 --atol logits=1e-2` style strings; every malformed one named at once."""
+        problems: list[str] = []
+        a, a_by = _parse_tolerance(atol, "--atol", problems)
+        r, r_by = _parse_tolerance(rtol, "--rtol", problems)
+        if problems:
+            raise TrtcError("; ".join(problems), hint="write X or NAME=X, e.g. --atol 1e-3 --atol logits=1e-2")
+        return cls(a, r, a_by, r_by)
+
+    @property
+    def given(self) -> bool:
+        return bool(self.atol is not None or self.rtol is not None or self.atol_by_output or self.rtol_by_output)
+
+    def check_names(self, outputs: Sequence[str], where: str) -> None:
+        unknown = sorted((set(self.atol_by_output) | set(self.rtol_by_output)) - set(outputs))
+        if unknown:
+            raise TrtcError(f"--atol/--rtol name no compared output: {', '.join(map(repr, unknown))}", where=where,
+                            hint="compared outputs: " + ", ".join(outputs))
+
+    def for_output(self, name: str, dtype: np.dtype, precision: str | None) -> tuple[float, float, str]:
+        """(atol, rtol, why): given values first, defaults for the rest (`why` says which)."""
+        atol, rtol, why = default_tolerance(dtype, precision)
+        given_atol = self.atol_by_output.get(name, self.atol)
+        given_rtol = self.rtol_by_output.get(name, self.rtol)
+        if given_atol is None and given_rtol is None:
+            return atol, rtol, why
+        if given_atol is None or given_rtol is None:
+            why = f"as given ({'atol' if given_atol is None else 'rtol'}: default {why})"
+        else:
+            why = "as given"
+        return (atol if given_atol is None else given_atol), (rtol if given_rtol is None else given_rtol), why
+
+
+def _parse_tolerance(values: Sequence[str], option: str, problems: list[str]) -> tuple[float | None,
+                                                                                        dict[str, float]]:
+    overall, per_output = None, {}
     for text in values:
         name, sep, number = text.rpartition("=")
         try:
             value = float(number)
         except ValueError:
-            raise TrtcError(f"not a number: {number!r}", where=f"{option} {text}") from None
-        if sep:
+            problems.append(f"{option} {text}: not a number: {number!r}")
+            continue
+        if not value >= 0:  # negative, or NaN (which no error is ever within)
+            problems.append(f"{option} {text}: a tolerance is a number >= 0")
+        elif sep:
             per_output[name] = value
         else:
             overall = value
     return overall, per_output
+
+
+# ---------------------------------------------------------------- comparing
 
 
 def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
@@ -95,21 +176,56 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> di
     return {"match": not beyond.any(), **metrics, "beyond_tolerance": float(beyond.mean()) if diff.size else 0.0}
 
 
-def compare(a: Executable, b: Executable, feeds: Mapping[str, Any], atol: tuple[float, dict[str, float]],
-            rtol: tuple[float, dict[str, float]]) -> dict[str, Any]:
-    """Run both on `feeds`; B is the reference. Every output both have is compared."""
+def compare_outputs(got: Mapping[str, Any], want: Mapping[str, Any], tolerances: Tolerances,
+                    precision: str | None) -> dict[str, dict[str, Any]]:
+    """Each output of `want` (the reference) against `got`, with its tolerance and why that one."""
+    results = {}
+    for name, reference in want.items():
+        reference, value = np.asarray(reference), got[name]
+        if not isinstance(value, np.ndarray):
+            results[name] = {"match": False, "reason": f"not a tensor ({type(value).__name__})"}
+            continue
+        # The coarser of the two dtypes decides (an fp16 engine output against float32 values).
+        dtype = value.dtype if value.dtype.kind == "f" and value.dtype.itemsize < reference.dtype.itemsize \
+            else reference.dtype
+        atol, rtol, why = tolerances.for_output(name, dtype, precision)
+        results[name] = {"atol": atol, "rtol": rtol, "tolerance": why, **compare_arrays(value, reference, atol, rtol)}
+    return results
+
+
+def compare(a: Executable, b: Executable, feeds: Mapping[str, Any], tolerances: Tolerances) -> dict[str, Any]:
+    """Run both on `feeds`; B is the reference. Every output both have is compared, with default
+    tolerances for the coarser precision of the two."""
     out_a, out_b = a.run(feeds), b.run(feeds)
     common = [n for n in out_b if n in out_a]
     if not common:
         raise TrtcError("the two artifacts have no output name in common",
                         hint=f"{a.path}: {', '.join(out_a)}; {b.path}: {', '.join(out_b)}")
-    results = {}
-    for name in common:
-        tol_a, tol_r = atol[1].get(name, atol[0]), rtol[1].get(name, rtol[0])
-        results[name] = {"atol": tol_a, "rtol": tol_r,
-                         **compare_arrays(np.asarray(out_a[name]), np.asarray(out_b[name]), tol_a, tol_r)}
+    tolerances.check_names(common, f"{a.path} vs {b.path}")
+    results = compare_outputs(out_a, {n: out_b[n] for n in common}, tolerances, a.precision or b.precision)
     return {"a": {"path": str(a.path), "runs_on": a.how}, "b": {"path": str(b.path), "runs_on": b.how},
             "outputs": results, "match": all(r["match"] for r in results.values())}
+
+
+def compare_with_stored(a: Executable, feeds: Mapping[str, Any], expected: Mapping[str, np.ndarray],
+                        stored: str, tolerances: Tolerances) -> dict[str, Any]:
+    """Run `a` on `feeds` and compare with the `expected` outputs read from `stored` (the reference)."""
+    outputs = a.run(feeds)
+    tolerances.check_names(list(expected), f"{a.path} vs {stored}")
+    results = compare_outputs(outputs, expected, tolerances, a.precision)
+    return {"a": {"path": str(a.path), "runs_on": a.how}, "b": {"path": stored, "runs_on": "stored outputs"},
+            "outputs": results, "match": all(r["match"] for r in results.values())}
+
+
+def result_text(result: Mapping[str, Any]) -> str:
+    """`match (max abs .., ..., tolerance atol .. rtol .. for fp16)` for one compared output."""
+    status = "match" if result["match"] else "MISMATCH"
+    if "reason" in result:
+        return f"{status} ({result['reason']})"
+    return (f"{status} (max abs {result['max_abs_error']:.3g}, max error / range {result['max_rel_error']:.3g}, "
+            f"mean abs {result['mean_abs_error']:.3g}, cosine {result['cosine']:.6f}, "
+            f"{result['beyond_tolerance']:.2%} beyond tolerance atol {result['atol']:g} rtol {result['rtol']:g} "
+            f"{result['tolerance']})")
 
 
 def _why(result: Mapping[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""`trtc compare A B`: two artifacts on the same inputs, every output compared."""
+"""`trtc compare A B`: two artifacts on the same inputs, every output compared; or A with the
+outputs stored in an .npz (B = REF.npz)."""
 
 from __future__ import annotations
 
@@ -6,40 +7,68 @@ from pathlib import Path
 
 import click
 
-from trtc.cli.options import echo_json, input_options, json_option
+from trtc.cli.options import echo_json, input_options, json_option, to_feed_options
 
-DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
 
 @click.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @input_options
-@click.option("--atol", multiple=True, metavar="X|NAME=X", help=f"Absolute tolerance (default {DEFAULT_ATOL:g}).")
-@click.option("--rtol", multiple=True, metavar="X|NAME=X", help=f"Relative tolerance (default {DEFAULT_RTOL:g}).")
+@click.option("--atol", multiple=True, metavar="X|NAME=X",
+              help="Absolute tolerance (default by dtype and precision: 1e-4 float32, 1e-2 fp16, 5e-2 bf16, "
+                   "0 integers).")
+@click.option("--rtol", multiple=True, metavar="X|NAME=X",
+              help="Relative tolerance (default 1e-3 float32, 1e-2 fp16, 5e-2 bf16, 0 integers).")
 @json_option
 def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json) -> None:
-    """Run A and B (.onnx, .trtir, .plan) on the same inputs and compare every output (B is the reference)."""
-    from trtc.compare import compare as compare_runs
-    from trtc.compare import executable_for, parse_tolerances, raise_on_mismatch
-    from trtc.reference.feeds import make_feeds, validate_feeds
+    """Run A and B (.onnx, .trtir, .plan) on the same inputs and compare every output (B is the reference).
 
-    tolerances = (parse_tolerances(atol, DEFAULT_ATOL, "--atol"), parse_tolerances(rtol, DEFAULT_RTOL, "--rtol"))
-    first, second = executable_for(a), executable_for(b)
+    B may be an .npz of inputs and expected outputs keyed by name (the corpus files, polygraphy's
+    saved outputs): A runs on its inputs and is compared with its outputs. Default tolerances
+    follow each output's dtype and the precision (fp16/bf16) of the typed artifact."""
+    from trtc.compare import Tolerances, compare_with_stored, executable_for, raise_on_mismatch, result_text
+    from trtc.compare import compare as compare_runs
+    from trtc.errors import TrtcError
+    from trtc.reference.feeds import load_feeds, validate_feeds
+
+    feed_options = to_feed_options(inputs, seed, ranges, shapes)
+    tolerances = Tolerances.from_cli(atol, rtol)
+    stored = b.suffix == ".npz"
+    if stored:
+        import dataclasses
+
+        # The .npz is the first --input: its arrays feed A, its outputs are the reference.
+        feed_options = dataclasses.replace(feed_options, files=(str(b), *feed_options.files))
+    first = executable_for(a)
+    second = None if stored else executable_for(b)
     try:
-        feeds = make_feeds(second.inputs, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
-        validate_feeds(second.inputs, feeds, where=str(b))
-        report = compare_runs(first, second, feeds, *tolerances)
+        reference = second or first
+        given = load_feeds(reference.inputs, feed_options, outputs=reference.outputs)
+        validate_feeds(reference.inputs, given.arrays, where=str(b))
+        if second is None:
+            if not given.expected:
+                raise TrtcError(f"holds no output of {a.name}", where=str(b),
+                                hint=f"outputs: {', '.join(first.outputs)}; inputs alone: trtc run {a} --input {b}")
+            report = compare_with_stored(first, given.arrays, given.expected, ", ".join(given.expected_from),
+                                         tolerances)
+        else:
+            report = compare_runs(first, second, given.arrays, tolerances)
+            # Expected outputs in an --input file are not the reference here (B is): said, not dropped.
+            report["unused_expected"] = sorted(given.expected)
     finally:
         first.close()
-        second.close()
+        if second is not None:
+            second.close()
+    report["generated"] = [g.as_dict() for g in given.generated]
     if as_json:
         echo_json(report)
     else:
+        for generated in given.generated:
+            click.echo(f"generated: {generated.describe()}")
         click.echo(f"A: {a} ({report['a']['runs_on']})\nB: {b} ({report['b']['runs_on']}, reference)")
         for name, r in report["outputs"].items():
-            status = "match" if r["match"] else "MISMATCH"
-            detail = r.get("reason") or (
-                f"max abs {r['max_abs_error']:.3g}, max error / range {r['max_rel_error']:.3g}, mean abs "
-                f"{r['mean_abs_error']:.3g}, cosine {r['cosine']:.6f}, {r['beyond_tolerance']:.2%} beyond tolerance")
-            click.echo(f"  {name}: {status} ({detail})")
+            click.echo(f"  {name}: {result_text(r)}")
+        if report.get("unused_expected"):
+            click.echo(f"not used: expected {', '.join(report['unused_expected'])} in --input "
+                       f"(compare with them: trtc compare A {', '.join(given.expected_from)})")
     raise_on_mismatch(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,33 +79,38 @@ def model_outputs(model: ir.Model) -> list[TensorSpec]:
 # ---------------------------------------------------------------- reading and generating
 
 
-def _parse_dims(text: str, option: str) -> tuple[int, ...]:
+def parse_dims(text: str, where: str) -> tuple[int, ...]:
+    """`1x3x224x224` -> (1, 3, 224, 224): the one dims syntax of every shape option."""
     try:
-        dims = tuple(int(d) for d in text.lower().split("x"))
+        dims = tuple(int(d) for d in text.strip().lower().split("x"))
     except ValueError:
-        raise TrtcError(f"bad shape {text!r}", where=option, hint="write dims as 1x3x224x224") from None
+        raise TrtcError(f"bad dims {text!r}", where=where, hint="write dims like 1x3x224x224") from None
     if any(d < 0 for d in dims):
-        raise TrtcError(f"negative dim in {text!r}", where=option)
+        raise TrtcError(f"negative dim in {text!r}", where=where)
     return dims
 
 
-def _split_named(arg: str, option: str) -> tuple[str, str]:
-    if "=" not in arg:
-        raise TrtcError(f"expected NAME=VALUE, got {arg!r}", where=option)
-    name, _, value = arg.rpartition("=")
+def split_named(arg: str, option: str, form: str = "NAME=VALUE") -> tuple[str, str]:
+    """`NAME=VALUE` or `NAME:VALUE` (the last `=`, else the last `:`, so names like `input:0` work)."""
+    sep = "=" if "=" in arg else ":"
+    name, found, value = arg.rpartition(sep)
+    if not found or not name or not value:
+        raise TrtcError(f"expected {form}, got {arg!r}", where=option)
     return name, value
 
 
 def parse_shapes(args: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """`--shape NAME=1x128` options."""
-    return {n: _parse_dims(v, f"--shape {a}") for a in args for n, v in [_split_named(a, "--shape")]}
+    """`--shape NAME=1x128` (or NAME:1x128) options."""
+    return {n: parse_dims(v, f"--shape {a}") for a in args for n, v in [split_named(a, "--shape", "NAME=1x128")]}
 
 
 def parse_ranges(args: Sequence[str]) -> dict[str, tuple[float, float]]:
     """`--range NAME=LOW:HIGH` options (HIGH exclusive for integers)."""
     out = {}
     for arg in args:
-        name, text = _split_named(arg, "--range")
+        name, _, text = arg.partition("=")
+        if not name or not text:
+            raise TrtcError(f"expected NAME=LOW:HIGH, got {arg!r}", where="--range")
         m = re.fullmatch(r"\s*(-?[\d.eE+-]+)\s*:\s*(-?[\d.eE+-]+)\s*", text)
         if not m or float(m[1]) >= float(m[2]):
             raise TrtcError(f"bad range {text!r}", where=f"--range {arg}",
@@ -118,7 +124,7 @@ def _load_array_file(path: Path, option: str) -> dict[str, np.ndarray] | np.ndar
         raise TrtcError("input file not found", where=f"{option} {path}")
     try:
         data = np.load(path, allow_pickle=False)  # never unpickle user files
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # not an array file, or a cut-off one
         raise TrtcError(f"cannot read as .npy/.npz without pickle ({exc})", where=str(path)) from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
@@ -126,27 +132,49 @@ def _load_array_file(path: Path, option: str) -> dict[str, np.ndarray] | np.ndar
     return data
 
 
-def read_inputs(args: Sequence[str], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """`--input x.npy` (single-input models), `--input NAME=x.npy`, `--input all.npz`."""
-    feeds: dict[str, np.ndarray] = {}
+@dataclasses.dataclass(frozen=True)
+class FileArray:
+    """One array an `--input` gives: the name it is for and where it came from (for messages)."""
+
+    name: str
+    array: np.ndarray
+    source: str
+
+
+def read_files(args: Sequence[str], specs: Sequence[TensorSpec]) -> tuple[list[FileArray], list[str]]:
+    """Every array of `--input x.npy` (single-input models), `--input NAME=x.npy` and
+    `--input all.npz`, in order, and the problems met (unreadable files, unnamed arrays), so
+    the caller can report them together with its own."""
+    arrays: list[FileArray] = []
+    problems: list[str] = []
     for arg in args:
         name, _, file = arg.rpartition("=") if "=" in arg else ("", "", arg)
-        data = _load_array_file(Path(file), "--input")
+        try:
+            data = _load_array_file(Path(file), "--input")
+        except TrtcError as exc:  # said with the other problems, located by the file alone
+            problems.append(f"{file}: {exc.message}")
+            continue
         if isinstance(data, dict):
             if name:
-                raise TrtcError("an .npz holds named arrays; pass it without NAME=", where=f"--input {arg}")
-            feeds.update(data)
+                problems.append(f"{arg}: an .npz holds named arrays; pass it without NAME=")
+            arrays += [FileArray(key, value, file) for key, value in data.items()]
         elif name:
-            feeds[name] = data
+            arrays.append(FileArray(name, data, f"--input {arg}"))
         elif len(specs) == 1:
-            feeds[specs[0].name] = data
+            arrays.append(FileArray(specs[0].name, data, file))
         else:
-            raise TrtcError(
-                f"the model has {len(specs)} inputs; name the one this file is for",
-                where=f"--input {arg}", hint="write --input NAME=file.npy (inputs: "
-                + ", ".join(s.name for s in specs) + ")",
-            )
-    return feeds
+            problems.append(f"{file}: the model has {len(specs)} inputs; name the one this file is for "
+                            f"with --input NAME={file}")
+    return arrays, problems
+
+
+def read_inputs(args: Sequence[str], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """`--input x.npy` (single-input models), `--input NAME=x.npy`, `--input all.npz`: the arrays
+    by name, as given (no check against the model beyond naming unnamed files)."""
+    arrays, problems = read_files(args, specs)
+    if problems:
+        raise TrtcError("; ".join(problems), where="--input")
+    return {a.name: a.array for a in arrays}
 
 
 def resolve_shape(spec: TensorSpec, shapes: Mapping[str, tuple[int, ...]],
@@ -167,42 +195,169 @@ def resolve_shape(spec: TensorSpec, shapes: Mapping[str, tuple[int, ...]],
     return tuple(d if isinstance(d, int) else dim_values.setdefault(d, 1) if d else 1 for d in spec.shape)
 
 
+def generation_range(spec: TensorSpec, value_range: tuple[float, float] | None) -> tuple[str, float, float]:
+    """What generated data is drawn from: (distribution, low, high), high exclusive: `--range`, else
+    [0, table rows) or [0, 2) for integers, [-1, 1) for floats."""
+    if spec.dtype == np.bool_:
+        return "booleans", 0, 2
+    if np.issubdtype(spec.dtype, np.integer):
+        low, high = value_range or (0, spec.index_bound or 2)
+        return "integers", int(low), int(high)
+    low, high = value_range or (-1.0, 1.0)
+    return "uniform", low, high
+
+
 def generate_input(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator,
                    value_range: tuple[float, float] | None) -> np.ndarray:
     """Seeded random data: floats uniform in [-1, 1), integers in [0, table rows) or [0, 2)."""
-    dtype = spec.dtype
-    if dtype == np.bool_:
+    _, low, high = generation_range(spec, value_range)
+    if spec.dtype == np.bool_:
         return rng.integers(0, 2, size=shape).astype(np.bool_)
-    if np.issubdtype(dtype, np.integer):
-        low, high = value_range or (0, spec.index_bound or 2)
-        return rng.integers(int(low), int(high), size=shape).astype(dtype)
-    low, high = value_range or (-1.0, 1.0)
-    return rng.uniform(low, high, size=shape).astype(dtype)
+    if np.issubdtype(spec.dtype, np.integer):
+        return rng.integers(int(low), int(high), size=shape).astype(spec.dtype)
+    return rng.uniform(low, high, size=shape).astype(spec.dtype)
 
 
-def make_feeds(specs: Sequence[TensorSpec], *, inputs: Sequence[str] = (), seed: int = 0,
-               ranges: Sequence[str] = (), shapes: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """Feeds from files, completed with generated data for the inputs not given."""
-    feeds = read_inputs(inputs, specs)
-    shape_map, range_map = parse_shapes(shapes), parse_ranges(ranges)
-    names = {s.name for s in specs}
-    for option, given in (("--shape", shape_map), ("--range", range_map)):
-        for name in given:
-            if name not in names:
-                raise TrtcError(f"no input named {name!r}", where=option,
-                                hint="inputs are: " + ", ".join(sorted(names)))
+@dataclasses.dataclass(frozen=True)
+class GeneratedInput:
+    """An input trtc made up (the user is told about every one): what, how and from which seed."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    distribution: str  # uniform (floats), integers, booleans
+    low: float
+    high: float
+    seed: int
+
+    def describe(self) -> str:
+        """`x float32[1x3x224x224] uniform [-1, 1) seed 0`."""
+        dims = "x".join(map(str, self.shape))
+        values = "" if self.distribution == "booleans" else f" [{self.low:g}, {self.high:g})"
+        return f"{self.name} {self.dtype}[{dims}] {self.distribution}{values} seed {self.seed}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "distribution": self.distribution, "low": self.low, "high": self.high, "seed": self.seed}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedOptions:
+    """How a command gets its inputs, parsed once: files (`--input`), and seeded random data shaped
+    by `shapes` (symbolic dims) and bounded by `ranges` for every input when no file is given, or
+    else only for the inputs named in `generate` (no input is made up unless asked for)."""
+
+    files: tuple[str, ...] = ()
+    seed: int = 0
+    ranges: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    generate: tuple[str, ...] = ()
+
+    @classmethod
+    def from_cli(cls, inputs: Sequence[str] = (), seed: int = 0, ranges: Sequence[str] = (),
+                 shapes: Sequence[str] = (), generate: Sequence[str] = ()) -> FeedOptions:
+        """From the `--input/--seed/--range/--shape/--generate` strings; every malformed one is an error here."""
+        return cls(tuple(inputs), seed, parse_ranges(ranges), parse_shapes(shapes), tuple(generate))
+
+    def with_seed(self, seed: int) -> FeedOptions:
+        return dataclasses.replace(self, seed=seed)
+
+    def record(self) -> dict[str, Any]:
+        """What identifies these feeds (file contents, not paths), for a stage that used them.
+        `generate` is not part of it: the files decide which inputs it may name (any other set fails)."""
+        from trtc.fileio import file_sha256
+
+        return {"files": [file_sha256(Path(f.rpartition("=")[2] if "=" in f else f)) for f in self.files],
+                "seed": self.seed, "ranges": {k: list(v) for k, v in sorted(self.ranges.items())},
+                "shapes": {k: list(v) for k, v in sorted(self.shapes.items())}}
+
+
+@dataclasses.dataclass
+class Feeds:
+    """What a run is given: `arrays` by input name, the `expected` outputs an .npz held (golden
+    values, with the files they came from) and every input that was `generated`."""
+
+    arrays: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    expected_from: tuple[str, ...] = ()
+    generated: list[GeneratedInput] = dataclasses.field(default_factory=list)
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(map(repr, names))
+
+
+def load_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None,
+               outputs: Sequence[str] | None = None) -> Feeds:
+    """Inputs from files, and generated data where asked for: every input when no file is given,
+    else those in `options.generate`. Arrays named after one of `outputs` are expected values
+    (None: the outputs are unknown here, so such a name is no more than an unknown input).
+    Every problem (unknown, repeated or missing names, unreadable files, bad options) is found
+    before one TrtcError lists them all."""
+    options = options or FeedOptions()
+    names = [s.name for s in specs]
+    output_names = list(outputs or ())
+    given, problems = read_files(options.files, specs)
+    unread = bool(problems)  # then what the files lack is unknown: no "missing" guesses
+    for option, asked in (("--shape", options.shapes), ("--range", options.ranges), ("--generate", options.generate)):
+        unknown = [n for n in asked if n not in names]
+        if unknown:
+            problems.append(f"{option}: no input named {_names(unknown)}")
+
+    sources: dict[str, list[str]] = {}
+    for entry in given:
+        sources.setdefault(entry.name, []).append(entry.source)
+    repeated = [f"{name!r} ({' and '.join(where)})" for name, where in sources.items() if len(where) > 1]
+    if repeated:
+        problems.append(f"given more than once: {', '.join(repeated)}")
+    unknown = [n for n in sources if n not in names and n not in output_names]
+    if unknown:
+        files = ", ".join(dict.fromkeys(s for n in unknown for s in sources[n]))
+        problems.append(f"unknown input name(s) {_names(unknown)} (from {files})"
+                        + (": neither an input nor an output of the model" if outputs is not None else ""))
+    both = [n for n in options.generate if n in sources]
+    if both:
+        problems.append(f"{_names(both)} both given by --input and asked for with --generate")
+
+    arrays = {e.name: e.array for e in given if e.name in names}
+    wanted = set(names) if not options.files else set(options.generate)
+    # Inputs without a tensor type cannot be made up; validation names them when they are missing.
+    missing = [s.name for s in specs if s.name not in arrays and s.name not in wanted and s.dtype is not None
+               and not unread]
+    if missing:
+        problems.append(f"missing input(s) {_names(missing)}: --input gives no data for them")
+    if problems:
+        outputs_text = f" (outputs: {', '.join(output_names)})" if output_names else ""
+        hint = f"the model's inputs are: {', '.join(names)}{outputs_text}"
+        if missing:
+            hint += ("; give them with --input NAME=file.npy, or generate them with "
+                     + " ".join(f"--generate {n}" for n in missing))
+        raise TrtcError("; ".join(problems), where="--input" if options.files else None, hint=hint)
+
     dim_values: dict[str, int] = {}
     for spec in specs:  # symbolic dims bound by the inputs the user gave
-        if spec.name in feeds and spec.shape is not None:
-            for d, v in zip(spec.shape, np.shape(feeds[spec.name])):
+        if spec.name in arrays and spec.shape is not None:
+            for d, v in zip(spec.shape, np.shape(arrays[spec.name])):
                 if isinstance(d, str):
                     dim_values.setdefault(d, v)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
+    generated = []
     for spec in specs:
-        if spec.name not in feeds and spec.dtype is not None:
-            shape = resolve_shape(spec, shape_map, dim_values)
-            feeds[spec.name] = generate_input(spec, shape, rng, range_map.get(spec.name))
-    return feeds
+        if spec.name not in arrays and spec.name in wanted and spec.dtype is not None:
+            shape = resolve_shape(spec, options.shapes, dim_values)
+            value_range = options.ranges.get(spec.name)
+            arrays[spec.name] = generate_input(spec, shape, rng, value_range)
+            generated.append(GeneratedInput(spec.name, str(spec.dtype), tuple(int(d) for d in shape),
+                                            *generation_range(spec, value_range), options.seed))
+    expected = {e.name: e.array for e in given if e.name in output_names}
+    expected_from = tuple(dict.fromkeys(e.source for e in given if e.name in output_names))
+    return Feeds(arrays, expected, expected_from, generated)
+
+
+def make_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None) -> dict[str, np.ndarray]:
+    """The input arrays of `load_feeds` (for callers that neither compare with expected outputs
+    nor say what was generated: calibration, verification)."""
+    return load_feeds(specs, options).arrays
 
 
 # ---------------------------------------------------------------- validation
@@ -255,9 +410,10 @@ def validate_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray],
         _check_rank_and_dims(spec, feeds[spec.name].shape, where)
 
 
-def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count: int, *, seed: int = 0,
-                        ranges: Sequence[str] = (), shapes: Sequence[str] = ()) -> list[dict[str, np.ndarray]]:
-    """One feed dict per `--calib` .npz file, or `count` seeded random samples without files."""
+def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count: int,
+                        feeds: FeedOptions | None = None) -> list[dict[str, np.ndarray]]:
+    """One feed dict per `--calib` .npz file, or `count` samples made as `feeds` says (the
+    files it names, seeded random data for the rest; seeds `feeds.seed + i`)."""
     if files:
         samples = []
         for file in files:
@@ -267,4 +423,7 @@ def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count
             validate_feeds(specs, data, where=f"--calib {file}")
             samples.append(data)
         return samples
-    return [make_feeds(specs, seed=seed + i, ranges=ranges, shapes=shapes) for i in range(count)]
+    feeds = feeds or FeedOptions()
+    if feeds.files:  # the given inputs are the calibration sample
+        return [make_feeds(specs, feeds)]
+    return [make_feeds(specs, feeds.with_seed(feeds.seed + i)) for i in range(count)]
