@@ -39,9 +39,9 @@ if tool == "trtc":
     optimize(artifact.model)
     if fp16:
         from trtc.precision import PrecisionOptions, apply_precision
-        from trtc.reference.feeds import make_feeds, model_inputs
-        shapes = [f"{k}={'x'.join(map(str, v[1]))}" for k, v in profile.items()]
-        feeds = make_feeds(model_inputs(artifact.model), shapes=shapes)
+        from trtc.reference.feeds import FeedOptions, make_feeds, model_inputs
+        shapes = {k: v[1] for k, v in profile.items()}
+        feeds = make_feeds(model_inputs(artifact.model), FeedOptions(shapes=shapes))
         apply_precision(artifact.model, [feeds], PrecisionOptions())
     result = build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
                           BuildOptions(profiles=[profile] if profile else []))

@@ -189,9 +189,9 @@ def _fp16_flop_share(model, shapes: dict) -> float:
 def judge(model, inputs: dict, reference: dict) -> dict:
     """Predicted error of a typed IR model against fp32 reference outputs, and its fp16 FLOP share."""
     from trtc.ir.walk import all_initializers
-    from trtc.reference.metrics import error_metrics, worst
     from trtc.precision.simulate import simulation_model
     from trtc.reference import ReferenceRunner
+    from trtc.reference.metrics import error_metrics, worst
 
     io_types = _io_types(model)
     sim = simulation_model(model)

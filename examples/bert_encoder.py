@@ -108,21 +108,17 @@ def build_model(seed: int = 0) -> onnx.ModelProto:
 
 def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     """`trtc compile` through the library: the same stages and report as the command line."""
-    from trtc.compile import compile_model
-    from trtc.lower.build import BuildOptions
-    from trtc.precision.api import precision_settings
+    from trtc.pipeline import BuildOptions, FeedOptions, OptimizeOptions, PrecisionOptions, compile_model
 
     names = ("input_ids", "attention_mask", "token_type_ids")
     # One optimization profile: every input ranges over the same [batch, sequence] dims.
     build = BuildOptions(profiles=[{name: PROFILE for name in names}])
-    # The precision options with the CLI's defaults (`trtc compile --help`); fp16 keeps fp32 islands where needed.
-    precision = precision_settings(fp16=fp16)
+    # The CLI's defaults (`trtc compile --help`); fp16 keeps fp32 islands where needed.
+    optimize = OptimizeOptions(precision=PrecisionOptions(target="fp16") if fp16 else None)
     # Calibration and the predicted-error check run at the OPT shape; input_ids and token_type_ids are drawn
     # below their tables' sizes automatically, the mask is drawn from {0, 1}.
-    shapes = [f"{name}={'x'.join(map(str, PROFILE[1]))}" for name in names]
-    feeds = {"inputs": (), "ranges": ["attention_mask=0:2"], "shapes": shapes}
-    return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
-                         feeds_kwargs={**feeds, "seed": 1000}, progress=None)
+    feeds = FeedOptions(ranges={"attention_mask": (0, 2)})
+    return compile_model(model_path, out, optimize_options=optimize, build_options=build, feeds=feeds)
 
 
 if __name__ == "__main__":

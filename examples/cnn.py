@@ -26,18 +26,14 @@ def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     The command-line equivalent is
         trtc compile cnn.onnx -o OUT --fp16 --shapes image:1x3x32x32,4x3x32x32,8x3x32x32
     """
-    from trtc.compile import compile_model
-    from trtc.lower.build import BuildOptions
-    from trtc.precision.api import precision_settings
+    from trtc.pipeline import BuildOptions, OptimizeOptions, PrecisionOptions, compile_model
 
     build = BuildOptions(profiles=[{"image": PROFILE}])  # one optimization profile
-    # The precision options with the CLI's defaults (`trtc compile --help`): fp16 everywhere except the
-    # nodes the precision pass keeps in fp32 (large values, long reductions), each with a reason.
-    precision = precision_settings(fp16=fp16)
-    # Calibration (seed 0) and the predicted-error check (another seed) use random images at the OPT shape.
-    feeds = {"inputs": (), "ranges": (), "shapes": ["image=" + "x".join(map(str, PROFILE[1]))]}
-    return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
-                         feeds_kwargs={**feeds, "seed": 1000}, progress=None)
+    # The CLI's defaults (`trtc compile --help`): fp16 everywhere except the nodes the precision pass
+    # keeps in fp32 (large values, long reductions), each with a reason. Calibration (seed 0) and the
+    # predicted-error check (another seed) use random images at the profile's OPT shape.
+    optimize = OptimizeOptions(precision=PrecisionOptions(target="fp16") if fp16 else None)
+    return compile_model(model_path, out, optimize_options=optimize, build_options=build)
 
 
 if __name__ == "__main__":

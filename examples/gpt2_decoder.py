@@ -110,18 +110,14 @@ def build_model(seed: int = 0) -> onnx.ModelProto:
 
 def compile_example(model_path: Path, out: Path, fp16: bool) -> dict:
     """`trtc compile` through the library: the same stages and report as the command line."""
-    from trtc.compile import compile_model
-    from trtc.lower.build import BuildOptions
-    from trtc.precision.api import precision_settings
+    from trtc.pipeline import BuildOptions, OptimizeOptions, PrecisionOptions, compile_model
 
     build = BuildOptions(profiles=[{"input_ids": PROFILE}])  # one optimization profile
-    # The precision options with the CLI's defaults (`trtc compile --help`); fp16 keeps fp32 islands where needed.
-    precision = precision_settings(fp16=fp16)
-    # Calibration and the predicted-error check run at the OPT shape; input_ids are drawn below VOCAB
-    # automatically (trtc sees that they index the embedding table).
-    feeds = {"inputs": (), "ranges": (), "shapes": [f"input_ids={'x'.join(map(str, PROFILE[1]))}"]}
-    return compile_model(model_path, out, build_options=build, precision=precision, calib={**feeds, "seed": 0},
-                         feeds_kwargs={**feeds, "seed": 1000}, progress=None)
+    # The CLI's defaults (`trtc compile --help`); fp16 keeps fp32 islands where needed. Calibration and the
+    # predicted-error check run at the OPT shape; input_ids are drawn below VOCAB automatically (trtc sees
+    # that they index the embedding table).
+    optimize = OptimizeOptions(precision=PrecisionOptions(target="fp16") if fp16 else None)
+    return compile_model(model_path, out, optimize_options=optimize, build_options=build)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -141,3 +142,18 @@ def test_symbolic_dims_stay_symbolic(tmp_path):
     shape = artifact.model.graph.outputs[0].shape
     assert [d if isinstance(d, int) else d.value for d in shape.dims] == ["seq", "batch", 8]
     assert artifact.meta["parse"]["unknown_shapes"] == []
+
+
+def test_negative_fixed_dims_become_distinct_symbolic_dims(tmp_path):
+    """Paddle2ONNX writes an unknown batch as dim_value -1: onnxruntime reads it as unknown, so do we,
+    and two -1 dims are two dims (a 6x3 input and a 2-row output are fine)."""
+    x = _vi("x", [3, 3])
+    x.type.tensor_type.shape.dim[0].dim_value = -1
+    y = _vi("y", [4, 3])
+    y.type.tensor_type.shape.dim[0].dim_value = -1
+    path = _save(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="relu")], [x], [y])
+    artifact = parse_onnx(path)
+    dims = [artifact.model.graph.inputs[0].shape.dims[0], artifact.model.graph.outputs[0].shape.dims[0]]
+    assert all(isinstance(d, ir.SymbolicDim) for d in dims) and dims[0].value != dims[1].value
+    assert artifact.meta["parse"]["canonicalized"]["unknown_negative_dims"] == 2
+    _check_numerics(path, artifact.model, {"x": np.ones((6, 3), np.float32)})

@@ -87,7 +87,7 @@ def test_inspect_text_json_and_graph(cnn):
     assert graph[0].startswith("conv0 = Conv(image, conv0.weight, conv0.bias) {")
     assert graph[0].endswith(": float32[batch,16,32,32]")
     # .onnx files are inspected too (parsed on the fly)
-    assert json.loads(run_trtc("inspect", cnn / "cnn.onnx", "--json").stdout)["nodes"] == info["nodes"]
+    assert json.loads(run_trtc("inspect", cnn / "cnn.onnx", "--json").stdout)["parsed"]["nodes"] == info["nodes"]
 
 
 def test_export_onnx_round_trip(cnn):

@@ -1,9 +1,10 @@
-"""Atomic file writes: a temporary file in the target's folder, fsync, then rename. A crash
+"""File I/O every stage shares. Atomic writes: a temporary file in the target's folder, fsync, then rename. A crash
 leaves either the old file or none, never half of one."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,3 +44,12 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_writer(path) as out:
         out.write(data)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

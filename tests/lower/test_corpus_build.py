@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trtc.precision.api import precision_settings  # noqa: E402
+from trtc.pipeline import FeedOptions, OptimizeOptions, PrecisionOptions  # noqa: E402
 
 from corpus import assert_close_to_reference, corpus_params  # noqa: E402
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
 
-PRECISION = precision_settings(fp16=True, calib_samples=1)
+FP16 = OptimizeOptions(precision=PrecisionOptions(target="fp16", calib_samples=1))
 
 
 def profile_for(model, inputs: dict[str, np.ndarray]) -> dict:
@@ -57,16 +57,14 @@ def test_fp32_build(model, tmp_path):
 
 @pytest.mark.parametrize("model", corpus_params())
 def test_fp16_compile_with_profiles(model, tmp_path):
-    from trtc.compile import compile_model
-    from trtc.lower.build import BuildOptions
+    from trtc.pipeline import BuildOptions, compile_model
 
     inputs, _ = model.reference()
     np.savez(tmp_path / "calib.npz", **inputs)
     profile = profile_for(model, inputs)
     report = compile_model(model.path, tmp_path / "out", build_options=BuildOptions(profiles=[profile] if profile
                                                                                     else []),
-                           precision=PRECISION, calib={"inputs": [str(tmp_path / "calib.npz")]},
-                           feeds_kwargs={"inputs": [str(tmp_path / "calib.npz")]}, cache=False)
+                           optimize_options=FP16, feeds=FeedOptions(files=(str(tmp_path / "calib.npz"),)), cache=False)
     assert report["engine"]["plan_bytes"] > 0 and report["precision"]["target"] == "fp16"
     for name, metrics in report["predicted"]["outputs"].items():
         assert metrics["cosine"] >= 0.999 and metrics["max_rel_error"] <= 1e-2, (name, metrics)

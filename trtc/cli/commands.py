@@ -1,14 +1,12 @@
-"""The subcommands. Each parses its options and calls one library function."""
+"""The stage commands: parse, optimize, build, compile. Each turns its flags into typed options
+(trtc.pipeline), calls one library function and prints what comes back."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import click
 
-from trtc import inspect as inspect_mod
 from trtc.cli.options import (
     build_options,
     echo_json,
@@ -17,25 +15,10 @@ from trtc.cli.options import (
     json_option,
     precision_options,
     progress_line,
-    split_build_options,
     support_text,
-)
-from trtc.compile import compile_model
-from trtc.errors import CheckFailed, TrtcError
-from trtc.frontend import parse_onnx
-from trtc.frontend.freeze import parse_freeze_specs
-from trtc.ir import save_artifact
-from trtc.loading import open_model
-from trtc.lower.api import build_artifact, prepare_for_build, support_report
-from trtc.lower.profiles import parse_shape_spec
-from trtc.passes import PASSES, PassContext
-from trtc.passes.pipeline import optimize as run_optimize
-from trtc.passes.pipeline import optimized_meta, select_passes
-from trtc.precision.api import precision_summary_text, run_precision
-from trtc.reference import (
-    make_feeds,
-    model_inputs,
-    validate_feeds,
+    to_build_options,
+    to_feed_options,
+    to_precision_options,
 )
 
 
@@ -47,6 +30,12 @@ from trtc.reference import (
 @json_option
 def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> None:
     """ONNX model -> checked, canonical, shape-inferred .trtir artifact."""
+    import time
+
+    from trtc.frontend import parse_onnx
+    from trtc.frontend.freeze import parse_freeze_specs
+    from trtc.ir import save_artifact
+
     start = time.perf_counter()
     artifact = parse_onnx(model, parse_freeze_specs(freeze))
     header = save_artifact(artifact.model, output, artifact.meta)
@@ -71,6 +60,7 @@ def _list_passes(ctx: click.Context, _param: click.Parameter, value: bool) -> No
     if not value or ctx.resilient_parsing:
         return
     from trtc.cli import JSON_MODE
+    from trtc.passes import PASSES
 
     # This eager callback runs before --json is processed, so the group records --json in ctx.meta.
     if ctx.meta.get(JSON_MODE) or ctx.params.get("as_json"):
@@ -92,63 +82,61 @@ def _list_passes(ctx: click.Context, _param: click.Parameter, value: bool) -> No
 @click.option("--verify", is_flag=True, help="Check every pass numerically against the CPU reference.")
 @freeze_option
 @input_options
-@click.option("--fold-max-mb", type=click.FloatRange(min=0), default=64, show_default=True,
-              help="Largest tensor constant folding may create (MB).")
+@click.option("--fold-max-mb", type=click.FloatRange(min=0),
+              help="Largest tensor constant folding may create (MB; default 64).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
 @click.option("--dump-after", metavar="PASS", multiple=True,
               help="Write the graph text after PASS to OUTPUT.after-PASS.txt.")
 @precision_options
 @json_option
 def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, inputs, seed, ranges, shapes,
-             fold_max_mb, report_path, dump_after, as_json, **precision) -> None:
+             fold_max_mb, report_path, dump_after, as_json, **flags) -> None:
     """Optimize an .onnx/.trtir: folding, clean-ups, fusions into TensorRT-native ops."""
-    chosen = select_passes(_names(pass_list), _names(disable) or ())
+    import json
+
+    from trtc import inspect as inspect_mod
+    from trtc.frontend.freeze import parse_freeze_specs
+    from trtc.ir import save_artifact
+    from trtc.passes.pipeline import select_passes
+    from trtc.pipeline import OptimizeOptions, open_model
+    from trtc.pipeline import optimize as run_optimize
+    from trtc.precision.api import precision_summary_text
+
+    options = OptimizeOptions(passes=_names(pass_list), disable=tuple(_names(disable) or ()), verify=verify,
+                              precision=to_precision_options(flags),
+                              **({"fold_max_mb": fold_max_mb} if fold_max_mb is not None else {}))
+    feeds = to_feed_options(inputs, seed, ranges, shapes)
+    select_passes(options.passes, options.disable)
     for name in dump_after:
         select_passes([name])  # validates the name
     loaded = open_model(artifact, parse_freeze_specs(freeze))
-    feeds = None
-    if verify:
-        specs = model_inputs(loaded.model)
-        feeds = make_feeds(specs, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
-        validate_feeds(specs, feeds, where=str(artifact))
 
     def dump(name: str, model) -> None:
         if name in dump_after:
             Path(f"{output}.after-{name}.txt").write_text(inspect_mod.graph_text(model) + "\n")
 
     progress = progress_line() if not as_json else None
-    report = run_optimize(loaded.model, passes=chosen, ctx=PassContext(fold_max_bytes=int(fold_max_mb * 2**20)),
-                          verify_feeds=feeds, after_pass=dump, progress=progress)
+    result = run_optimize(loaded, options, feeds, progress=progress, after_pass=dump)
     if progress:
         progress("")
-    options = {"passes": [p.name for p in chosen], "fold_max_mb": fold_max_mb, "verify": verify}
-    meta = optimized_meta(loaded.meta, report, options)
-    precision_report = None
-    if precision["fp16"] or precision["bf16"]:
-        if progress:
-            progress("precision: observing calibration data")
-        precision_report = run_precision(loaded, precision, inputs=inputs, seed=seed, ranges=ranges, shapes=shapes)
-        if progress:
-            progress("")
-        meta["precision"] = precision_report
-    header = save_artifact(loaded.model, output, meta)
-    info = {"output": str(output), "content_hash": header["content_hash"], **report.as_dict()}
-    if precision_report:
-        info["precision"] = precision_report
+    header = save_artifact(loaded.model, output, loaded.meta)
+    info = {"output": str(output), "content_hash": header["content_hash"], **result.report.as_dict()}
+    if result.precision:
+        info["precision"] = result.precision
     if report_path:
         report_path.write_text(json.dumps(info, indent=2) + "\n")
     if as_json:
         echo_json(info)
         return
-    click.echo(_report_table(report))
-    if precision_report:
-        click.echo(precision_summary_text(precision_report))
-    click.echo(f"wrote {output}: {report.nodes_before} -> {report.nodes_after} nodes in {report.seconds:.2f}s"
-               + (" (every pass verified)" if verify else ""))
+    click.echo(_report_table(result.report))
+    if result.precision:
+        click.echo(precision_summary_text(result.precision))
+    click.echo(f"wrote {output}: {result.report.nodes_before} -> {result.report.nodes_after} nodes in "
+               f"{result.report.seconds:.2f}s" + (" (every pass verified)" if verify else ""))
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(n.strip() for n in text.split(",") if n.strip()) if text else None
 
 
 def _report_table(report) -> str:
@@ -162,33 +150,41 @@ def _report_table(report) -> str:
 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="The engine (.plan) to write.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="The engine (.plan) to write (required unless --dry-run).")
 @build_options
 @click.option("--dry-run", is_flag=True, help="Only report the nodes that cannot be lowered (no TensorRT needed).")
 @freeze_option
 @precision_options
 @input_options
 @json_option
-def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, seed, ranges, as_json, **rest) -> None:
-    """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly)."""
-    options, precision = split_build_options(rest)
-    shapes = rest["profile_shapes"]
+def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, seed, ranges, shapes, as_json,
+          **flags) -> None:
+    """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly).
+
+    --input/--shape/--range/--seed give the calibration data of --fp16/--bf16 (default: seeded
+    random data with each dynamic input at its OPT shape)."""
+    from trtc.errors import CheckFailed, TrtcError
+    from trtc.frontend.freeze import parse_freeze_specs
+    from trtc.lower.api import support_report
+    from trtc.pipeline import OptimizeOptions, open_model
+    from trtc.pipeline import build as run_build
+
+    options = to_build_options(flags)
+    optimize_options = OptimizeOptions(precision=to_precision_options(flags))
+    feeds = to_feed_options(inputs, seed, ranges, shapes)
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
     loaded = open_model(artifact, parse_freeze_specs(freeze))
-    progress = None if as_json else progress_line()
-    prepare_for_build(loaded, precision, progress=progress,
-                      calib_kwargs={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": _calib_shapes(shapes)})
     if dry_run:
         report = support_report(loaded)
-        if as_json:
-            echo_json(report)
-        else:
-            click.echo(support_text(report))
+        echo_json(report) if as_json else click.echo(support_text(report))
         if not report["supported"]:
             raise CheckFailed(f"{len(report['unsupported'])} node(s) cannot be lowered", where=str(artifact))
         return
-    result = build_artifact(loaded, output, options, cache=not no_cache, cache_dir=cache_dir, progress=progress)
+    progress = None if as_json else progress_line()
+    result = run_build(loaded, output, options, optimize_options=optimize_options, feeds=feeds,
+                       cache=not no_cache, cache_dir=cache_dir, progress=progress)
     if progress:
         progress("")
     side = result.sidecar
@@ -203,15 +199,6 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
                f"{side['build_seconds']:.1f}s")
 
 
-def _calib_shapes(shapes) -> list[str]:
-    """Random calibration data at each dynamic input's OPT shape."""
-    out = []
-    for spec in shapes:
-        name, ranges = parse_shape_spec(spec)
-        out.append(f"{name}={'x'.join(map(str, ranges[1]))}")
-    return out
-
-
 @click.command("compile")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path), required=True,
@@ -221,18 +208,19 @@ def _calib_shapes(shapes) -> list[str]:
 @precision_options
 @input_options
 @json_option
-def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes, as_json, **rest) -> None:
+def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes, as_json, no_cache, cache_dir,
+                **flags) -> None:
     """parse -> optimize -> build -> compare in one go; unchanged stages are reused."""
-    options, precision = split_build_options(rest)
-    # Calibration and comparison data: --shape if given, else each dynamic input at its OPT shape.
-    calib_shapes = list(shapes) or _calib_shapes(rest["profile_shapes"])
+    from trtc.frontend.freeze import parse_freeze_specs
+    from trtc.pipeline import OptimizeOptions, compile_model
+
+    build_opts = to_build_options(flags)
+    optimize_options = OptimizeOptions(precision=to_precision_options(flags))
+    feeds = to_feed_options(inputs, seed, ranges, shapes)
     progress = None if as_json else progress_line()
-    report = compile_model(model, outdir, build_options=options, precision=precision,
-                           freeze=parse_freeze_specs(freeze),
-                           calib={"inputs": inputs, "seed": seed, "ranges": ranges, "shapes": calib_shapes},
-                           feeds_kwargs={"inputs": inputs, "seed": seed + 1000, "ranges": ranges,
-                                         "shapes": calib_shapes},
-                           cache=not rest["no_cache"], progress=progress)
+    report = compile_model(model, outdir, optimize_options=optimize_options, build_options=build_opts, feeds=feeds,
+                           freeze=parse_freeze_specs(freeze), cache=not no_cache, cache_dir=cache_dir,
+                           progress=progress)
     if progress:
         progress("")
     if as_json:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -21,9 +22,22 @@ def input_options(fn):
         click.option("--range", "ranges", multiple=True, metavar="NAME=LOW:HIGH",
                      help="Value range of a generated input (HIGH exclusive for integers)."),
         click.option("--shape", "shapes", multiple=True, metavar="NAME=1x128",
-                     help="Shape of a generated input with symbolic dims (default 1)."),
+                     help="Shape of a generated input with symbolic dims (NAME=1x128 or NAME:1x128)."),
+        # Not passed to the command function (so every command taking input_options keeps its
+        # signature): to_feed_options reads it from the invocation's context.
+        click.option("--generate", multiple=True, metavar="NAME", expose_value=False, callback=_keep_generate,
+                     help="Generate this input although --input is given (repeatable); without any --input "
+                          "every input is generated."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
+# ctx.meta key holding the --generate names of this invocation.
+GENERATE = "trtc.generate"
+
+
+def _keep_generate(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+    ctx.meta[GENERATE] = tuple(value)
 
 
 def precision_options(fn):
@@ -33,17 +47,17 @@ def precision_options(fn):
         click.option("--bf16", is_flag=True, help="Type the graph for bf16 with fp32 islands where needed."),
         click.option("--calib", multiple=True, metavar="FILE.npz",
                      help="Calibration sample (inputs keyed by name); repeatable. Default: seeded random."),
-        click.option("--calib-samples", type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Random calibration samples when no --calib is given."),
+        click.option("--calib-samples", type=click.IntRange(min=1),
+                     help="Random calibration samples when no --calib is given (default 4)."),
         click.option("--keep-fp32", multiple=True, metavar="NAME-GLOB", help="Keep matching nodes in fp32."),
         click.option("--keep-fp32-op", multiple=True, metavar="OP-GLOB", help="Keep nodes of these ops in fp32."),
         click.option("--force-fp16", multiple=True, metavar="GLOB",
                      help="Nodes (by name or op) to run in fp16/bf16 whatever the rules say."),
         click.option("--cast-io", is_flag=True, help="Change the model's float inputs/outputs to fp16/bf16 too."),
-        click.option("--data-max", type=float, default=512.0, show_default=True,
-                     help="Keep nodes whose observed output magnitude exceeds this in fp32."),
-        click.option("--max-reduction", type=int, default=1024, show_default=True,
-                     help="Keep reductions over more elements than this in fp32."),
+        click.option("--data-max", type=float,
+                     help="Keep nodes whose observed output magnitude exceeds this in fp32 (default 512)."),
+        click.option("--max-reduction", type=int,
+                     help="Keep reductions over more elements than this in fp32 (default 1024)."),
         click.option("--tolerance", type=float,
                      help="Fail (exit 1) when a predicted output error relative to its range exceeds this."),
     ]
@@ -69,10 +83,6 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-PRECISION_KEYS = ("fp16", "bf16", "calib", "calib_samples", "keep_fp32", "keep_fp32_op", "force_fp16", "cast_io",
-                  "data_max", "max_reduction", "tolerance")
-
-
 def build_options(fn):
     """Backend, targets, profiles and builder knobs (build and compile share them)."""
     from pathlib import Path
@@ -82,7 +92,12 @@ def build_options(fn):
                      show_default=True, help="auto: full TensorRT if importable, else TensorRT-RTX."),
         click.option("--target", metavar="sm86,sm89,...", help="TensorRT-RTX compute capabilities to build for."),
         click.option("--shapes", "profile_shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
-                     help="Range of a dynamic input, dims as 1x128 (repeatable); forms the first profile."),
+                     help="Range of a dynamic input, dims as 1x128 (repeatable); one shape NAME:1x3x224x224 "
+                          "means MIN=OPT=MAX. Forms the first profile."),
+        click.option("--min-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]",
+                     help="trtexec's form: the MIN shapes of the first profile (with --opt-shapes/--max-shapes)."),
+        click.option("--opt-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]", help="The OPT shapes."),
+        click.option("--max-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]", help="The MAX shapes."),
         click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
                      help="A further optimization profile (repeatable)."),
         click.option("--shape-input", "shape_input_specs", multiple=True, metavar="NAME:MIN,OPT,MAX",
@@ -97,18 +112,59 @@ def build_options(fn):
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
 
-def split_build_options(kwargs: dict[str, Any]):
-    """(BuildOptions, precision options) from a command's keyword arguments."""
+def to_feed_options(inputs: Sequence[str], seed: int, ranges: Sequence[str], shapes: Sequence[str],
+                    generate: Sequence[str] | None = None):
+    """The --input/--seed/--range/--shape/--generate strings as one FeedOptions, parsed (and checked)
+    once; `generate` None: the --generate names of the running command."""
+    from trtc.reference.feeds import FeedOptions
+
+    if generate is None:
+        ctx = click.get_current_context(silent=True)
+        generate = ctx.meta.get(GENERATE, ()) if ctx is not None else ()
+    return FeedOptions.from_cli(inputs, seed, ranges, shapes, generate)
+
+
+PRECISION_FLAGS = ("fp16", "bf16", "calib", "calib_samples", "keep_fp32", "keep_fp32_op", "force_fp16", "cast_io",
+                   "data_max", "max_reduction", "tolerance")
+
+
+def to_precision_options(kwargs: dict[str, Any]):
+    """PrecisionOptions from the precision flags (None when neither --fp16 nor --bf16 is given);
+    the flags are removed from `kwargs`."""
+    from trtc.errors import TrtcError
+    from trtc.precision.rules import PrecisionOptions
+
+    flags = {k: kwargs.pop(k) for k in PRECISION_FLAGS}
+    if flags["fp16"] and flags["bf16"]:
+        raise TrtcError("choose one of --fp16 and --bf16", where="--fp16/--bf16")
+    if not (flags["fp16"] or flags["bf16"]):
+        return None
+    # Unset flags are None: the defaults live in PrecisionOptions alone (the help text quotes them).
+    given = {"data_max": flags["data_max"], "max_reduction": flags["max_reduction"],
+             "calib_samples": flags["calib_samples"]}
+    return PrecisionOptions(target="bf16" if flags["bf16"] else "fp16", keep_fp32=tuple(flags["keep_fp32"]),
+                            keep_fp32_ops=tuple(flags["keep_fp32_op"]), force_fp16=tuple(flags["force_fp16"]),
+                            cast_io=flags["cast_io"], calib=tuple(flags["calib"]), tolerance=flags["tolerance"],
+                            **{k: v for k, v in given.items() if v is not None})
+
+
+BUILD_FLAGS = ("backend", "target", "profile_shapes", "min_shapes", "opt_shapes", "max_shapes", "profile_groups",
+               "shape_input_specs", "workspace", "opt_level", "timing_cache", "strip_weights")
+
+
+def to_build_options(kwargs: dict[str, Any]):
+    """BuildOptions from the build flags; the flags are removed from `kwargs`."""
     from trtc.lower.backend import parse_targets
     from trtc.lower.build import BuildOptions
-    from trtc.lower.profiles import parse_profiles, parse_shape_spec
+    from trtc.lower.profiles import parse_profiles, parse_range
 
-    options = BuildOptions(backend=kwargs["backend"], targets=parse_targets(kwargs["target"]),
-                           workspace_mb=kwargs["workspace"], opt_level=kwargs["opt_level"],
-                           timing_cache=kwargs["timing_cache"], strip_weights=kwargs["strip_weights"],
-                           profiles=parse_profiles(kwargs["profile_shapes"], kwargs["profile_groups"]),
-                           shape_inputs=dict(parse_shape_spec(s, "--shape-input") for s in kwargs["shape_input_specs"]))
-    return options, {k: kwargs[k] for k in PRECISION_KEYS}
+    flags = {k: kwargs.pop(k) for k in BUILD_FLAGS}
+    profiles = parse_profiles(flags["profile_shapes"], flags["profile_groups"], min_shapes=flags["min_shapes"],
+                              opt_shapes=flags["opt_shapes"], max_shapes=flags["max_shapes"])
+    return BuildOptions(backend=flags["backend"], targets=parse_targets(flags["target"]),
+                        workspace_mb=flags["workspace"], opt_level=flags["opt_level"],
+                        timing_cache=flags["timing_cache"], strip_weights=flags["strip_weights"], profiles=profiles,
+                        shape_inputs=dict(parse_range(s, "--shape-input") for s in flags["shape_input_specs"]))
 
 
 def progress_line():

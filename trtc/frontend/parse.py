@@ -14,19 +14,13 @@ import onnx.inliner
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.fileio import file_sha256
 from trtc.frontend.canonicalize import canonicalize, upgrade_opset
+from trtc.frontend.canonicalize.negative_dims import unknown_negative_dims
 from trtc.frontend.canonicalize.opset import default_opset
 from trtc.frontend.freeze import FreezeValue, freeze_fingerprints, freeze_inputs
 from trtc.frontend.shapes import infer_shapes
 from trtc.ir import Artifact, all_initializers, onnx_load
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _absolute_weight_paths(model: ir.Model, model_dir: Path) -> None:
@@ -70,8 +64,11 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
                         hint="re-export the model") from None
     del proto
     _absolute_weight_paths(model, path.parent)
+    negative = unknown_negative_dims(model)  # before anything reads a declared shape
     freeze_inputs(model, freeze or {}, where=f"{path}: --freeze")
     rewrites = canonicalize(model)
+    if negative:
+        rewrites["unknown_negative_dims"] = negative
     unknown = infer_shapes(model)
     meta: dict[str, Any] = {
         "stage": "parse",

@@ -178,6 +178,30 @@ def content_hash(proto_sha: str, blob_sha: str, references: list[dict[str, Any]]
     return h.hexdigest()
 
 
+class _CountingSink:
+    """Where `_write_blob` writes when only the hashes are wanted: counts bytes, keeps none."""
+
+    def __init__(self):
+        self.position = 0
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self.position += n
+        return n
+
+    def tell(self) -> int:
+        return self.position
+
+
+def model_content_hash(model: ir.Model) -> str:
+    """The content hash `save_artifact` would record for `model`, computed without writing it:
+    a model made in memory (e.g. `trtc build model.onnx`) and the same model saved by a stage
+    (`trtc compile`) have one identity, so they share one cached engine."""
+    swapped, blob_sha, references, _ = _write_blob(model, _CountingSink())
+    proto_sha = hashlib.sha256(_serialize(model, swapped)).hexdigest()
+    return content_hash(proto_sha, blob_sha, references)
+
+
 def save_artifact(model: ir.Model, path: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any]:
     """Write `model` to `path` atomically; return the full header that was written.
 

@@ -19,7 +19,7 @@ from trtc.errors import TrtcError
 from trtc.fileio import write_atomic
 from trtc.lower.backend import Backend
 from trtc.lower.network import dims_of, lower
-from trtc.lower.profiles import resolve_profiles
+from trtc.lower.profiles import Profile, ProfileSpec, profile_ranges, resolve_profiles
 
 SIDECAR_VERSION = 1
 
@@ -32,8 +32,8 @@ class BuildOptions:
     opt_level: int | None = None
     timing_cache: str | None = None
     strip_weights: bool = False
-    profiles: list[dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = dataclasses.field(
-        default_factory=list)
+    # The optimization profiles as given (`parse_profiles`); plain {name: (min, opt, max)} dicts work too.
+    profiles: list[ProfileSpec | Profile] = dataclasses.field(default_factory=list)
     # Values (not shapes) of int inputs TensorRT treats as shape tensors: name -> (min, opt, max).
     shape_inputs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = dataclasses.field(
         default_factory=dict)
@@ -43,7 +43,8 @@ class BuildOptions:
         return {"targets": list(self.targets), "workspace_mb": self.workspace_mb, "opt_level": self.opt_level,
                 "strip_weights": self.strip_weights,
                 "shape_inputs": {k: [list(d) for d in v] for k, v in sorted(self.shape_inputs.items())},
-                "profiles": [{k: [list(d) for d in v] for k, v in sorted(p.items())} for p in self.profiles]}
+                "profiles": [{k: [list(d) for d in v] for k, v in sorted(profile_ranges(p).items())}
+                             for p in self.profiles]}
 
 
 def cache_key(content_hash: str, options: BuildOptions, backend: Backend) -> str:

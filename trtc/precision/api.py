@@ -2,54 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from trtc.errors import CheckFailed, TrtcError
 from trtc.ir import Artifact
 from trtc.precision import PrecisionOptions, apply_precision
-from trtc.reference.feeds import calibration_samples, model_inputs
+from trtc.reference.feeds import FeedOptions, calibration_samples, model_inputs
 
 
-def precision_settings(**overrides: Any) -> dict[str, Any]:
-    """The precision options as `run_precision` (and `trtc compile`) take them, with the CLI's
-    defaults (from PrecisionOptions); `overrides` sets some, e.g. fp16=True."""
-    defaults = PrecisionOptions()
-    settings = {"fp16": False, "bf16": False, "calib": (), "calib_samples": 4, "keep_fp32": (), "keep_fp32_op": (),
-                "force_fp16": (), "cast_io": defaults.cast_io, "data_max": defaults.data_max,
-                "max_reduction": defaults.max_reduction, "tolerance": None}
-    unknown = set(overrides) - set(settings)
-    if unknown:
-        raise TypeError(f"unknown precision settings: {', '.join(sorted(unknown))}")
-    return {**settings, **overrides}
+def precision_record(options: PrecisionOptions) -> dict[str, Any]:
+    """What identifies a typing: every option, the calibration files by content, not path."""
+    from trtc.fileio import file_sha256
+
+    record = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(options).items()}
+    record["calib"] = [file_sha256(Path(f)) for f in options.calib]
+    return record
 
 
-def run_precision(artifact: Artifact, opts: Mapping[str, Any], *, inputs: Sequence[str] = (), seed: int = 0,
-                  ranges: Sequence[str] = (), shapes: Sequence[str] = ()) -> dict[str, Any]:
-    """Type `artifact.model` in place per the CLI options; returns the report for the metadata.
+def run_precision(artifact: Artifact, options: PrecisionOptions, feeds: FeedOptions | None = None) -> dict[str, Any]:
+    """Type `artifact.model` in place for `options.target`; returns the report for the metadata.
+    Calibration: `options.calib` files, else the inputs `feeds` gives or generates.
 
-    Raises CheckFailed when `opts["tolerance"]` is set and a predicted output error exceeds it.
+    Raises CheckFailed when `options.tolerance` is set and a predicted output error exceeds it.
     """
-    if opts["fp16"] and opts["bf16"]:
-        raise TrtcError("choose one of --fp16 and --bf16", where="--fp16/--bf16")
     if artifact.meta.get("precision"):
         raise TrtcError(f"the artifact is already typed for {artifact.meta['precision']['target']}",
                         where=str(artifact.path), hint="optimize the fp32 artifact instead")
-    options = PrecisionOptions(
-        target="bf16" if opts["bf16"] else "fp16",
-        data_max=opts["data_max"], max_reduction=opts["max_reduction"],
-        keep_fp32=opts["keep_fp32"], keep_fp32_ops=opts["keep_fp32_op"], force_fp16=opts["force_fp16"],
-        cast_io=opts["cast_io"],
-    )
     specs = model_inputs(artifact.model)
-    samples = calibration_samples(specs, opts["calib"] or list(inputs), opts["calib_samples"], seed=seed,
-                                  ranges=ranges, shapes=shapes)
+    samples = calibration_samples(specs, options.calib, options.calib_samples, feeds)
     report = apply_precision(artifact.model, samples, options).as_dict()
-    report["options"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options).items()}
-    report["calibration"] = {"samples": len(samples), "source": "files" if opts["calib"] else "seeded random"}
-    tolerance = opts.get("tolerance")
-    if tolerance is not None:
-        check_tolerance(report, tolerance)
+    report["options"] = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(options).items()}
+    report["calibration"] = {"samples": len(samples), "source": "files" if options.calib or (feeds and feeds.files)
+                             else "seeded random"}
+    if options.tolerance is not None:
+        check_tolerance(report, options.tolerance)
     return report
 
 

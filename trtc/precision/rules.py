@@ -41,6 +41,10 @@ class PrecisionOptions:
     force_fp16: Sequence[str] = ()  # node-name or op-type globs; beats every automatic rule
     cast_io: bool = False
     rescale: bool = True  # power-of-two activation rescaling of homogeneous chains (rescale.py)
+    # Calibration: .npz files of inputs keyed by name, else this many seeded random samples.
+    calib: Sequence[str] = ()
+    calib_samples: int = 4
+    tolerance: float | None = None  # fail when a predicted error relative to the output's range exceeds it
 
 
 @dataclasses.dataclass

@@ -7,13 +7,14 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import onnx_ir as ir
+from typing import TYPE_CHECKING, Any
 
 from trtc.errors import TrtcError
-from trtc.reference.feeds import TensorSpec, numpy_dtype
+
+if TYPE_CHECKING:  # numpy and onnx_ir are imported where dtypes are read: `inspect X.plan` needs neither
+    import numpy as np
+
+    from trtc.reference.feeds import TensorSpec
 
 PLAN_SUFFIXES = (".plan", ".engine")
 
@@ -32,6 +33,10 @@ class EngineTensorSpec:
 
 def sidecar_dtype(name: str) -> np.dtype:
     """numpy dtype of a sidecar dtype name ("float", "float16", "int64": onnx_ir names lower-cased)."""
+    import onnx_ir as ir
+
+    from trtc.reference.feeds import numpy_dtype
+
     try:
         return numpy_dtype(ir.DataType[name.upper()])
     except (KeyError, TypeError, ValueError):
@@ -45,6 +50,8 @@ def sidecar_specs(entries: Sequence[Mapping[str, Any]]) -> list[EngineTensorSpec
 
 def sidecar_inputs(sidecar: Mapping[str, Any]) -> list[TensorSpec]:
     """An engine's inputs as feeds are made for them (-1 dims are dynamic: None)."""
+    from trtc.reference.feeds import TensorSpec
+
     return [TensorSpec(s.name, s.dtype, tuple(d if d >= 0 else None for d in s.shape))
             for s in sidecar_specs(sidecar["inputs"])]
 

@@ -1,0 +1,274 @@
+"""The pipeline as typed library calls, the one place the stages are chained:
+
+    artifact = open_model("model.onnx")                       # parse (or load a .trtir)
+    optimize(artifact, OptimizeOptions(precision=PrecisionOptions(target="fp16")))
+    build(artifact, "model.plan", BuildOptions(profiles=parse_profiles(["x:1x3x224x224"])))
+    compile_model("model.onnx", "out/", ...)                  # all of it, stages reused
+
+`build` of a model parsed on the fly runs the same `optimize` first, so equal options give
+equal content hashes and one cached engine whichever way the user went. Options are typed
+objects with their defaults here and in `PrecisionOptions`/`BuildOptions`/`FeedOptions`; the
+CLI only turns flags into them and prints what comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from trtc import __version__
+from trtc.errors import TrtcError
+from trtc.ir import Artifact
+from trtc.ir.artifact import model_content_hash
+from trtc.loading import open_model
+from trtc.lower.build import BuildOptions, BuildResult
+from trtc.lower.profiles import opt_shapes
+from trtc.passes import PassContext
+from trtc.passes.pipeline import OptimizeReport, optimized_meta, select_passes
+from trtc.precision.rules import PrecisionOptions
+from trtc.reference.feeds import FeedOptions, make_feeds, model_inputs, validate_feeds
+
+Progress = Callable[[str], None] | None
+
+__all__ = ["BuildOptions", "FeedOptions", "OptimizeOptions", "PrecisionOptions", "build", "calibration_feeds",
+           "compile_model", "open_model", "optimize"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizeOptions:
+    """What `optimize` runs: the passes (None: the default pipeline), verification, and the
+    precision pass (None: the model stays fp32)."""
+
+    passes: tuple[str, ...] | None = None
+    disable: tuple[str, ...] = ()
+    fold_max_mb: float = 64.0
+    verify: bool = False
+    precision: PrecisionOptions | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What identifies this stage's work (calibration files by content)."""
+        from trtc.precision.api import precision_record
+
+        return {"passes": [p.name for p in select_passes(self.passes, self.disable)], "fold_max_mb": self.fold_max_mb,
+                "precision": precision_record(self.precision) if self.precision else None}
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    report: OptimizeReport
+    precision: dict[str, Any] | None
+
+
+def calibration_feeds(feeds: FeedOptions, build_options: BuildOptions | None) -> FeedOptions:
+    """Calibration and comparison inputs: as given, each dynamic input at its OPT shape unless
+    `--shape` says otherwise."""
+    if build_options is None or not build_options.profiles:
+        return feeds
+    return dataclasses.replace(feeds, shapes={**opt_shapes(build_options.profiles), **feeds.shapes})
+
+
+def optimize(artifact: Artifact, options: OptimizeOptions = OptimizeOptions(), feeds: FeedOptions | None = None, *,
+             progress: Progress = None, after_pass: Callable[[str, ir.Model], None] | None = None) -> OptimizeResult:
+    """Run the passes on `artifact.model` in place, then the precision pass if asked; the
+    artifact's metadata becomes the optimized stage's. `feeds` gives the inputs `verify` runs
+    and the precision pass calibrates on."""
+    from trtc.passes.pipeline import optimize as run_passes
+
+    feeds = feeds or FeedOptions()
+    if options.precision and artifact.meta.get("precision"):
+        raise TrtcError(f"the artifact is already typed for {artifact.meta['precision']['target']}",
+                        where=str(artifact.path), hint="optimize the fp32 artifact instead")
+    chosen = select_passes(options.passes, options.disable)
+    verify_feeds = None
+    if options.verify:
+        specs = model_inputs(artifact.model)
+        verify_feeds = make_feeds(specs, feeds)
+        validate_feeds(specs, verify_feeds, where=str(artifact.path or "model"))
+    report = run_passes(artifact.model, passes=chosen, ctx=PassContext(fold_max_bytes=int(options.fold_max_mb * 2**20)),
+                        verify_feeds=verify_feeds, after_pass=after_pass, progress=progress)
+    meta = optimized_meta(artifact.meta, report, {"verify": options.verify, **options.record()})
+    precision = None
+    if options.precision:
+        from trtc.precision.api import run_precision
+
+        if progress:
+            progress("precision: observing calibration data")
+        artifact.meta = meta
+        precision = meta["precision"] = run_precision(artifact, options.precision, feeds)
+    artifact.meta = meta
+    return OptimizeResult(report, precision)
+
+
+def build(artifact: Artifact, output: str | Path, options: BuildOptions | None = None, *,
+          optimize_options: OptimizeOptions = OptimizeOptions(), feeds: FeedOptions | None = None,
+          cache: bool = True, cache_dir: Path | None = None, progress: Progress = None) -> BuildResult:
+    """An engine and its sidecar at `output`. A model parsed on the fly from ONNX is optimized
+    first (`optimize_options`); an fp32 artifact is typed when `optimize_options.precision` asks."""
+    from trtc.lower.api import build_artifact
+
+    options, feeds = options or BuildOptions(), feeds or FeedOptions()
+    from_onnx = artifact.meta.get("content_hash") is None  # parsed on the fly, never saved
+    wants_typing = optimize_options.precision is not None and not artifact.meta.get("precision")
+    if from_onnx:
+        optimize(artifact, optimize_options, calibration_feeds(feeds, options), progress=progress)
+    elif wants_typing:  # an artifact optimized already: only the precision pass is missing
+        from trtc.precision.api import run_precision
+
+        if progress:
+            progress("precision: observing calibration data")
+        artifact.meta["precision"] = run_precision(artifact, optimize_options.precision,
+                                                   calibration_feeds(feeds, options))
+    if from_onnx or wants_typing:
+        artifact.meta["content_hash"] = model_content_hash(artifact.model)
+    return build_artifact(artifact, Path(output), options, cache=cache, cache_dir=cache_dir, progress=progress)
+
+
+
+
+# ---------------------------------------------------------------- compile: the stages in sequence, reused
+
+
+def _reusable(path: Path, matches: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The header of an artifact a stage wrote before, when it is still what it would write."""
+    from trtc.ir.artifact import read_header
+
+    if not path.exists():
+        return None
+    try:
+        header = read_header(path)
+    except TrtcError:
+        return None  # unreadable: make it again
+    return header if header.get("trtc_version") == __version__ and matches(header) else None
+
+
+def _compile_parse(model: Path, out: Path, freeze: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    from trtc.fileio import file_sha256
+    from trtc.frontend import parse_onnx
+    from trtc.frontend.freeze import freeze_fingerprints
+    from trtc.frontend.parse import parse_input_hash
+    from trtc.ir import save_artifact
+
+    input_hash = parse_input_hash(file_sha256(model), freeze_fingerprints(freeze))
+    header = _reusable(out, lambda h: h.get("input_hash") == input_hash and h["stage"] == "parse")
+    if header:
+        return header, True
+    artifact = parse_onnx(model, freeze)
+    return save_artifact(artifact.model, out, artifact.meta), False
+
+
+def _compile_optimize(parsed: Path, parsed_header: Mapping[str, Any], out: Path, options: OptimizeOptions,
+                      feeds: FeedOptions, progress: Progress) -> tuple[dict[str, Any], bool]:
+    from trtc.ir import load_artifact, save_artifact
+
+    record = {"optimize": options.record(), "calibration": feeds.record() if options.precision else None}
+    header = _reusable(out, lambda h: h.get("input_hash") == parsed_header["content_hash"]
+                       and h.get("optimize", {}).get("options", {}).get("compile") == record)
+    if header:
+        return header, True
+    artifact = load_artifact(parsed)
+    optimize(artifact, options, feeds, progress=progress)
+    artifact.meta["optimize"]["options"]["compile"] = record
+    return save_artifact(artifact.model, out, artifact.meta), False
+
+
+def _compile_build(optimized: Path, header: Mapping[str, Any], out: Path, options: BuildOptions, *, cache: bool,
+                   cache_dir: Path | None, progress: Progress) -> tuple[dict[str, Any], bool]:
+    import json
+
+    from trtc.ir import load_artifact
+
+    side = Path(f"{out}.json")
+    if out.exists() and side.exists():
+        sidecar = json.loads(side.read_text())
+        if sidecar.get("ir_content_hash") == header["content_hash"] \
+                and sidecar.get("build_options") == json.loads(json.dumps(options.key_fields())) \
+                and sidecar.get("trtc_version") == __version__:
+            return sidecar, True
+    result = build(load_artifact(optimized), out, options, cache=cache, cache_dir=cache_dir, progress=progress)
+    return result.sidecar, result.cached
+
+
+def _compile_compare(parsed: Path, optimized: Path, feeds: FeedOptions) -> dict[str, Any]:
+    """On the CPU: the fp32 reference of the parsed model against the optimized (and, when typed,
+    simulated) model: what the engine is predicted to compute."""
+    import numpy as np
+
+    from trtc.compare import executable_for
+    from trtc.ir import load_artifact
+    from trtc.reference.metrics import error_metrics
+    from trtc.reference.runner import ReferenceRunner
+
+    reference = load_artifact(parsed)
+    inputs = make_feeds(model_inputs(reference.model), feeds)
+    runner = ReferenceRunner(reference.model)
+    try:
+        want = runner.run(inputs)
+    finally:
+        runner.close()
+    candidate = executable_for(optimized)
+    try:
+        got = candidate.run(inputs)
+    finally:
+        candidate.close()
+    outputs = {name: error_metrics(np.asarray(want[name]), np.asarray(got[name]))
+               for name in want if isinstance(want[name], np.ndarray) and want[name].dtype.kind == "f"}
+    return {"runs_on": candidate.how, "outputs": outputs}
+
+
+def compile_model(model: str | Path, outdir: str | Path, *, optimize_options: OptimizeOptions = OptimizeOptions(),
+                  build_options: BuildOptions | None = None, feeds: FeedOptions | None = None,
+                  freeze: Mapping[str, Any] | None = None, cache: bool = True, cache_dir: Path | None = None,
+                  progress: Progress = None) -> dict[str, Any]:
+    """parse -> optimize -> build -> compare into `outdir`, each stage reused while its input and
+    options are unchanged (content hashes in the artifacts' headers and the engine's sidecar);
+    returns the report, also written as report.json / report.md. Calibration uses `feeds` (each
+    dynamic input at its OPT shape unless given); the comparison uses other seeds."""
+    import json
+    import time
+
+    from trtc.report import report_markdown
+
+    model, outdir = Path(model), Path(outdir)
+    build_options = build_options or BuildOptions()
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {"parse": outdir / f"{model.stem}.trtir", "optimize": outdir / f"{model.stem}.opt.trtir",
+             "build": outdir / f"{model.stem}.plan"}
+    feeds = calibration_feeds(feeds or FeedOptions(), build_options)
+    stages: dict[str, Any] = {}
+
+    def timed(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if progress:
+            progress(f"{name}...")
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        result, reused = result if isinstance(result, tuple) else (result, False)
+        stages[name] = {"seconds": round(time.perf_counter() - start, 3), "reused": reused}
+        if name in paths:
+            stages[name]["output"] = str(paths[name])
+        return result
+
+    parsed = timed("parse", _compile_parse, model, paths["parse"], freeze or {})
+    optimized = timed("optimize", _compile_optimize, paths["parse"], parsed, paths["optimize"], optimize_options,
+                      feeds, progress)
+    sidecar = timed("build", _compile_build, paths["optimize"], optimized, paths["build"], build_options,
+                    cache=cache, cache_dir=cache_dir, progress=progress)
+    comparison = timed("compare", _compile_compare, paths["parse"], paths["optimize"],
+                       feeds.with_seed(feeds.seed + 1000))
+    opt = optimized["optimize"]
+    report = {
+        "model": str(model), "trtc_version": __version__, "stages": stages,
+        "nodes": {"parsed": opt["nodes_before"], "optimized": opt["nodes_after"]},
+        "fusions": {name: p["rewrites"] for name, p in opt["passes"].items() if p["rewrites"]},
+        "precision": optimized.get("precision") and {k: optimized["precision"][k] for k in
+                                                     ("target", "flop_share", "islands", "counts", "fp32_nodes")},
+        "predicted": comparison,
+        "engine": {k: sidecar[k] for k in ("backend", "backend_version", "targets", "network_layers", "plan_bytes",
+                                           "build_seconds", "profiles")},
+    }
+    (outdir / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (outdir / "report.md").write_text(report_markdown(report))
+    return report
