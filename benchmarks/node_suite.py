@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from trtc.errors import TrtcError
 from trtc.frontend import parse_onnx
 from trtc.ir import load_artifact, save_artifact
-from trtc.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO.parent / "shared" / "onnx-node-tests"

@@ -190,8 +190,8 @@ def judge(model, inputs: dict, reference: dict) -> dict:
     """Predicted error of a typed IR model against fp32 reference outputs, and its fp16 FLOP share."""
     from trtc.ir.walk import all_initializers
     from trtc.precision.simulate import simulation_model
-    from trtc.reference import ReferenceRunner
     from trtc.reference.metrics import error_metrics, worst
+    from trtc.reference.runner import ReferenceRunner
 
     io_types = _io_types(model)
     sim = simulation_model(model)
@@ -329,7 +329,7 @@ def fp32_reference(model: CorpusModel) -> tuple[dict, dict]:
     """The model's reference inputs and the fp32 model's outputs on them (as trtc's own row
     compares against: the CPU reference run of the parsed model)."""
     from trtc.frontend import parse_onnx
-    from trtc.reference import ReferenceRunner
+    from trtc.reference.runner import ReferenceRunner
 
     inputs, _ = model.reference()
     runner = ReferenceRunner(parse_onnx(model.path).model)

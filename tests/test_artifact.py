@@ -17,7 +17,7 @@ from trtc.ir import artifact as artifact_mod
 from trtc.ir import load_artifact, save_artifact
 from trtc.ir.artifact import read_header
 from trtc.ir.onnx_export import to_model_proto
-from trtc.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 
 def _model_with_external_data(folder, *, big_shape=(64, 32)) -> str:

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtc.frontend import parse_onnx
-from trtc.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 
 def _save(tmp_path, nodes, inputs, outputs, inits=(), opset=11, functions=()):

@@ -10,7 +10,7 @@ from trtc.frontend import parse_onnx
 from trtc.ir import load_artifact, save_artifact
 from trtc.ir.onnx_export import export_onnx_file
 from trtc.loading import open_model
-from trtc.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 from corpus import assert_close_to_reference, corpus_params
 

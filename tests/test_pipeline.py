@@ -148,3 +148,15 @@ def test_library_chain_is_the_cli_chain(mlp, tmp_path):
                     "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["content_hash"] == header["content_hash"]
+
+
+def test_calibration_npz_may_hold_the_outputs_too(mlp, tmp_path):
+    """A saved run (inputs and outputs, like the corpus's .npz files) calibrates as it is."""
+    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    np.savez(tmp_path / "run.npz", x=x, y=np.zeros((4, 4), np.float32))
+    proc = run_trtc("optimize", mlp / "mlp.onnx", "-o", tmp_path / "m.trtir", "--fp16", "--calib", tmp_path / "run.npz")
+    assert proc.returncode == 0, proc.stderr
+    np.savez(tmp_path / "bad.npz", x=x, z=x)
+    line = _error_line(run_trtc("optimize", mlp / "mlp.onnx", "-o", tmp_path / "m.trtir", "--fp16", "--calib",
+                                tmp_path / "bad.npz"))
+    assert "'z'" in line

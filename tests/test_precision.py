@@ -157,7 +157,7 @@ def test_rescaling_keeps_fp32_results_and_brings_huge_activations_into_range():
     graph's observation, derived from the original's, is the one observing it gives."""
     from trtc.precision.observe import observe, scaled_observation
     from trtc.precision.rescale import rescale_activations
-    from trtc.reference import ReferenceRunner
+    from trtc.reference.runner import ReferenceRunner
 
     rng = np.random.default_rng(3)
     w1 = np.abs(rng.standard_normal((16, 16))).astype(np.float32) * 1000

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnx import helper
 
 from trtc.passes import PASSES, PassContext
-from trtc.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 
 def make_model(nodes: Sequence[onnx.NodeProto], inputs: Sequence[onnx.ValueInfoProto],

@@ -18,7 +18,7 @@ from trtc.ir.splat import SplatTensor
 from trtc.passes import PASSES, PassContext
 from trtc.passes._evaluate import is_constant
 from trtc.passes.pipeline import optimize
-from trtc.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 
 from corpus import corpus_params
 from passutil import check_pass, make_model, ops, run_model, run_pass, vi

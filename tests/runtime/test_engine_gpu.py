@@ -15,7 +15,7 @@ import pytest
 from trtc.errors import TrtcError
 from trtc.frontend import parse_onnx
 from trtc.lower.backend import RTX_TARGETS, load_backend
-from trtc.reference import ReferenceRunner
+from trtc.reference.runner import ReferenceRunner
 from trtc.runtime.engine import EngineRunner, check_engine_compat, current_sm, no_gpu_reason
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -52,9 +52,10 @@ def _show_model(path: Path, *, graph: bool, precision: bool, support: bool, as_j
     from trtc import inspect as inspect_mod
     from trtc.errors import TrtcError
     from trtc.loading import artifact_kind, open_model
-    from trtc.lower.api import support_report
 
     if support:
+        from trtc.lower.api import support_report  # the converter registry: only --support needs it
+
         _echo(support_report(open_model(path)), support_text, as_json)
         return
     if precision:

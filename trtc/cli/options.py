@@ -16,7 +16,8 @@ def input_options(fn):
     """--input/--seed/--range/--shape: files for some inputs, seeded random data for the rest."""
     decorators = [
         click.option("--input", "inputs", multiple=True, metavar="FILE|NAME=FILE",
-                     help="x.npy (single-input model), NAME=x.npy, or inputs.npz keyed by name."),
+                     help="x.npy (single-input model), NAME=x.npy, or an .npz keyed by name; arrays named after "
+                          "outputs are expected values that run/compare check (repeatable)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed for generated inputs."),
         click.option("--range", "ranges", multiple=True, metavar="NAME=LOW:HIGH",

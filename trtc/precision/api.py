@@ -31,7 +31,8 @@ def run_precision(artifact: Artifact, options: PrecisionOptions, feeds: FeedOpti
         raise TrtcError(f"the artifact is already typed for {artifact.meta['precision']['target']}",
                         where=str(artifact.path), hint="optimize the fp32 artifact instead")
     specs = model_inputs(artifact.model)
-    samples = calibration_samples(specs, options.calib, options.calib_samples, feeds)
+    outputs = [v.name for v in artifact.model.graph.outputs]
+    samples = calibration_samples(specs, options.calib, options.calib_samples, feeds, outputs)
     report = apply_precision(artifact.model, samples, options).as_dict()
     report["options"] = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(options).items()}
     report["calibration"] = {"samples": len(samples), "source": "files" if options.calib or (feeds and feeds.files)

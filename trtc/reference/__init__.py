@@ -1,17 +1,4 @@
-"""Shared services below the stages: the CPU reference executor (onnxruntime, then
-`onnx.reference`), model inputs and feeds (read, generated, validated), calibration samples,
-and the error metrics every stage judges outputs by."""
-
-from trtc.reference.feeds import TensorSpec, make_feeds, model_inputs, model_outputs, validate_feeds
-from trtc.reference.runner import ReferenceRunner, summarize, time_runs
-
-__all__ = [
-    "ReferenceRunner",
-    "TensorSpec",
-    "make_feeds",
-    "model_inputs",
-    "model_outputs",
-    "summarize",
-    "time_runs",
-    "validate_feeds",
-]
+"""Shared services below the stages: the CPU reference executor (`runner`: onnxruntime, then
+`onnx.reference`), model inputs and feeds read, generated and validated (`feeds`), calibration
+samples, and the error metrics every stage judges outputs by (`metrics`). Import the module you
+need: reading feeds must not load onnxruntime."""

@@ -411,15 +411,18 @@ def validate_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray],
 
 
 def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count: int,
-                        feeds: FeedOptions | None = None) -> list[dict[str, np.ndarray]]:
+                        feeds: FeedOptions | None = None,
+                        output_names: Sequence[str] = ()) -> list[dict[str, np.ndarray]]:
     """One feed dict per `--calib` .npz file, or `count` samples made as `feeds` says (the
-    files it names, seeded random data for the rest; seeds `feeds.seed + i`)."""
+    files it names, seeded random data for the rest; seeds `feeds.seed + i`). Arrays named after
+    the model's outputs (`output_names`: a saved run, like the corpus's .npz files) are skipped."""
     if files:
         samples = []
         for file in files:
             data = _load_array_file(Path(file), "--calib")
             if not isinstance(data, dict):
                 raise TrtcError("calibration data must be an .npz keyed by input name", where=f"--calib {file}")
+            data = {k: v for k, v in data.items() if k not in output_names or k in {s.name for s in specs}}
             validate_feeds(specs, data, where=f"--calib {file}")
             samples.append(data)
         return samples
