@@ -26,3 +26,20 @@ def mlp(tmp_path_factory) -> Path:
          numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "mlp.onnx")
     return folder
+
+
+@pytest.fixture()
+def two_inputs(tmp_path) -> Path:
+    """A folder with two.onnx: ids int64[batch, 4] (indexes a 10-row table) + bias float32[batch, 4, 8]
+    -> y; and ids.npy, bias.npy for a batch of 2."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         helper.make_node("Add", ["e", "bias"], ["y"], name="add")], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4]),
+         helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["batch", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])],
+        [numpy_helper.from_array(np.arange(80, dtype=np.float32).reshape(10, 8), "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
+    np.save(tmp_path / "ids.npy", np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int64))
+    np.save(tmp_path / "bias.npy", np.zeros((2, 4, 8), np.float32))
+    return tmp_path

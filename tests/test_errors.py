@@ -115,46 +115,35 @@ def test_external_data_inside_folder_is_read(tmp_path):
     assert run.returncode == 0, run.stderr
 
 
-@pytest.fixture()
-def two_input_model(tmp_path) -> Path:
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
-         helper.make_node("Add", ["e", "bias"], ["y"], name="add")], "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4]),
-         helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["batch", 4, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])],
-        [numpy_helper.from_array(np.zeros((10, 8), np.float32), "table")])
-    path = tmp_path / "two.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
-def test_run_input_name_typo(two_input_model, tmp_path):
+def test_run_input_name_typo(two_inputs, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.int64))
-    _assert_user_error(run_trtc("run", two_input_model, "--input", f"idz={tmp_path / 'x.npy'}"),
+    _assert_user_error(run_trtc("run", two_inputs / "two.onnx", "--input", f"idz={tmp_path / 'x.npy'}"),
                        "unknown input name(s) 'idz'", "ids, bias")
 
 
-def test_run_wrong_dtype(two_input_model, tmp_path):
+def test_run_wrong_dtype(two_inputs, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
-    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}", "--generate", "bias"),
+    _assert_user_error(run_trtc("run", two_inputs / "two.onnx", "--input", f"ids={tmp_path / 'x.npy'}",
+                                "--generate", "bias"),
                        "'ids'", "dtype float32", "expects int64")
 
 
-def test_run_wrong_rank(two_input_model, tmp_path):
+def test_run_wrong_rank(two_inputs, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 4, 1), np.int64))
-    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}", "--generate", "bias"),
+    _assert_user_error(run_trtc("run", two_inputs / "two.onnx", "--input", f"ids={tmp_path / 'x.npy'}",
+                                "--generate", "bias"),
                        "'ids'", "rank 3", "expects rank 2")
 
 
-def test_run_wrong_static_dim(two_input_model, tmp_path):
+def test_run_wrong_static_dim(two_inputs, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 5), np.int64))
-    _assert_user_error(run_trtc("run", two_input_model, "--input", f"ids={tmp_path / 'x.npy'}", "--generate", "bias"),
+    _assert_user_error(run_trtc("run", two_inputs / "two.onnx", "--input", f"ids={tmp_path / 'x.npy'}",
+                                "--generate", "bias"),
                        "'ids' dim 1 is 5", "fixes it to 4")
 
 
-def test_run_unknown_range_name(two_input_model):
-    _assert_user_error(run_trtc("run", two_input_model, "--range", "idz=0:5"), "no input named 'idz'")
+def test_run_unknown_range_name(two_inputs):
+    _assert_user_error(run_trtc("run", two_inputs / "two.onnx", "--range", "idz=0:5"), "no input named 'idz'")
 
 
 def test_run_missing_file():

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from trtc.cli import main
 from trtc.compare import Tolerances, default_tolerance, engine_precision
@@ -173,22 +171,6 @@ def test_compare_with_stored_outputs(golden, capsys):
     rc, out, err = trtc(capsys, "compare", model, model, "--input", stored)
     assert rc == 0, err
     assert f"not used: expected y in --input (compare with them: trtc compare A {stored})" in out
-
-
-@pytest.fixture()
-def two_inputs(tmp_path) -> Path:
-    """ids int64[batch, 4] (indexes a 10-row table) + bias float32[batch, 4, 8] -> y."""
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
-         helper.make_node("Add", ["e", "bias"], ["y"], name="add")], "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4]),
-         helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["batch", 4, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])],
-        [numpy_helper.from_array(np.arange(80, dtype=np.float32).reshape(10, 8), "table")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
-    np.save(tmp_path / "ids.npy", np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int64))
-    np.save(tmp_path / "bias.npy", np.zeros((2, 4, 8), np.float32))
-    return tmp_path
 
 
 def test_missing_input_is_an_error(two_inputs, capsys):
