@@ -160,3 +160,12 @@ def test_calibration_npz_may_hold_the_outputs_too(mlp, tmp_path):
     line = _error_line(run_trtc("optimize", mlp / "mlp.onnx", "-o", tmp_path / "m.trtir", "--fp16", "--calib",
                                 tmp_path / "bad.npz"))
     assert "'z'" in line
+
+
+def test_verify_takes_a_saved_run(mlp, tmp_path):
+    """`optimize --verify --input run.npz` where the npz holds the outputs too (a corpus file)."""
+    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    np.savez(tmp_path / "run.npz", x=x, y=np.zeros((4, 4), np.float32))
+    proc = run_trtc("optimize", mlp / "mlp.onnx", "-o", tmp_path / "m.trtir", "--verify", "--input",
+                    tmp_path / "run.npz")
+    assert proc.returncode == 0 and "every pass verified" in proc.stdout, proc.stderr

@@ -177,22 +177,103 @@ def read_inputs(args: Sequence[str], specs: Sequence[TensorSpec]) -> dict[str, n
     return {a.name: a.array for a in arrays}
 
 
-def resolve_shape(spec: TensorSpec, shapes: Mapping[str, tuple[int, ...]],
-                  dim_values: dict[str, int]) -> tuple[int, ...]:
-    """Concrete shape for a generated input: `--shape`, else symbolic dims bound by
-    earlier inputs, else 1."""
+def batch_symbols(specs: Sequence[TensorSpec]) -> set[str]:
+    """Symbols that are the leading dim of some input of rank >= 2: a batch, which 1 sizes
+    sensibly wherever else the symbol appears (silero's state[2, batch, 128])."""
+    return {s.shape[0] for s in specs if s.shape is not None and len(s.shape) >= 2 and isinstance(s.shape[0], str)}
+
+
+def _is_batch_dim(spec: TensorSpec, axis: int, batch: set[str]) -> bool:
+    """Whether a symbolic (or unknown) dim may default to 1: the leading dim of an input of
+    rank >= 2, or a symbol that is one. Any other free dim (an image's height, a sequence's
+    length, a rank-1 waveform) cannot: 1 gives a degenerate input (a 1x1 image, one token)
+    that either breaks the model (a 3x3 convolution, a reflect pad) or proves nothing."""
+    assert spec.shape is not None
+    dim = spec.shape[axis]
+    return (axis == 0 and len(spec.shape) >= 2) or (isinstance(dim, str) and dim in batch)
+
+
+def _example_size(spec: TensorSpec) -> int:
+    """A plausible size for a free dim in the example `--shape` of an error: spatial for a float
+    input of rank >= 3 (images, feature maps), a sequence length otherwise."""
+    return 224 if spec.dtype is not None and spec.dtype.kind == "f" and spec.shape is not None \
+        and len(spec.shape) >= 3 else 128
+
+
+def bind_dims(spec: TensorSpec, shape: Sequence[int], dim_values: dict[str, int]) -> None:
+    """Record the sizes `shape` gives `spec`'s symbolic dims (first binding wins)."""
+    if spec.shape is not None and len(spec.shape) == len(shape):
+        for d, v in zip(spec.shape, shape):
+            if isinstance(d, str):
+                dim_values.setdefault(d, int(v))
+
+
+def resolve_shape(spec: TensorSpec, shapes: Mapping[str, tuple[int, ...]], dim_values: dict[str, int],
+                  batch: set[str] | None = None) -> tuple[int, ...]:
+    """Concrete shape for a generated input: `--shape`, else symbolic dims bound by other
+    inputs, else 1 for a batch dim (`_is_batch_dim`). A free dim of another kind is a TrtcError
+    asking for `--shape` with an example (`unsized_problem` words it)."""
     if spec.name in shapes:
         shape = shapes[spec.name]
         if spec.shape is not None:
             _check_rank_and_dims(spec, shape, "--shape")
-            for d, v in zip(spec.shape, shape):
-                if isinstance(d, str):
-                    dim_values.setdefault(d, v)
+            bind_dims(spec, shape, dim_values)
         return shape
     if spec.shape is None:
         raise TrtcError(f"input {spec.name!r} has no known shape",
                         where="--shape", hint=f"give one with --shape {spec.name}=1x...")
-    return tuple(d if isinstance(d, int) else dim_values.setdefault(d, 1) if d else 1 for d in spec.shape)
+    problem = unsized_problem(spec, dim_values, batch or set())
+    if problem:
+        raise TrtcError(problem)
+    return _sized(spec, dim_values, batch or set())
+
+
+def _sized(spec: TensorSpec, dim_values: dict[str, int], batch: set[str],
+           example: dict[int, int] | None = None) -> tuple[int, ...]:
+    """`spec`'s shape with bound symbols, 1 for batch dims and `example` sizes for the rest by
+    axis; symbols newly sized are bound, so later inputs sharing them agree."""
+    assert spec.shape is not None
+    dims = []
+    for axis, d in enumerate(spec.shape):
+        if isinstance(d, int):
+            dims.append(d)
+            continue
+        if isinstance(d, str) and d in dim_values:
+            dims.append(dim_values[d])
+            continue
+        size = 1 if _is_batch_dim(spec, axis, batch) else (example or {}).get(axis, 1)
+        if isinstance(d, str):
+            dim_values[d] = size
+        dims.append(size)
+    return tuple(dims)
+
+
+def unsized_problem(spec: TensorSpec, dim_values: dict[str, int], batch: set[str]) -> str | None:
+    """What is wrong when `spec` has free dims that are no batch, with a concrete `--shape`
+    example built from its declared dims (and binds the example's sizes, so that an input
+    sharing a symbol with it needs no example of its own); None when it can be sized."""
+    if spec.shape is None:
+        return None
+    free = [axis for axis, d in enumerate(spec.shape)
+            if not isinstance(d, int) and not (isinstance(d, str) and d in dim_values)
+            and not _is_batch_dim(spec, axis, batch)]
+    if not free:
+        return None
+    names = ", ".join(f"{axis} ({d})" if isinstance(d, str) else str(axis)
+                      for axis, d in ((a, spec.shape[a]) for a in free))
+    example = _sized(spec, dim_values, batch, {axis: _example_size(spec) for axis in free})
+    return (f"input {spec.name!r} ({spec.describe().partition(': ')[2]}) has free dim(s) {names} that trtc "
+            f"will not guess (1 would make a degenerate input): give its shape, e.g. "
+            f"--shape {spec.name}={'x'.join(map(str, example))}")
+
+
+def is_parameter_scalar(spec: TensorSpec) -> bool:
+    """An integer or boolean input of rank 0 that indexes no table: a parameter of the model (a
+    sample rate, a count, a step, a flag), not data. A made-up 0/1 takes a branch or sizes a
+    tensor the real value would not (silero VAD's `sr` picks its If branch), so trtc does not
+    make it up unless asked (`--range`, `--generate`)."""
+    return spec.shape == () and spec.dtype is not None and spec.index_bound is None \
+        and (spec.dtype == np.bool_ or np.issubdtype(spec.dtype, np.integer))
 
 
 def generation_range(spec: TensorSpec, value_range: tuple[float, float] | None) -> tuple[str, float, float]:
@@ -334,21 +415,41 @@ def load_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None,
                      + " ".join(f"--generate {n}" for n in missing))
         raise TrtcError("; ".join(problems), where="--input" if options.files else None, hint=hint)
 
+    # Symbolic dims bound by what the user gave (files, then --shape), whichever input comes
+    # first in the model: a --shape of the last input sizes the batch of the first one too.
     dim_values: dict[str, int] = {}
-    for spec in specs:  # symbolic dims bound by the inputs the user gave
-        if spec.name in arrays and spec.shape is not None:
-            for d, v in zip(spec.shape, np.shape(arrays[spec.name])):
-                if isinstance(d, str):
-                    dim_values.setdefault(d, v)
+    for spec in specs:
+        if spec.name in arrays:
+            bind_dims(spec, np.shape(arrays[spec.name]), dim_values)
+    for spec in specs:
+        if spec.name not in arrays and spec.name in options.shapes and spec.dtype is not None:
+            resolve_shape(spec, options.shapes, dim_values)  # checks it against the model, binds its dims
+    to_make = [s for s in specs if s.name not in arrays and s.name in wanted and s.dtype is not None]
+    batch = batch_symbols(specs)
+    problems = []
+    for spec in to_make:
+        if spec.name in options.shapes:
+            continue
+        if spec.shape is None:
+            problems.append(f"input {spec.name!r} has no declared shape: give one, e.g. --shape {spec.name}=1x...")
+        elif (problem := unsized_problem(spec, dim_values, batch)) is not None:
+            problems.append(problem)
+        if is_parameter_scalar(spec) and spec.name not in options.ranges and spec.name not in options.generate:
+            problems.append(
+                f"input {spec.name!r} is a {spec.dtype} scalar, a parameter of the model (a rate, a count, a flag) "
+                f"whose value trtc will not make up: give it with --input {spec.name}=FILE.npy, draw it with "
+                f"--range {spec.name}=LOW:HIGH, or freeze it when parsing (trtc parse MODEL --freeze "
+                f"{spec.name}=VALUE)")
+    if problems:
+        raise TrtcError("; ".join(problems), where="--input" if options.files else None)
     rng = np.random.default_rng(options.seed)
     generated = []
-    for spec in specs:
-        if spec.name not in arrays and spec.name in wanted and spec.dtype is not None:
-            shape = resolve_shape(spec, options.shapes, dim_values)
-            value_range = options.ranges.get(spec.name)
-            arrays[spec.name] = generate_input(spec, shape, rng, value_range)
-            generated.append(GeneratedInput(spec.name, str(spec.dtype), tuple(int(d) for d in shape),
-                                            *generation_range(spec, value_range), options.seed))
+    for spec in to_make:  # in the model's order, one generator: the same seed gives the same data
+        shape = resolve_shape(spec, options.shapes, dim_values, batch)
+        value_range = options.ranges.get(spec.name)
+        arrays[spec.name] = generate_input(spec, shape, rng, value_range)
+        generated.append(GeneratedInput(spec.name, str(spec.dtype), tuple(int(d) for d in shape),
+                                        *generation_range(spec, value_range), options.seed))
     expected = {e.name: e.array for e in given if e.name in output_names}
     expected_from = tuple(dict.fromkeys(e.source for e in given if e.name in output_names))
     return Feeds(arrays, expected, expected_from, generated)
@@ -427,6 +528,6 @@ def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count
             samples.append(data)
         return samples
     feeds = feeds or FeedOptions()
-    if feeds.files:  # the given inputs are the calibration sample
-        return [make_feeds(specs, feeds)]
+    if feeds.files:  # the given inputs are the calibration sample (stored outputs in them are not inputs)
+        return [load_feeds(specs, feeds, output_names).arrays]
     return [make_feeds(specs, feeds.with_seed(feeds.seed + i)) for i in range(count)]
