@@ -1,7 +1,9 @@
 """`trtc optimize` beside onnxslim, onnxsim and polygraphy's constant folding, in the same run,
 on every corpus model: node count after optimization and wall time.
 
-    python benchmarks/optimize_vs_peers.py [--filter NAME] [--write-results]
+    python benchmarks/optimize_vs_peers.py [--real] [--filter NAME] [--write-results]
+
+--real: the real production models of ../shared/models/real instead of the corpus.
 
 Each tool runs in a fresh process, timed around its own work (load + optimize + save; imports
 excluded). Node counts exclude `Constant` nodes (an initializer by another name), count fused
@@ -62,9 +64,11 @@ print(json.dumps({"seconds": seconds, "nodes": nodes}))
 TOOLS = {"trtc": "trtc", "onnxslim": "onnxslim", "onnxsim": "onnxsim", "polygraphy": "polygraphy"}
 
 
-def corpus() -> list[Path]:
+def corpus(real: bool = False) -> list[Path]:
     import onnx
 
+    if real:
+        return sorted((SHARED / "real").glob("*.onnx"))
     light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     return sorted(SHARED.glob("*.onnx")) + sorted(light.glob("light_*.onnx"))
 
@@ -99,11 +103,12 @@ def original_nodes(model: Path) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--filter", default="")
+    ap.add_argument("--real", action="store_true", help="the real production models (../shared/models/real)")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     tools = [t for t in TOOLS if installed(t)]
-    models = [m for m in corpus() if args.filter in m.name]
+    models = [m for m in corpus(args.real) if args.filter in m.name]
     if not models:
         print(f"skipped: no corpus models found (looked in {SHARED})")
         return 0
@@ -137,7 +142,8 @@ def main() -> int:
     if args.write_results:
         from results import write_section
 
-        write_section("Optimizer vs peers (benchmarks/optimize_vs_peers.py)", text)
+        write_section(f"Optimizer vs peers{' on real models' if args.real else ''} "
+                      "(benchmarks/optimize_vs_peers.py)", text)
     return 0
 
 

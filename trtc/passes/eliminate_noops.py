@@ -141,6 +141,14 @@ def reshape_same_shape(graph: ir.Graph, node: ir.Node) -> Forward | None:
     return Forward("reshape-same-shape", node.inputs[0]) if all(kept) and target.count(-1) <= 1 else None
 
 
+def flatten_rank2(graph: ir.Graph, node: ir.Node) -> Forward | None:
+    """Flatten(x, axis=1) of a rank-2 x (the legacy Softmax form of a [N, C] input) is x."""
+    dims = _dims(node.inputs[0])
+    if dims is None or len(dims) != 2:
+        return None
+    return Forward("flatten-rank2", node.inputs[0]) if node.attributes.get_int("axis", 1) in (1, -1) else None
+
+
 def reshape_merge(graph: ir.Graph, node: ir.Node) -> Rewire | None:
     """Reshape(Reshape(x, a), b) -> Reshape(x, b), b's 0s (copy a dim) resolved from the middle shape."""
     first = producer_of(node.inputs[0], "Reshape")
@@ -199,7 +207,8 @@ def pad_zero(graph: ir.Graph, node: ir.Node) -> Forward | None:
     return Forward("pad-zero", node.inputs[0]) if pads is not None and not any(pads) else None
 
 
-def slice_full(graph: ir.Graph, node: ir.Node) -> Forward | None:
+def _slice_params(node: ir.Node) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """A Slice's constant (starts, ends, axes in [0, rank), steps), or None when any is not constant."""
     dims = _dims(node.inputs[0])
     starts, ends = _ints(node.inputs[1]), _ints(node.inputs[2])
     if dims is None or starts is None or ends is None or len(starts) != len(ends):
@@ -207,15 +216,38 @@ def slice_full(graph: ir.Graph, node: ir.Node) -> Forward | None:
     optional = list(node.inputs[3:5]) + [None] * (5 - len(node.inputs))
     axes = _ints(optional[0]) if optional[0] is not None else list(range(len(starts)))
     steps = _ints(optional[1]) if optional[1] is not None else [1] * len(starts)
-    if steps is None or len(steps) != len(starts) or _axes(axes, len(dims)) is None or len(axes) != len(starts):
+    if steps is None or axes is None or len(steps) != len(starts) or len(axes) != len(starts) \
+            or _axes(axes, len(dims)) is None:
         return None
-    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-        dim = dims[axis % len(dims)]
+    return starts, ends, [a % len(dims) for a in axes], steps
+
+
+def slice_full(graph: ir.Graph, node: ir.Node) -> Forward | None:
+    params = _slice_params(node)
+    if params is None:
+        return None
+    dims = _dims(node.inputs[0])
+    for start, end, axis, step in zip(*params, strict=True):
+        dim = dims[axis]
         whole_start = start == 0 or (isinstance(dim, int) and start <= -dim)
         whole_end = end == INT64_MAX or (isinstance(dim, int) and end >= dim)
         if step != 1 or not whole_start or not whole_end:
             return None
     return Forward("slice-full", node.inputs[0])
+
+
+def slice_merge(graph: ir.Graph, node: ir.Node) -> Rewire | None:
+    """Slice(Slice(x, a), b) over disjoint axes -> one Slice(x, a + b) (YOLO's Focus: x[..., ::2, ::2])."""
+    inner = producer_of(node.inputs[0], "Slice")
+    outer, first = _slice_params(node), inner and _slice_params(inner)
+    if not outer or not first or set(outer[2]) & set(first[2]):
+        return None
+    merged = [np.array(a + b, np.int64) for a, b in zip(first, outer, strict=True)]
+    base = node.name or "slice"
+    parts = ("starts", "ends", "axes", "steps")
+    inputs = {0: inner.inputs[0]} | {i + 1: add_constant(graph, array, f"{base}_{part}")
+                                     for i, (part, array) in enumerate(zip(parts, merged, strict=True))}
+    return Rewire("slice-merge", inputs, bypassed=inner)
 
 
 def squeeze_unsqueeze(graph: ir.Graph, node: ir.Node) -> Forward | None:
@@ -268,8 +300,8 @@ def where_constant(graph: ir.Graph, node: ir.Node) -> Forward | None:
 RULES: dict[str, list[Rule]] = {
     "Identity": [identity], "Dropout": [dropout],
     "Cast": [cast_same_type, cast_merge], "CastLike": [cast_same_type],
-    "Reshape": [reshape_same_shape, reshape_merge], "Expand": [expand_same_shape],
-    "Transpose": [transpose_identity, transpose_merge], "Pad": [pad_zero], "Slice": [slice_full],
+    "Reshape": [reshape_same_shape, reshape_merge], "Expand": [expand_same_shape], "Flatten": [flatten_rank2],
+    "Transpose": [transpose_identity, transpose_merge], "Pad": [pad_zero], "Slice": [slice_full, slice_merge],
     "Squeeze": [squeeze_unsqueeze], "Unsqueeze": [squeeze_unsqueeze],
     **dict.fromkeys(NEUTRAL_OPERANDS, [neutral_operand]), "Where": [where_constant],
 }
@@ -291,6 +323,8 @@ def _forward(graph: ir.Graph, node: ir.Node, value: ir.Value) -> bool:
 
 
 def _rewire(graph: ir.Graph, node: ir.Node, rewire: Rewire) -> bool:
+    if max(rewire.inputs) >= len(node.inputs):  # optional inputs the node left out (Slice's axes, steps)
+        node.resize_inputs(max(rewire.inputs) + 1)
     for index, value in rewire.inputs.items():
         node.replace_input_with(index, value)
     for attr in rewire.attributes:
