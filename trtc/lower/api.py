@@ -23,8 +23,9 @@ def build_artifact(artifact: Artifact, output: Path, options: BuildOptions, *, c
     return result
 
 
-def support_report(artifact: Artifact) -> dict[str, Any]:
-    """What `--dry-run` / `inspect --support` print: every node that cannot be lowered."""
+def support_report(artifact: Artifact, backend: str = "auto") -> dict[str, Any]:
+    """What `--dry-run` / `inspect --support` print: every node that `backend` cannot lower, by the
+    checks the lowering runs before it adds a layer (`trtc.lower.network.check_supported`)."""
     nodes = len(artifact.model.graph)  # before types TensorRT lacks are carried (which adds nodes)
-    problems = unsupported_nodes(artifact.model)
+    problems = unsupported_nodes(artifact.model, None if backend == "auto" else backend)
     return {"nodes": nodes, "unsupported": problems, "supported": not problems}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 from types import ModuleType
 
 from trtc.errors import TrtcError
@@ -64,6 +65,13 @@ def available_backends() -> list[str]:
         except ImportError:
             continue
     return out
+
+
+def auto_backend() -> str:
+    """The backend `load_backend("auto")` loads, found without importing it; TensorRT-RTX (what
+    `pip install "trtc[build]"` installs) where neither is installed."""
+    return next((name for name, module in MODULES.items() if importlib.util.find_spec(module) is not None),
+                "tensorrt-rtx")
 
 
 def load_backend(name: str = "auto") -> Backend:

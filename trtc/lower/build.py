@@ -18,7 +18,7 @@ from trtc import __version__
 from trtc.errors import TrtcError
 from trtc.fileio import write_atomic
 from trtc.lower.backend import Backend
-from trtc.lower.network import dims_of, lower
+from trtc.lower.network import build_failure, dims_of, lower
 from trtc.lower.profiles import Profile, ProfileSpec, profile_ranges, resolve_profiles
 
 SIDECAR_VERSION = 1
@@ -133,10 +133,10 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         config.add_optimization_profile(trt_profile)
     if progress is not None:
         config.progress_monitor = _progress_monitor(trt, progress)
+    logged = len(lowered.logger.errors)
     plan = lowered.builder.build_serialized_network(lowered.network, config)
     if plan is None:
-        reason = "; ".join(lowered.logger.errors[-3:]) or "no reason given"
-        raise TrtcError(f"TensorRT could not build the engine: {reason}", where=where)
+        raise build_failure(lowered, lowered.logger.errors[logged:], where)
     if timing_cache is not None:
         write_atomic(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
     plan_bytes = bytes(plan)

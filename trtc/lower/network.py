@@ -9,13 +9,14 @@ so engine layers map back to ONNX nodes.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.lower import ops  # noqa: F401  (registers the converters)
 from trtc.lower.backend import Backend
-from trtc.lower.context import LowerCtx, RecordingLogger, trt_dtype
+from trtc.lower.context import LowerCtx, RecordingLogger, first_error, trt_dtype
 from trtc.lower.legalize import legalize_types
 from trtc.lower.registry import find_converter, unsupported_nodes
 
@@ -34,8 +35,9 @@ def dims_of(value: ir.Value) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else -1 for d in value.shape.dims)
 
 
-def check_supported(model: ir.Model, where: str) -> None:
-    problems = unsupported_nodes(model)
+def check_supported(model: ir.Model, backend: Backend, where: str) -> None:
+    """Refuse, before any layer is added, what `inspect --support` reports: the same checks."""
+    problems = unsupported_nodes(model, backend.name)
     if problems:
         listed = "; ".join(f"{p['node']} ({p['op']}): {p['reason']}" for p in problems)
         raise TrtcError(f"{len(problems)} node(s) cannot be lowered to TensorRT: {listed}", where=where,
@@ -44,7 +46,7 @@ def check_supported(model: ir.Model, where: str) -> None:
 
 def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
     """Build the TensorRT network for `model` (main graph; its types are legalized in place)."""
-    check_supported(model, where)
+    check_supported(model, backend, where)
     carried = legalize_types(model)
     trt = backend.trt
     logger = RecordingLogger(trt)
@@ -79,15 +81,16 @@ def _unique_name(node: ir.Node, index: int, seen: set[str]) -> str:
 
 
 def _lower_node(ctx: LowerCtx, node: ir.Node, conv, where: str, name: str) -> None:
-    ctx.node = node
+    ctx.begin(node)
     first = ctx.network.num_layers
     try:
         outputs = conv.fn(ctx, node)
     except TrtcError as exc:
         raise TrtcError(f"node {node.name!r} ({node.op_type}): {exc.message}", where=where) from None
     except Exception as exc:  # TensorRT's bindings raise ValueError/TypeError/RuntimeError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrtcError(f"internal error lowering node {node.name!r} ({node.op_type}): {first}", where=where,
+        text = str(exc).strip()
+        reason = ctx.tensorrt_error() or (text.splitlines()[0] if text else type(exc).__name__)
+        raise TrtcError(f"internal error lowering node {node.name!r} ({node.op_type}): {reason}", where=where,
                         hint="please report it with the model") from exc
     added = ctx.network.num_layers - first
     for k in range(added):
@@ -122,3 +125,27 @@ def check_agreement(model: ir.Model, ctx: LowerCtx, where: str) -> None:
                 raise TrtcError(
                     f"internal error: node {node.name!r} ({node.op_type}) output {value.name!r} has shape "
                     f"{got} in TensorRT but {want} in the IR", where=where)
+
+
+def build_failure(lowered: Lowered, messages: list[str], where: str) -> TrtcError:
+    """The error for a build TensorRT refused: its first message, with the ONNX node of the first layer
+    it names (layer names are node names, see `_lower_node`)."""
+    reason = first_error(messages) or "no reason logged"
+    node = _named_node(lowered.network, reason)
+    return TrtcError(f"TensorRT could not build the engine: {f'{node}: ' if node else ''}{reason}", where=where)
+
+
+def _named_node(network, message: str) -> str | None:
+    """`node 'N' (Op)` for the layer named first (longest name at a place) in `message`, or None."""
+    found: tuple[int, int, object] | None = None
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if not layer.name or not layer.metadata.startswith("onnx:"):
+            continue
+        match = re.search(rf"(?<![\w./]){re.escape(layer.name)}(?![\w./])", message)
+        if match and (found is None or (match.start(), -len(layer.name)) < found[:2]):
+            found = (match.start(), -len(layer.name), layer)
+    if found is None:
+        return None
+    _, op, name = found[2].metadata.split(":", 2)
+    return f"node {name!r} ({op})"

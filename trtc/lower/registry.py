@@ -2,7 +2,9 @@
 the opset range it covers and its constraints as data.
 
 Constraints are checked from the IR alone (no TensorRT needed), so `trtc build --dry-run`
-and `trtc inspect --support` report exactly what the builder would refuse.
+and `trtc inspect --support` report exactly what the builder would refuse: the lowering runs the
+same checks (`unsupported_nodes`) before it adds a layer, and a converter raises no refusal of its
+own that a constraint could have found.
 """
 
 from __future__ import annotations
@@ -13,16 +15,23 @@ from typing import Any
 
 import onnx_ir as ir
 
+from trtc.lower.backend import auto_backend
 from trtc.lower.expand import expand_ops
 from trtc.lower.legalize import carry_issues, legalize_types
 
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
-    """A condition a node must meet; `check` returns the reason it fails, or None."""
+    """A condition a node must meet; `check(node)` returns the reason it fails, or None. With
+    `on_backend`, it is `check(node, backend)`, given the backend that builds ("tensorrt" or
+    "tensorrt-rtx"), for what only one of them can build."""
 
     describe: str
-    check: Callable[[ir.Node], str | None]
+    check: Callable[..., str | None]
+    on_backend: bool = False
+
+    def reason(self, node: ir.Node, backend: str) -> str | None:
+        return self.check(node, backend) if self.on_backend else self.check(node)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +82,9 @@ def find_converter(node: ir.Node, opset: int) -> Converter | None:
     return None
 
 
-def support_issue(node: ir.Node, opset: int) -> str | None:
-    """Why `node` cannot be lowered, or None when it can."""
+def support_issue(node: ir.Node, opset: int, backend: str | None = None) -> str | None:
+    """Why `node` cannot be lowered by `backend` (default: the one `--backend auto` builds with), or
+    None when it can."""
     candidates = CONVERTERS.get((_domain(node), node.op_type))
     if not candidates:
         return "no converter for this op yet"
@@ -82,18 +92,20 @@ def support_issue(node: ir.Node, opset: int) -> str | None:
     if conv is None:
         ranges = ", ".join(f"{c.since}-{c.until or 'latest'}" for c in candidates)
         return f"converter covers opsets {ranges}, the model uses {opset}"
+    backend = backend or auto_backend()
     for constraint in conv.constraints:
-        reason = constraint.check(node)
+        reason = constraint.reason(node, backend)
         if reason is not None:
             return reason
     return None
 
 
-def unsupported_nodes(model: ir.Model) -> list[dict[str, str]]:
-    """Every node of the main graph the builder cannot lower, with the reason. Ops TensorRT's layers
-    lack are expanded (`trtc.lower.expand`) and values of types it lacks carried in types it has
-    (`trtc.lower.legalize`) first, in place."""
+def unsupported_nodes(model: ir.Model, backend: str | None = None) -> list[dict[str, str]]:
+    """Every node of the main graph `backend` (default: `--backend auto`'s) cannot lower, with the
+    reason. Ops TensorRT's layers lack are expanded (`trtc.lower.expand`) and values of types it lacks
+    carried in types it has (`trtc.lower.legalize`) first, in place."""
     load_converters()
+    backend = backend or auto_backend()
     expand_ops(model)
     carry = carry_issues(model)
     if not carry:
@@ -101,7 +113,7 @@ def unsupported_nodes(model: ir.Model) -> list[dict[str, str]]:
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     out = []
     for node in model.graph:
-        reason = carry.get(node) or support_issue(node, opset)
+        reason = carry.get(node) or support_issue(node, opset, backend)
         if reason is not None:
             out.append({"node": node.name or "<unnamed>", "op": node.op_type, "reason": reason})
     return out

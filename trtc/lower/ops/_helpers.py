@@ -57,3 +57,17 @@ def concat_last(ctx, tensors):
     layer = ctx.check(ctx.network.add_concatenation(expanded))
     layer.axis = ctx.rank(tensors[0])
     return layer.get_output(0)
+
+
+def unit_last(ctx, tensor):
+    """`tensor` with a size-1 dim appended. TensorRT's convolution, deconvolution and pooling layers take
+    2 or 3 spatial dims, so 1-D ones run as 2-D over [N, C, L, 1]: kernel, stride and dilation 1 and no
+    padding along the unit dim leave it as it is."""
+    axis = ctx.constant(np.array([ctx.rank(tensor)], np.int64))
+    return ctx.check(ctx.network.add_unsqueeze(tensor, axis)).get_output(0)
+
+
+def drop_last(ctx, tensor):
+    """`tensor` without its last dim, a unit one (`unit_last` undone)."""
+    axis = ctx.constant(np.array([ctx.rank(tensor) - 1], np.int64))
+    return ctx.check(ctx.network.add_squeeze(tensor, axis)).get_output(0)

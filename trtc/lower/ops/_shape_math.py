@@ -158,15 +158,6 @@ def tensor_of(ctx, value):
     return tensor
 
 
-def tensor_as(ctx, value, dtype):
-    """ctx.tensor(value) cast to the TensorRT type `dtype`; a constant is made in `dtype` directly
-    (a (U)INT8 constant would be a (U)INT8 tensor inside the network, which TensorRT refuses)."""
-    data = ctx.const(value)
-    if data is not None:
-        return constant(ctx, data.astype(ctx.trt.nptype(dtype)))
-    return ctx.cast(ctx.tensor(value), dtype)
-
-
 def wrap_negative(ctx, indices, dim):
     """ONNX index semantics: a negative index counts from the end (index + dim where index < 0).
 

@@ -21,32 +21,34 @@ def _opset(node: ir.Node) -> int:
     return imports.get("", imports.get("ai.onnx", DEFAULT_OPSET))
 
 
-def subgraph_issue(node: ir.Node, opset: int | None = None) -> str | None:
-    """Why a node of one of `node`'s subgraphs (at any depth) cannot be lowered."""
-    opset = _opset(node) if opset is None else opset
+def subgraph_issue(node: ir.Node, backend: str) -> str | None:
+    """Why a node of one of `node`'s subgraphs (at any depth) cannot be lowered by `backend`."""
+    opset = _opset(node)
     for attr in node.attributes.values():
         if attr.type != ir.AttributeType.GRAPH:
             continue
         for inner in attr.value:
-            reason = support_issue(inner, opset)
+            reason = support_issue(inner, opset, backend)
             if reason is not None:
                 return f"{attr.name} node {inner.name or inner.op_type!r} ({inner.op_type}): {reason}"
     return None
 
 
 def subgraphs_supported() -> Constraint:
-    return Constraint("every subgraph node supported", subgraph_issue)
+    return Constraint("every subgraph node supported", subgraph_issue, on_backend=True)
 
 
 def lower_subgraph(ctx, graph: ir.Graph, opset: int) -> list:
-    """Lower `graph`'s nodes into the network (its inputs already bound); its output tensors."""
+    """Lower `graph`'s nodes into the network (its inputs already bound); its output tensors. Every
+    node has a converter (`subgraphs_supported` checked it); an error names the node it is about."""
     outer_node = ctx.node
     for node in graph:
         ctx.node = node
-        conv = find_converter(node, opset)
-        if conv is None:
-            raise TrtcError(f"subgraph node {node.name!r} ({node.op_type}) has no converter")
-        for value, tensor in zip(node.outputs, conv.fn(ctx, node), strict=False):
+        try:
+            outputs = find_converter(node, opset).fn(ctx, node)
+        except TrtcError as exc:
+            raise TrtcError(f"subgraph node {node.name!r} ({node.op_type}): {exc.message}") from None
+        for value, tensor in zip(node.outputs, outputs, strict=False):
             if tensor is not None and value.name:
                 ctx.tensors[value] = tensor
     ctx.node = outer_node

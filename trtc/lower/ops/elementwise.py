@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 
 from trtc.lower.context import trt_dtype
-from trtc.lower.ops._shape_math import tensor_as
 from trtc.lower.registry import converter, tensor_types
 
 BINARY = {
@@ -45,7 +44,7 @@ def _computable(ctx, values, pow_op: bool = False):
         compute = trt.float32
     else:
         return [ctx.tensor(v) for v in values], first
-    return [tensor_as(ctx, v, compute) for v in values], compute
+    return [ctx.tensor_as(v, compute) for v in values], compute
 
 
 @converter(["GreaterOrEqual", "LessOrEqual"], constraints=[tensor_types()])

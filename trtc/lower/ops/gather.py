@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtc.errors import TrtcError
 from trtc.lower.ops._shape_math import ShapeMath, constant, tensor_of, wrap_negative
 from trtc.lower.ops.generate import iota
 from trtc.lower.ops.slice import slice_axes
@@ -140,17 +139,31 @@ def lower_tensor_scatter(ctx, node):
     return [layer.get_output(0)]
 
 
+NON_ZERO_ON_RTX = ("TensorRT-RTX has no NonZero implementation (its data-dependent output size needs full "
+                   "TensorRT; NVIDIA/TensorRT-RTX issue 32)")
+
+
+def _non_zero_builds(node, backend: str) -> str | None:
+    """NonZero, and Compress with a run-time condition, need INonZeroLayer, which TensorRT-RTX lacks."""
+    if backend != "tensorrt-rtx":
+        return None
+    condition = node.inputs[1] if node.op_type == "Compress" else None
+    if condition is not None and condition.const_value is not None and not condition.is_graph_input():
+        return None  # constant positions, no NonZero
+    return NON_ZERO_ON_RTX
+
+
+NON_ZERO = Constraint("a backend with NonZero", _non_zero_builds, on_backend=True)
+
+
 def non_zero(ctx, x):
-    """INonZeroLayer (int64 indices); TensorRT-RTX has no kernel for it, so say so before building."""
-    if ctx.backend.is_rtx:
-        raise TrtcError("TensorRT-RTX has no NonZero implementation (its data-dependent output size needs "
-                        "full TensorRT; NVIDIA/TensorRT-RTX issue 32)")
+    """INonZeroLayer (int64 indices)."""
     layer = ctx.check(ctx.network.add_non_zero(x))
     layer.indices_type = ctx.trt.int64
     return layer.get_output(0)
 
 
-@converter("NonZero", since=9, constraints=[tensor_types(), known_rank(0)])
+@converter("NonZero", since=9, constraints=[tensor_types(), known_rank(0), NON_ZERO])
 def lower_non_zero(ctx, node):
     """NonZero(x) -> INonZeroLayer: int64 indices, [rank, count] (a scalar as a 1-element vector
     whose one index row is then dropped)."""
@@ -160,7 +173,7 @@ def lower_non_zero(ctx, node):
     return [non_zero(ctx, x)]
 
 
-@converter("Compress", since=9, constraints=[tensor_types(), known_rank(0)])
+@converter("Compress", since=9, constraints=[tensor_types(), known_rank(0), NON_ZERO])
 def lower_compress(ctx, node):
     """Compress(x, condition, axis): gather along axis (x flattened without axis) at the
     positions where condition is true; constant conditions give constant positions."""

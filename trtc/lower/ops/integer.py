@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.lower.context import trt_dtype
-from trtc.lower.ops._shape_math import constant, tensor_as
+from trtc.lower.ops._shape_math import constant
 from trtc.lower.registry import Constraint, converter, tensor_types
 
 NARROW = {ir.DataType.INT8, ir.DataType.UINT8}
@@ -18,7 +18,7 @@ SIGNED = {ir.DataType.INT8, ir.DataType.INT32, ir.DataType.INT64}
 
 
 def _operands(ctx, node, compute):
-    return [tensor_as(ctx, v, compute) for v in node.inputs]
+    return [ctx.tensor_as(v, compute) for v in node.inputs]
 
 
 @converter("Mod", since=10, constraints=[tensor_types()])

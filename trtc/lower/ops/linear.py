@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trtc.errors import TrtcError
+from trtc.lower.ops._helpers import drop_last, unit_last
 from trtc.lower.ops._shape_math import ShapeMath
 from trtc.lower.ops.slice import slice_axes
 from trtc.lower.registry import Constraint, converter, known_rank, tensor_types
@@ -49,23 +49,32 @@ def lower_gemm(ctx, node):
     return [out]
 
 
-def _window(layer, node, spatial: int, unit: tuple[int, ...] = ()):
-    """Strides, dilations and groups of a (de)convolution layer (`unit` appends unit ones)."""
+def _window(layer, node, spatial: int, unit: int = 0):
+    """Strides, dilations and groups of a (de)convolution layer, with `unit` unit dims appended."""
     attrs = node.attributes
-    layer.stride_nd = (*attrs.get_ints("strides", [1] * spatial), *unit)
-    layer.dilation_nd = (*attrs.get_ints("dilations", [1] * spatial), *unit)
+    layer.stride_nd = (*attrs.get_ints("strides", [1] * spatial), *[1] * unit)
+    layer.dilation_nd = (*attrs.get_ints("dilations", [1] * spatial), *[1] * unit)
     layer.num_groups = attrs.get_int("group", 1)
 
 
-def _conv_common(layer, node, spatial: int):
-    _window(layer, node, spatial)
+def _conv_common(layer, node, spatial: int, unit: int):
+    _window(layer, node, spatial, unit)
     attrs = node.attributes
     pads = attrs.get_ints("pads", [0] * (2 * spatial))
-    layer.pre_padding, layer.post_padding = tuple(pads[:spatial]), tuple(pads[spatial:])
+    layer.pre_padding = (*pads[:spatial], *[0] * unit)
+    layer.post_padding = (*pads[spatial:], *[0] * unit)
     auto_pad = attrs.get_string("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         P = layer.padding_mode.__class__
         layer.padding_mode = P.SAME_UPPER if auto_pad == "SAME_UPPER" else P.SAME_LOWER
+
+
+def _spatial_rank(node) -> str | None:
+    """TensorRT convolves 1 (as 2, see `unit_last`), 2 or 3 spatial dims."""
+    w = node.inputs[1]
+    if w.shape is not None and not 3 <= w.shape.rank() <= 5:
+        return f"{node.op_type} over {w.shape.rank() - 2} spatial dims (TensorRT convolves 1 to 3)"
+    return None
 
 
 def static_weight_shape() -> Constraint:
@@ -84,18 +93,25 @@ def _weight_dims(node) -> tuple[int, ...]:
     return tuple(node.inputs[1].shape.dims)
 
 
-@converter("Conv", constraints=[tensor_types(), known_rank(0), static_weight_shape()])
+CONV_CONSTRAINTS = [tensor_types(), known_rank(0), static_weight_shape(),
+                    Constraint("1 to 3 spatial dims", _spatial_rank)]
+
+
+@converter("Conv", constraints=CONV_CONSTRAINTS)
 def lower_conv(ctx, node):
-    """Conv (weights constant or computed; 1-D as TensorRT's N-D convolution)."""
+    """Conv (weights constant or computed); 1-D as 2-D over a unit last dim (`unit_last`)."""
     dims = _weight_dims(node)
-    x = ctx.tensor(node.inputs[0])
-    spatial = len(dims) - 2
-    layer = ctx.check(ctx.network.add_convolution_nd(x, dims[0], dims[2:], ctx.trt.Weights(), ctx.trt.Weights()))
-    layer.set_input(1, ctx.tensor(node.inputs[1]))
+    x, w = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
+    spatial, kernel = len(dims) - 2, list(dims[2:])
+    if spatial == 1:
+        x, w, kernel = unit_last(ctx, x), unit_last(ctx, w), [*kernel, 1]
+    layer = ctx.check(ctx.network.add_convolution_nd(x, dims[0], kernel, ctx.trt.Weights(), ctx.trt.Weights()))
+    layer.set_input(1, w)
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         layer.set_input(2, ctx.tensor(node.inputs[2]))
-    _conv_common(layer, node, spatial)
-    return [layer.get_output(0)]
+    _conv_common(layer, node, spatial, len(kernel) - spatial)
+    y = layer.get_output(0)
+    return [drop_last(ctx, y) if spatial == 1 else y]
 
 
 def deconv_crops(node, input_dims: Sequence[int | None]) -> tuple[list[int], list[int]]:
@@ -136,34 +152,34 @@ def _static_size_for_output_shape(node) -> str | None:
     return None
 
 
-def _unit_last(ctx, tensor):
-    """`tensor` with a size-1 dim appended."""
-    axis = ctx.constant(np.array([ctx.rank(tensor)], np.int64))
-    return ctx.check(ctx.network.add_unsqueeze(tensor, axis)).get_output(0)
+def _deconv_builds(node, backend: str) -> str | None:
+    attrs = node.attributes
+    strided, dilated = max(attrs.get_ints("strides", [1])) > 1, max(attrs.get_ints("dilations", [1])) > 1
+    if backend == "tensorrt-rtx" and strided and dilated:
+        return "TensorRT-RTX cannot build a deconvolution that is both strided and dilated"
+    return None
 
 
 @converter("ConvTranspose", constraints=[
-    tensor_types(), known_rank(0), static_weight_shape(),
-    Constraint("output_shape with static spatial dims", _static_size_for_output_shape)])
+    *CONV_CONSTRAINTS, Constraint("output_shape with static spatial dims", _static_size_for_output_shape),
+    Constraint("strided or dilated on TensorRT-RTX", _deconv_builds, on_backend=True)])
 def lower_conv_transpose(ctx, node):
     """ConvTranspose -> deconvolution cropping the positive parts of `deconv_crops`; where they are
     negative (output_padding, a larger output_shape) the result is extended with zeros by a FILL
     slice and the bias added after, as ONNX gives those cells the bias only. 1-D is built as 2-D
-    with a unit last dim (TensorRT-RTX fails creating 1-D deconvolutions)."""
+    over a unit last dim (`unit_last`)."""
     dims = _weight_dims(node)
     spatial = len(dims) - 2
     attrs = node.attributes
-    if ctx.backend.is_rtx and max(attrs.get_ints("strides", [1])) > 1 and max(attrs.get_ints("dilations", [1])) > 1:
-        raise TrtcError("TensorRT-RTX cannot build a deconvolution that is both strided and dilated")
     x, w = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
     begin, end = deconv_crops(node, [d if isinstance(d, int) else None for d in node.inputs[0].shape.dims[2:]])
     kernel = list(dims[2:])
     if spatial == 1:
-        x, w, kernel, begin, end = _unit_last(ctx, x), _unit_last(ctx, w), [*kernel, 1], [*begin, 0], [*end, 0]
+        x, w, kernel, begin, end = unit_last(ctx, x), unit_last(ctx, w), [*kernel, 1], [*begin, 0], [*end, 0]
     layer = ctx.check(ctx.network.add_deconvolution_nd(x, dims[1] * attrs.get_int("group", 1), kernel,
                                                        ctx.trt.Weights(), ctx.trt.Weights()))
     layer.set_input(1, w)
-    _window(layer, node, spatial, (1,) * (len(kernel) - spatial))
+    _window(layer, node, spatial, len(kernel) - spatial)
     layer.pre_padding = tuple(max(b, 0) for b in begin)
     layer.post_padding = tuple(max(e, 0) for e in end)
     before, after = [max(-b, 0) for b in begin], [max(-e, 0) for e in end]
@@ -173,7 +189,7 @@ def lower_conv_transpose(ctx, node):
     y = layer.get_output(0)
     if any(before + after):
         y = _extend(ctx, y, before, after, bias)
-    return [ctx.reshape(y, [0, 0, -1]) if spatial == 1 else y]
+    return [drop_last(ctx, y) if spatial == 1 else y]
 
 
 def _extend(ctx, y, before: list[int], after: list[int], bias):

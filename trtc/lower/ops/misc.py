@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from trtc.errors import TrtcError
-from trtc.lower.backend import available_backends
 from trtc.lower.context import trt_dtype
 from trtc.lower.ops._helpers import const_scalar, rank_is
 from trtc.lower.ops.attention import given, scalar
@@ -21,8 +19,8 @@ NMS_ON_RTX = ("TensorRT-RTX has no NonMaxSuppression kernel (INMSLayer, like INo
               "there: no data-dependent output shapes): build with full TensorRT")
 
 
-def _check_nms(node: ir.Node) -> str | None:
-    if "tensorrt" not in available_backends():
+def _check_nms(node: ir.Node, backend: str) -> str | None:
+    if backend == "tensorrt-rtx":
         return NMS_ON_RTX
     boxes = node.inputs[0]
     if boxes.shape is not None and isinstance(boxes.shape[1], int) and boxes.shape[1] > NMS_TOPK_LIMIT:
@@ -31,7 +29,7 @@ def _check_nms(node: ir.Node) -> str | None:
 
 
 NMS_CONSTRAINTS = [tensor_types(), known_rank(0), known_rank(1),
-                   Constraint("a backend with NMS, at most 5000 boxes", _check_nms)]
+                   Constraint("a backend with NMS, at most 5000 boxes", _check_nms, on_backend=True)]
 
 
 @converter("NonMaxSuppression", since=10, constraints=NMS_CONSTRAINTS)
@@ -39,8 +37,6 @@ def lower_non_max_suppression(ctx, node):
     """NonMaxSuppression -> INMSLayer (scores transposed to [batch, boxes, classes]); rows come sorted by
     batch then score (ONNX fixes no order), indices as int64."""
     trt = ctx.trt
-    if ctx.backend.is_rtx:
-        raise TrtcError(NMS_ON_RTX)
     boxes = ctx.tensor(node.inputs[0])
     scores = ctx.check(ctx.network.add_shuffle(ctx.tensor(node.inputs[1])))
     scores.first_transpose = (0, 2, 1)

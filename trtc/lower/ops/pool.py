@@ -15,7 +15,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from trtc.lower.ops.reduce import const_like, reduce, squeeze
+from trtc.lower.ops._helpers import drop_last, unit_last
+from trtc.lower.ops.reduce import const_like, reduce
 from trtc.lower.registry import Constraint, converter, known_rank, tensor_types
 
 MAX_TAPS = 512  # kernel volume up to which a pool may be built from slices
@@ -124,11 +125,11 @@ POOL_CONSTRAINTS = [tensor_types(), known_rank(), Constraint("pooling geometry T
 
 
 def _native(ctx, node, x, kind, window: Window, exclude_padding: bool):
-    """IPoolingLayer; 1-D pools run as 2-D over a trailing unit dim."""
+    """IPoolingLayer; 1-D pools run as 2-D over a unit last dim (`unit_last`)."""
     P = ctx.trt.PaddingMode
     flat = len(window.kernel) == 1
     if flat:
-        x = ctx.reshape(x, [0, 0, -1, 1])
+        x = unit_last(ctx, x)
         window = Window(window.kernel + [1], window.strides + [1], [1, 1], window.begin + [0], window.end + [0],
                         window.auto_pad, window.ceil_mode)
     layer = ctx.check(ctx.network.add_pooling_nd(x, kind, tuple(window.kernel)))
@@ -145,7 +146,7 @@ def _native(ctx, node, x, kind, window: Window, exclude_padding: bool):
     if kind == ctx.trt.PoolingType.AVERAGE:
         layer.average_count_excludes_padding = exclude_padding
     out = layer.get_output(0)
-    return squeeze(ctx, out, [3]) if flat else out
+    return drop_last(ctx, out) if flat else out
 
 
 # ---------------------------------------------------------------- slices ("taps")

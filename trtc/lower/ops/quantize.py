@@ -18,7 +18,7 @@ from trtc.lower.ops.attention import arange, given
 from trtc.lower.registry import Constraint, attribute_in, converter, known_rank, tensor_types
 
 NATIVE = (ir.DataType.INT8, ir.DataType.FLOAT8E4M3FN, ir.DataType.INT4)
-PACKED = (ir.DataType.FLOAT8E4M3FN, ir.DataType.INT4)  # no numpy form TensorRT takes, no Cast
+PACKED = (ir.DataType.FLOAT8E4M3FN, ir.DataType.INT4)  # no Cast to or from them in TensorRT
 RANGES = {ir.DataType.INT8: (-128, 127), ir.DataType.UINT8: (0, 255), ir.DataType.INT4: (-8, 7),
           ir.DataType.INT32: (-(2 ** 31), 2 ** 31 - 1)}
 
@@ -57,7 +57,7 @@ def lower_dequantize_linear(ctx, node):
     scale, rank = ctx.tensor(node.inputs[1]), x_value.shape.rank()
     axis = ctx.axis(node.attributes.get_int("axis", 1), rank)
     if x_value.dtype in NATIVE and zero_point_is_zero(ctx, node) and native_blocks(node, axis):
-        x = quantized_tensor(ctx, x_value)
+        x = ctx.tensor(x_value)
         layer = ctx.check(ctx.network.add_dequantize(x, per_tensor(ctx, scale), out_type))
         if ctx.rank(layer.get_input(1)) > 0:
             layer.axis = axis
@@ -145,19 +145,6 @@ def spread(ctx, node, scale, axis: int, rank: int):
     block = ctx.constant(np.array([node.attributes.get_int("block_size")], np.int64))
     index = ctx.elementwise(arange(ctx, size), block, ctx.trt.ElementWiseOperation.FLOOR_DIV)
     return ctx.check(ctx.network.add_gather(scale, index, axis)).get_output(0)
-
-
-def quantized_tensor(ctx, value: ir.Value):
-    """ctx.tensor, except FP8/INT4 constants, which are given to TensorRT as packed bytes."""
-    if value in ctx.tensors or value.dtype not in PACKED or value.const_value is None:
-        return ctx.tensor(value)
-    data = np.frombuffer(value.const_value.tobytes(), np.uint8).copy()
-    ctx._keepalive.append(data)  # TensorRT reads weights at build time
-    shape = tuple(value.const_value.shape.numpy())
-    count = int(np.prod(shape, dtype=np.int64))
-    weights = ctx.trt.Weights(trt_dtype(ctx.trt, value.dtype), data.ctypes.data, count)
-    ctx.tensors[value] = ctx.check(ctx.network.add_constant(shape, weights)).get_output(0)
-    return ctx.tensors[value]
 
 
 def _unit_scale(ctx, dtype):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtc.errors import TrtcError
-from trtc.lower.registry import constant_input, converter, known_rank, tensor_types
+from trtc.lower.registry import Constraint, constant_input, converter, known_rank, tensor_types
 
 
 @converter("Reshape", since=5, constraints=[tensor_types()])
@@ -96,14 +95,18 @@ def lower_shape(ctx, node):
     return [ctx.check(ctx.network.add_slice(shape, (start,), (max(0, end - start),), (1,))).get_output(0)]
 
 
-@converter("Expand", constraints=[tensor_types(), known_rank()])
+def _output_rank_known(node) -> str | None:
+    if node.outputs[0].shape is None:
+        return f"Expand's output {node.outputs[0].name!r} has an unknown rank"
+    return None
+
+
+@converter("Expand", constraints=[tensor_types(), known_rank(), Constraint("known output rank", _output_rank_known)])
 def lower_expand(ctx, node):
     """Expand(x, shape): broadcast both ways (x's dims of 1 and shape's dims of 1)."""
     x = ctx.tensor(node.inputs[0])
     shape = ctx.tensor(node.inputs[1])
-    out_rank = node.outputs[0].shape.rank() if node.outputs[0].shape is not None else None
-    if out_rank is None:
-        raise TrtcError("Expand needs a known output rank")
+    out_rank = node.outputs[0].shape.rank()
     x = ctx.unsqueeze_to(x, out_rank)
     shape = ctx.cast(shape, ctx.trt.int64)
     target_len = shape.shape[0]

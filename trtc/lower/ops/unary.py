@@ -92,10 +92,10 @@ def lower_identity(ctx, node):
 
 @converter("Cast", constraints=[tensor_types()])
 def lower_cast(ctx, node):
-    """Cast -> ICastLayer (to the output's TensorRT type)."""
+    """Cast -> ICastLayer (to the output's TensorRT type); a constant is made in that type."""
     from trtc.lower.context import trt_dtype
 
-    return [ctx.cast(ctx.tensor(node.inputs[0]), trt_dtype(ctx.trt, node.outputs[0].dtype))]
+    return [ctx.tensor_as(node.inputs[0], trt_dtype(ctx.trt, node.outputs[0].dtype))]
 
 
 @converter("HardSwish", constraints=[tensor_types()])
