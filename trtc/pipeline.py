@@ -35,7 +35,7 @@ from trtc.reference.feeds import FeedOptions, load_feeds, make_feeds, model_inpu
 Progress = Callable[[str], None] | None
 
 __all__ = ["BuildOptions", "FeedOptions", "OptimizeOptions", "PrecisionOptions", "build", "calibration_feeds",
-           "compile_model", "open_model", "optimize"]
+           "compile_model", "open_model", "optimize", "prepare_for_lowering", "support"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +105,12 @@ def optimize(artifact: Artifact, options: OptimizeOptions = OptimizeOptions(), f
     return OptimizeResult(report, precision)
 
 
-def build(artifact: Artifact, output: str | Path, options: BuildOptions | None = None, *,
-          optimize_options: OptimizeOptions = OptimizeOptions(), feeds: FeedOptions | None = None,
-          cache: bool = True, cache_dir: Path | None = None, progress: Progress = None) -> BuildResult:
-    """An engine and its sidecar at `output`. A model parsed on the fly from ONNX is optimized
-    first (`optimize_options`); an fp32 artifact is typed when `optimize_options.precision` asks."""
-    from trtc.lower.api import build_artifact
-
+def prepare_for_lowering(artifact: Artifact, options: BuildOptions | None = None, *,
+                         optimize_options: OptimizeOptions = OptimizeOptions(), feeds: FeedOptions | None = None,
+                         hash_content: bool = True, progress: Progress = None) -> Artifact:
+    """The model `build` lowers: a model parsed on the fly from ONNX is optimized first
+    (`optimize_options`); an fp32 artifact is typed when `optimize_options.precision` asks.
+    `build --dry-run` and `inspect --support` check this model, so they judge what the build lowers."""
     options, feeds = options or BuildOptions(), feeds or FeedOptions()
     from_onnx = artifact.meta.get("content_hash") is None  # parsed on the fly, never saved
     wants_typing = optimize_options.precision is not None and not artifact.meta.get("precision")
@@ -124,11 +123,33 @@ def build(artifact: Artifact, output: str | Path, options: BuildOptions | None =
             progress("precision: observing calibration data")
         artifact.meta["precision"] = run_precision(artifact, optimize_options.precision,
                                                    calibration_feeds(feeds, options))
-    if from_onnx or wants_typing:
+    if (from_onnx or wants_typing) and hash_content:
         artifact.meta["content_hash"] = model_content_hash(artifact.model)
+    return artifact
+
+
+def build(artifact: Artifact, output: str | Path, options: BuildOptions | None = None, *,
+          optimize_options: OptimizeOptions = OptimizeOptions(), feeds: FeedOptions | None = None,
+          cache: bool = True, cache_dir: Path | None = None, progress: Progress = None) -> BuildResult:
+    """An engine and its sidecar at `output`, from the model `prepare_for_lowering` makes."""
+    from trtc.lower.api import build_artifact
+
+    options = options or BuildOptions()
+    prepare_for_lowering(artifact, options, optimize_options=optimize_options, feeds=feeds, progress=progress)
     return build_artifact(artifact, Path(output), options, cache=cache, cache_dir=cache_dir, progress=progress)
 
 
+def support(artifact: Artifact, options: BuildOptions | None = None, *,
+            optimize_options: OptimizeOptions = OptimizeOptions(), feeds: FeedOptions | None = None,
+            progress: Progress = None) -> dict[str, Any]:
+    """Every node of the model `build` would lower that `options.backend` cannot lower, by the
+    same checks the lowering runs (no TensorRT needed)."""
+    from trtc.lower.api import support_report
+
+    options = options or BuildOptions()
+    prepare_for_lowering(artifact, options, optimize_options=optimize_options, feeds=feeds, hash_content=False,
+                         progress=progress)
+    return support_report(artifact, options.backend)
 
 
 # ---------------------------------------------------------------- compile: the stages in sequence, reused

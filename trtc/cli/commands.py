@@ -166,8 +166,7 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
     random data with each dynamic input at its OPT shape)."""
     from trtc.errors import CheckFailed, TrtcError
     from trtc.frontend.freeze import parse_freeze_specs
-    from trtc.lower.api import support_report
-    from trtc.pipeline import OptimizeOptions, open_model
+    from trtc.pipeline import OptimizeOptions, open_model, support
     from trtc.pipeline import build as run_build
 
     options = to_build_options(flags)
@@ -176,13 +175,15 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
     loaded = open_model(artifact, parse_freeze_specs(freeze))
+    progress = None if as_json else progress_line()
     if dry_run:
-        report = support_report(loaded)
+        report = support(loaded, options, optimize_options=optimize_options, feeds=feeds, progress=progress)
+        if progress:
+            progress("")
         echo_json(report) if as_json else click.echo(support_text(report))
         if not report["supported"]:
             raise CheckFailed(f"{len(report['unsupported'])} node(s) cannot be lowered", where=str(artifact))
         return
-    progress = None if as_json else progress_line()
     result = run_build(loaded, output, options, optimize_options=optimize_options, feeds=feeds,
                        cache=not no_cache, cache_dir=cache_dir, progress=progress)
     if progress:

@@ -54,8 +54,9 @@ def _show_model(path: Path, *, graph: bool, precision: bool, support: bool, as_j
     from trtc.loading import artifact_kind, open_model
 
     if support:
-        from trtc.lower.api import support_report  # the converter registry: only --support needs it
+        from trtc.pipeline import support as support_report  # the converter registry: only --support needs it
 
+        # What `trtc build` would lower: an .onnx is optimized first, as build does.
         _echo(support_report(open_model(path)), support_text, as_json)
         return
     if precision:
