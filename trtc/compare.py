@@ -16,16 +16,27 @@ import numpy as np
 
 from trtc.errors import CheckFailed, TrtcError
 from trtc.loading import open_model
-from trtc.reference.feeds import TensorSpec, model_inputs, model_outputs
+from trtc.reference.feeds import (
+    FeedOptions,
+    Feeds,
+    TensorSpec,
+    frozen_inputs,
+    frozen_text,
+    load_feeds,
+    model_inputs,
+    model_outputs,
+)
 from trtc.reference.metrics import abs_errors, error_metrics
-from trtc.reference.runner import ReferenceRunner
+from trtc.reference.runner import InputRejected, ReferenceFailed, ReferenceRunner
 from trtc.runtime.sidecar import PLAN_SUFFIXES, read_sidecar, sidecar_inputs
 
 
 @dataclasses.dataclass
 class Executable:
     """Something that maps feeds to outputs, with the inputs it expects and how it runs;
-    `precision` is the fp16/bf16 target it is typed for (None: fp32), which sets default tolerances."""
+    `precision` is the fp16/bf16 target it is typed for (None: fp32), which sets default tolerances;
+    `frozen` the inputs made constants when it was parsed (`frozen_inputs`); `fallback` says, once
+    it has run, why it ran on onnx.reference (None: it did not)."""
 
     path: Path
     inputs: list[TensorSpec]
@@ -34,6 +45,13 @@ class Executable:
     close: Callable[[], None] = lambda: None
     outputs: list[str] = dataclasses.field(default_factory=list)
     precision: str | None = None
+    frozen: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
+    fallback: Callable[[], str | None] = lambda: None
+
+    def runs_on(self) -> str:
+        """`CPU reference`, or `CPU reference on onnx.reference (why)` after a fallback: said, not hidden."""
+        reason = self.fallback()
+        return f"{self.how} on onnx.reference ({reason})" if reason else self.how
 
 
 def executable_for(path: str | Path) -> Executable:
@@ -49,13 +67,21 @@ def executable_for(path: str | Path) -> Executable:
 
         model, how = simulation_model(artifact.model), f"CPU simulation of {precision['target']}"
     runner = ReferenceRunner(model)
+    wanted = {s.name: s.dtype for s in runner.inputs}
 
     def run(feeds):
-        wanted = {s.name: s.dtype for s in model_inputs(model)}
-        return runner.run({k: np.asarray(v, dtype=wanted.get(k) or np.asarray(v).dtype) for k, v in feeds.items()})
+        # The simulation may take other dtypes than the typed model declares: the same values, its types.
+        converted = {k: np.asarray(v, dtype=wanted.get(k) or np.asarray(v).dtype) for k, v in feeds.items()}
+        try:
+            return runner.run(converted)
+        except InputRejected as exc:
+            raise exc.located(str(path)) from None
+        except ReferenceFailed as exc:
+            raise ReferenceFailed(exc.message, where=str(path), hint=exc.hint) from None
 
     return Executable(path, inputs, run, how, runner.close, [s.name for s in model_outputs(artifact.model)],
-                      precision["target"] if precision else None)
+                      precision["target"] if precision else None, frozen_inputs(artifact.model, artifact.meta),
+                      lambda: runner.fallback_reason)
 
 
 def _engine_executable(path: Path) -> Executable:
@@ -70,6 +96,18 @@ def _engine_executable(path: Path) -> Executable:
     runner = EngineRunner(path, sidecar, load_backend(sidecar["backend"]))
     return Executable(path, sidecar_inputs(sidecar), runner.run, f"{sidecar['backend']} engine", runner.close,
                       [o["name"] for o in sidecar["outputs"]], engine_precision(sidecar))
+
+
+def engine_shapes(executables: Sequence[Executable]) -> dict[str, tuple[int, ...]]:
+    """The OPT shapes of the first profile of each engine among `executables`: the shapes its
+    dynamic inputs are generated at unless `--shape` says otherwise."""
+    from trtc.runtime.api import engine_opt_shapes
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for ex in executables:
+        if ex.path.suffix in PLAN_SUFFIXES:
+            shapes = {**engine_opt_shapes(read_sidecar(ex.path), {}), **shapes}
+    return shapes
 
 
 def engine_precision(sidecar: Mapping[str, Any]) -> str | None:
@@ -193,27 +231,98 @@ def compare_outputs(got: Mapping[str, Any], want: Mapping[str, Any], tolerances:
     return results
 
 
+@dataclasses.dataclass
+class PairFeeds:
+    """What two artifacts are compared on: `arrays` (every input either has, by name; each side
+    is fed the ones it has), what the files held (`given`: expected outputs, generated inputs) and
+    `notes` on inputs only one side has (`sr: fed to B only: 16000, the value A was frozen with`)."""
+
+    given: Feeds
+    arrays: dict[str, Any]
+    notes: list[str]
+
+
+def pair_feeds(a: Executable, b: Executable, options: FeedOptions) -> PairFeeds:
+    """The inputs for comparing A with B. An input both have gets the same array; an input one
+    side froze when parsed is fed to the other side with the frozen value (or must be given with
+    that value); any other input only one side has must be given: generated data for one side
+    alone would compare two different computations."""
+    names = {"A": {s.name for s in a.inputs}, "B": {s.name for s in b.inputs}}
+    specs = b.inputs + [s for s in a.inputs if s.name not in names["B"]]
+    by_name = {s.name: s for s in specs}
+    # Inputs a side froze and the other still has: the value comes from the frozen side where it
+    # is known and fits; else (a .npy folded away) the user gives it, like any one-sided input.
+    frozen_in = {name: side for side, ex, other in (("A", a, "B"), ("B", b, "A"))
+                 for name in ex.frozen if name in names[other] and name not in names[side]}
+    values = {name: (a if side == "A" else b).frozen[name] for name, side in frozen_in.items()}
+    known = {name: array for name, value in values.items()
+             if (array := _frozen_array(value, by_name[name])) is not None}
+    given = load_feeds([s for s in specs if s.name not in known], options,
+                       outputs=list(dict.fromkeys(b.outputs + a.outputs)),
+                       frozen={name: values[name] for name in known})
+    arrays: dict[str, Any] = {**given.arrays, **known}
+    notes, problems = [], []
+    for name in known:
+        given.unused.pop(name, None)  # it feeds the side that has the input
+        side = frozen_in[name]
+        notes.append(f"{name}: fed to {'B' if side == 'A' else 'A'} only: {frozen_text(values[name])}, "
+                     f"the value {side} was frozen with")
+    generated = {g.name for g in given.generated}
+    for name in sorted((names["A"] ^ names["B"]) - set(known)):
+        only, other = ("A", "B") if name in names["A"] else ("B", "A")
+        if name not in generated:
+            notes.append(f"{name}: fed to {only} only ({other} has no such input)")
+        elif name in frozen_in:
+            problems.append(f"input {name!r} of {only} was frozen in {other} ({frozen_text(values[name])}): give "
+                            f"{only} the same value with --input {name}=FILE.npy")
+        else:
+            problems.append(f"input {name!r} is an input of {only} only ({other} has no such input, nor froze it): "
+                            f"give it with --input {name}=FILE.npy rather than data made up for one side")
+    if problems:
+        raise TrtcError("; ".join(problems), where=f"{a.path} vs {b.path}")
+    return PairFeeds(given, arrays, notes)
+
+
+def _frozen_array(value: np.ndarray | None, spec: TensorSpec) -> np.ndarray | None:
+    """The frozen `value` as the other side's input `spec` takes it (dtype, declared shape); None
+    when it is unknown or does not fit."""
+    if value is None or spec.dtype is None:
+        return None
+    array = np.asarray(value).astype(spec.dtype)
+    if spec.shape is not None and all(isinstance(d, int) for d in spec.shape):
+        if array.size != int(np.prod(spec.shape, dtype=np.int64)):
+            return None
+        array = array.reshape(tuple(int(d) for d in spec.shape))
+    return array
+
+
+def _own(ex: Executable, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """The feeds `ex` has inputs for: each side of a comparison gets its own."""
+    names = {s.name for s in ex.inputs}
+    return {k: v for k, v in feeds.items() if k in names}
+
+
 def compare(a: Executable, b: Executable, feeds: Mapping[str, Any], tolerances: Tolerances) -> dict[str, Any]:
-    """Run both on `feeds`; B is the reference. Every output both have is compared, with default
-    tolerances for the coarser precision of the two."""
-    out_a, out_b = a.run(feeds), b.run(feeds)
+    """Run both on `feeds`, each on the inputs it has; B is the reference. Every output both
+    have is compared, with default tolerances for the coarser precision of the two."""
+    out_a, out_b = a.run(_own(a, feeds)), b.run(_own(b, feeds))
     common = [n for n in out_b if n in out_a]
     if not common:
         raise TrtcError("the two artifacts have no output name in common",
                         hint=f"{a.path}: {', '.join(out_a)}; {b.path}: {', '.join(out_b)}")
     tolerances.check_names(common, f"{a.path} vs {b.path}")
     results = compare_outputs(out_a, {n: out_b[n] for n in common}, tolerances, a.precision or b.precision)
-    return {"a": {"path": str(a.path), "runs_on": a.how}, "b": {"path": str(b.path), "runs_on": b.how},
+    return {"a": {"path": str(a.path), "runs_on": a.runs_on()}, "b": {"path": str(b.path), "runs_on": b.runs_on()},
             "outputs": results, "match": all(r["match"] for r in results.values())}
 
 
 def compare_with_stored(a: Executable, feeds: Mapping[str, Any], expected: Mapping[str, np.ndarray],
                         stored: str, tolerances: Tolerances) -> dict[str, Any]:
     """Run `a` on `feeds` and compare with the `expected` outputs read from `stored` (the reference)."""
-    outputs = a.run(feeds)
+    outputs = a.run(_own(a, feeds))
     tolerances.check_names(list(expected), f"{a.path} vs {stored}")
     results = compare_outputs(outputs, expected, tolerances, a.precision)
-    return {"a": {"path": str(a.path), "runs_on": a.how}, "b": {"path": stored, "runs_on": "stored outputs"},
+    return {"a": {"path": str(a.path), "runs_on": a.runs_on()}, "b": {"path": stored, "runs_on": "stored outputs"},
             "outputs": results, "match": all(r["match"] for r in results.values())}
 
 

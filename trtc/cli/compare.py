@@ -26,7 +26,17 @@ def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json)
     B may be an .npz of inputs and expected outputs keyed by name (the corpus files, polygraphy's
     saved outputs): A runs on its inputs and is compared with its outputs. Default tolerances
     follow each output's dtype and the precision (fp16/bf16) of the typed artifact."""
-    from trtc.compare import Tolerances, compare_with_stored, executable_for, raise_on_mismatch, result_text
+    import dataclasses
+
+    from trtc.compare import (
+        Tolerances,
+        compare_with_stored,
+        engine_shapes,
+        executable_for,
+        pair_feeds,
+        raise_on_mismatch,
+        result_text,
+    )
     from trtc.compare import compare as compare_runs
     from trtc.errors import TrtcError
     from trtc.reference.feeds import load_feeds, validate_feeds
@@ -35,24 +45,30 @@ def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json)
     tolerances = Tolerances.from_cli(atol, rtol)
     stored = b.suffix == ".npz"
     if stored:
-        import dataclasses
-
         # The .npz is the first --input: its arrays feed A, its outputs are the reference.
         feed_options = dataclasses.replace(feed_options, files=(str(b), *feed_options.files))
     first = executable_for(a)
-    second = None if stored else executable_for(b)
+    second = None
     try:
-        reference = second or first
-        given = load_feeds(reference.inputs, feed_options, outputs=reference.outputs)
-        validate_feeds(reference.inputs, given.arrays, where=str(b))
+        second = None if stored else executable_for(b)
+        # An engine's dynamic inputs are generated at its profile's OPT shape unless --shape says otherwise.
+        shapes_by_engine = engine_shapes([x for x in (first, second) if x is not None])
+        feed_options = dataclasses.replace(feed_options, shapes={**shapes_by_engine, **feed_options.shapes})
+        notes: list[str] = []
         if second is None:
+            given = load_feeds(first.inputs, feed_options, outputs=first.outputs, frozen=first.frozen)
+            validate_feeds(first.inputs, given.arrays, where=str(b))
             if not given.expected:
                 raise TrtcError(f"holds no output of {a.name}", where=str(b),
                                 hint=f"outputs: {', '.join(first.outputs)}; inputs alone: trtc run {a} --input {b}")
             report = compare_with_stored(first, given.arrays, given.expected, ", ".join(given.expected_from),
                                          tolerances)
         else:
-            report = compare_runs(first, second, given.arrays, tolerances)
+            pair = pair_feeds(first, second, feed_options)
+            given, notes = pair.given, pair.notes
+            validate_feeds(second.inputs, {k: v for k, v in pair.arrays.items()
+                                           if k in {s.name for s in second.inputs}}, where=str(b))
+            report = compare_runs(first, second, pair.arrays, tolerances)
             # Expected outputs in an --input file are not the reference here (B is): said, not dropped.
             report["unused_expected"] = sorted(given.expected)
     finally:
@@ -60,11 +76,14 @@ def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json)
         if second is not None:
             second.close()
     report["generated"] = [g.as_dict() for g in given.generated]
+    report["inputs_notes"] = notes + [f"{name}: not used ({why})" for name, why in given.unused.items()]
     if as_json:
         echo_json(report)
     else:
         for generated in given.generated:
             click.echo(f"generated: {generated.describe()}")
+        for note in report["inputs_notes"]:
+            click.echo(f"input {note}")
         click.echo(f"A: {a} ({report['a']['runs_on']})\nB: {b} ({report['b']['runs_on']}, reference)")
         for name, r in report["outputs"].items():
             click.echo(f"  {name}: {result_text(r)}")

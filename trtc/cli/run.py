@@ -78,6 +78,8 @@ def _print_text(report: dict, generated: list[str], output: Path | None) -> None
 
     for line in generated:
         click.echo(f"generated: {line}")
+    for name, why in report.get("unused", {}).items():
+        click.echo(f"input {name}: not used ({why})")
     click.echo(f"backend: {report['backend']}" + (f" ({report['fallback_reason']})"
                                                    if report.get("fallback_reason") else ""))
     for name, info in report["outputs"].items():

@@ -76,6 +76,46 @@ def model_outputs(model: ir.Model) -> list[TensorSpec]:
     return [value_spec(v) for v in model.graph.outputs]
 
 
+def frozen_inputs(model: ir.Model, meta: Mapping[str, Any]) -> dict[str, np.ndarray | None]:
+    """Graph inputs made constants by `--freeze` when the artifact was parsed, with their values
+    where still known: the initializer when folding kept it, else a literal as written (`16000`,
+    1-D); None for a value given as a .npy file and folded away (only its hash is recorded)."""
+    frozen = ((meta.get("parse") or {}).get("frozen")) or {}
+    values: dict[str, np.ndarray | None] = {}
+    for name, fingerprint in frozen.items():
+        initializer = model.graph.initializers.get(name)
+        if initializer is not None and initializer.const_value is not None:
+            values[name] = initializer.const_value.numpy()
+            continue
+        values[name] = None
+        if isinstance(fingerprint, str) and "sha256:" not in fingerprint:
+            tokens = fingerprint.split(",")
+            try:
+                values[name] = np.array([t.lower() == "true" if t.lower() in ("true", "false") else float(t)
+                                         for t in tokens])
+            except ValueError:
+                pass
+    return values
+
+
+def frozen_matches(value: np.ndarray | None, array: Any) -> bool | None:
+    """Whether `array` holds the value an input was frozen with (None: the value is unknown)."""
+    if value is None:
+        return None
+    given = np.ravel(np.asarray(array))
+    return given.shape == np.ravel(value).shape and bool(np.all(given.astype(np.float64)
+                                                                == np.ravel(value).astype(np.float64)))
+
+
+def frozen_text(value: np.ndarray | None) -> str:
+    """`16000`, `[0, 1]` or `a value from a .npy file`: what a frozen input holds, for messages."""
+    if value is None:
+        return "a value from a .npy file"
+    flat = np.ravel(value)
+    items = [f"{v:g}" if isinstance(v, float) else str(v) for v in flat[:8].tolist()]
+    return items[0] if flat.size == 1 else f"[{', '.join(items)}{', ...' if flat.size > 8 else ''}]"
+
+
 # ---------------------------------------------------------------- reading and generating
 
 
@@ -262,8 +302,9 @@ def unsized_problem(spec: TensorSpec, dim_values: dict[str, int], batch: set[str
     names = ", ".join(f"{axis} ({d})" if isinstance(d, str) else str(axis)
                       for axis, d in ((a, spec.shape[a]) for a in free))
     example = _sized(spec, dim_values, batch, {axis: _example_size(spec) for axis in free})
-    return (f"input {spec.name!r} ({spec.describe().partition(': ')[2]}) has free dim(s) {names} that trtc "
-            f"will not guess (1 would make a degenerate input): give its shape, e.g. "
+    declared = ", ".join("?" if d is None else str(d) for d in spec.shape)
+    return (f"input {spec.name!r} ({spec.dtype}[{declared}]) has free dim(s) {names} that trtc will not "
+            f"guess (1 would make a degenerate input): give its shape, e.g. "
             f"--shape {spec.name}={'x'.join(map(str, example))}")
 
 
@@ -362,6 +403,8 @@ class Feeds:
     expected: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     expected_from: tuple[str, ...] = ()
     generated: list[GeneratedInput] = dataclasses.field(default_factory=list)
+    # Arrays of the files that feed nothing, by name, with why (an input frozen when parsed).
+    unused: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _names(names: Sequence[str]) -> str:
@@ -369,16 +412,33 @@ def _names(names: Sequence[str]) -> str:
 
 
 def load_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None,
-               outputs: Sequence[str] | None = None) -> Feeds:
+               outputs: Sequence[str] | None = None,
+               frozen: Mapping[str, np.ndarray | None] | None = None) -> Feeds:
     """Inputs from files, and generated data where asked for: every input when no file is given,
     else those in `options.generate`. Arrays named after one of `outputs` are expected values
     (None: the outputs are unknown here, so such a name is no more than an unknown input).
+    Arrays named after a `frozen` input (`frozen_inputs`: a saved run of the model before
+    `--freeze`) feed nothing: said in `Feeds.unused`, and an error when they hold another value
+    than the one frozen, since outputs stored beside them would then be of another computation.
+    Generated data must make sense: a free dim that is no batch and an integer scalar (a
+    parameter) are not made up (`unsized_problem`, `is_parameter_scalar`).
     Every problem (unknown, repeated or missing names, unreadable files, bad options) is found
     before one TrtcError lists them all."""
     options = options or FeedOptions()
     names = [s.name for s in specs]
     output_names = list(outputs or ())
+    frozen = {k: v for k, v in (frozen or {}).items() if k not in names}
     given, problems = read_files(options.files, specs)
+    unused: dict[str, str] = {}
+    for entry in [e for e in given if e.name in frozen]:
+        given.remove(entry)
+        value = frozen[entry.name]
+        if frozen_matches(value, entry.array) is False:
+            problems.append(f"{entry.name!r} (from {entry.source}) is {frozen_text(entry.array)} but the model "
+                            f"was parsed with --freeze {entry.name}={frozen_text(value)}")
+        else:
+            unused[entry.name] = (f"frozen when parsed: {frozen_text(value)}"
+                                  + ("" if value is None else ", the same value"))
     unread = bool(problems)  # then what the files lack is unknown: no "missing" guesses
     for option, asked in (("--shape", options.shapes), ("--range", options.ranges), ("--generate", options.generate)):
         unknown = [n for n in asked if n not in names]
@@ -436,7 +496,7 @@ def load_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None,
             problems.append(problem)
         if is_parameter_scalar(spec) and spec.name not in options.ranges and spec.name not in options.generate:
             problems.append(
-                f"input {spec.name!r} is a {spec.dtype} scalar, a parameter of the model (a rate, a count, a flag) "
+                f"input {spec.name!r} ({spec.dtype} scalar) is a parameter of the model (a rate, a count, a flag) "
                 f"whose value trtc will not make up: give it with --input {spec.name}=FILE.npy, draw it with "
                 f"--range {spec.name}=LOW:HIGH, or freeze it when parsing (trtc parse MODEL --freeze "
                 f"{spec.name}=VALUE)")
@@ -452,7 +512,7 @@ def load_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None,
                                         *generation_range(spec, value_range), options.seed))
     expected = {e.name: e.array for e in given if e.name in output_names}
     expected_from = tuple(dict.fromkeys(e.source for e in given if e.name in output_names))
-    return Feeds(arrays, expected, expected_from, generated)
+    return Feeds(arrays, expected, expected_from, generated, unused)
 
 
 def make_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None) -> dict[str, np.ndarray]:

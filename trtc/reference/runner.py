@@ -1,9 +1,15 @@
-"""The CPU reference executor: onnxruntime, falling back to `onnx.reference` for
-what onnxruntime cannot load or run. Every stage of trtc is checked against it."""
+"""The CPU reference executor: onnxruntime, falling back to `onnx.reference` for what onnxruntime
+cannot load or does not implement. Every stage of trtc is checked against it.
+
+A fallback is never silent (`ReferenceRunner.fallback_reason`, said by every caller) and never
+turns an input error into a result: onnxruntime refusing the inputs (their names, dtypes, shapes,
+or values a node cannot take) is `InputRejected`, the user's error, because `onnx.reference`
+would either fail with a traceback or compute a meaningless output on the same inputs."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,15 +20,82 @@ import onnx.reference
 import onnx_ir as ir
 import onnxruntime as ort
 
+from trtc.errors import TrtcError
 from trtc.ir.onnx_export import PROTO_LIMIT, to_model_proto
 from trtc.ir.onnx_load import iter_tensor_protos
 from trtc.ir.splat import dense_array
 from trtc.ir.walk import weight_bytes
+from trtc.reference.feeds import model_inputs, validate_feeds
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """The whole message on one line (onnxruntime puts the useful part, `index: 2 Got: 1
+    Expected: 3`, on the lines after the first), without its `[ONNXRuntimeError] : 2 :` prefix."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class InputRejected(TrtcError):
+    """The CPU reference refused the inputs: missing or unknown names, dtypes, ranks, dims, or
+    values a node cannot take (a reflect pad longer than the input, a reshape that does not
+    divide). The user's error (exit 2), said where the caller knows the artifact."""
+
+    def __init__(self, message: str, *, input_name: str | None = None, where: str | None = None,
+                 hint: str | None = None):
+        self.input_name = input_name
+        super().__init__(message, where=where, hint=hint)
+
+    def located(self, where: str, hint: str | None = None) -> InputRejected:
+        """The same error at `where` (the artifact), with `hint` added to its own."""
+        hints = "; ".join(h for h in (self.hint, hint) if h) or None
+        return InputRejected(self.message, input_name=self.input_name, where=where, hint=hints)
+
+
+class ReferenceFailed(TrtcError):
+    """Neither executor could compute the outputs: onnxruntime lacks an op or type and
+    `onnx.reference` (the fallback) failed too, or the model is too large for it."""
+
+
+# onnxruntime's words for "I do not implement this" (an op, an op version, a type): the only
+# run-time refusals `onnx.reference` may stand in for. Everything else it says at run time is
+# about the inputs it was given.
+_NOT_IMPLEMENTED = re.compile(r"NOT_IMPLEMENTED|Could not find an implementation|not implemented", re.IGNORECASE)
+# Where onnxruntime names the input it refuses ("... for input: x ...", "Missing Input: sr").
+_INPUT_NAMED = re.compile(r"(?:for input:|Missing Input:|Invalid input name:)\s*([^\s,]+)")
+
+
+def _named_input(message: str) -> str | None:
+    """The input a feed check names first (`input 'x' has dtype ...`), if one."""
+    found = re.search(r"input(?:\(s\))? '([^']+)'", message)
+    return found[1] if found else None
+
+
+def ort_reason(exc: BaseException, limit: int = 300) -> str:
+    """onnxruntime's message cut to what helps: for a failing node (inside an If, a Loop...), the
+    innermost node and its own message (`Pad node 'node_pad': Pad reflect requires axis length >= 2
+    after slicing. Input shape:{1,1}`), without source paths and error-code prefixes."""
+    text = " ".join(str(exc).split())
+    nodes = re.findall(r"running (\S+) node\. Name:'([^']*)'", text)
+    if nodes and "Status Message: " in text:
+        message = text.rpartition("Status Message: ")[2]
+        message = re.split(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", message)[-1]
+        op, name = nodes[-1]
+        text = f"{op} node {name!r}: {message}"
+    else:
+        text = _one_line(exc, limit)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def lacks_implementation(exc: BaseException) -> bool:
+    """Whether onnxruntime failed because it does not implement something (a fallback may
+    help), as opposed to refusing the model's inputs or failing on their values."""
+    return type(exc).__name__ == "NotImplemented" or bool(_NOT_IMPLEMENTED.search(str(exc)))
 
 
 # Weights of at least this size reach onnxruntime as arrays. Smaller ones stay in the proto:
@@ -81,6 +154,11 @@ class ReferenceRunner:
         outputs = {v.name for v in model.graph.outputs}
         self._fetch = [v for v in fetch if v.name not in outputs]
         self.output_names = [v.name for v in model.graph.outputs] + [v.name for v in self._fetch]
+        # What the feeds are checked against before either executor sees them: onnxruntime's own
+        # rules, said in trtc's words (and onnx.reference, which checks none, gets no bad feed).
+        self.inputs = model_inputs(model)
+        # Graph inputs with an initializer are defaults a feed may override (onnxruntime allows it).
+        self._defaults = {v.name for v in model.graph.inputs if v.is_initializer()}
         options = ort.SessionOptions()
         # Execute each node as written: ORT's graph rewrites would fuse away the casts
         # that the precision simulation relies on.
@@ -95,6 +173,9 @@ class ReferenceRunner:
             self._session = ort.InferenceSession(
                 proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for every failure
+            # Loading sees no inputs: a refusal here is about what onnxruntime supports (ops, op
+            # versions, types), so onnx.reference may stand in; where the model itself is broken,
+            # onnx.reference fails too, and says so in one line (ReferenceFailed).
             self._session = None
             self.fallback_reason = f"onnxruntime cannot load the model: {_first_line(exc)}"
 
@@ -109,18 +190,41 @@ class ReferenceRunner:
             self._evaluator = onnx.reference.ReferenceEvaluator(proto)
         return self._evaluator
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        """Outputs by name for one set of feeds."""
+    def run(self, feeds: Mapping[str, Any], *, validate: bool = True) -> dict[str, Any]:
+        """Outputs by name for one set of feeds. InputRejected when the feeds do not fit the model
+        or onnxruntime fails on their values; ReferenceFailed when no executor can run it.
+        `validate=False` skips the feed checks, for timed runs of feeds that passed them once."""
+        if validate:
+            try:
+                validate_feeds(self.inputs, {k: v for k, v in feeds.items() if k not in self._defaults},
+                               where="inputs")
+            except TrtcError as exc:
+                raise InputRejected(exc.message, input_name=_named_input(exc.message), hint=exc.hint) from None
         if self._session is not None:
             try:
                 return dict(zip(self.output_names, self._session.run(self.output_names, dict(feeds))))
-            except Exception as exc:
-                if weight_bytes(self._model.graph) >= PROTO_LIMIT:  # too large for onnx.reference
-                    raise
+            except Exception as exc:  # ORT raises its own exception types for every failure
+                if not lacks_implementation(exc):
+                    raise self._rejected(exc) from None
+                if weight_bytes(self._model.graph) >= PROTO_LIMIT:
+                    raise ReferenceFailed(f"onnxruntime does not implement part of the model ({_one_line(exc)}) and "
+                                          "it is too large for onnx.reference, the fallback") from None
                 self.fallback_reason = f"onnxruntime failed to run: {_first_line(exc)}"
                 self._session = None
-        results = self._reference().run(None, dict(feeds))
+        try:
+            results = self._reference().run(None, dict(feeds))
+        except Exception as exc:  # onnx.reference raises whatever its op implementations raise
+            raise ReferenceFailed(f"onnx.reference cannot run it either: {type(exc).__name__}: {_one_line(exc)}",
+                                  hint=f"it ran there because {self.fallback_reason}") from None
         return dict(zip(self.output_names, results))
+
+    def _rejected(self, exc: BaseException) -> InputRejected:
+        """onnxruntime's run-time refusal as the input error it is, naming the input when it does."""
+        named = _INPUT_NAMED.search(str(exc))
+        name = named[1] if named and named[1] in {s.name for s in self.inputs} else None
+        what = f"input {name!r}" if name else "these inputs"
+        return InputRejected(f"onnxruntime refuses {what}: {ort_reason(exc)}", input_name=name,
+                             hint="check them against the model's inputs (trtc inspect MODEL)")
 
     def warn_if_fallback(self, purpose: str) -> None:
         """Say on stderr that `purpose` ran on onnx.reference (slow, last-ulp differences)."""
