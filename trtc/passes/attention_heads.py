@@ -1,7 +1,8 @@
 """Attention between a head split and a head merge, rewritten into ONNX Attention's 3-D form
 (q_num_heads/kv_num_heads): Transpose(Reshape(x [B,S,H*D] -> [B,S,H,D]), [0,2,1,3]) on the
-inputs and Transpose(0,2,1,3) -> Reshape to [B,S,H*D] (or [B*S,H*D]) on the output. fuse-rotary
-uses the same head split."""
+inputs and Transpose(0,2,1,3) -> Reshape to [B,S,H*D] (or [B*S,H*D]) on the output; a Shape reading
+only the batch of a 4-D input (a tiled window mask's) reads it off x instead. fuse-rotary uses the
+same head split."""
 
 from __future__ import annotations
 
@@ -89,6 +90,14 @@ def absorb_heads(graph: ir.Graph, attention: ir.Node) -> bool:
     if merge is None or None in splits or splits[1][1] != splits[2][1]:
         return False
     (q, q_heads, q_nodes), (k, kv_heads, k_nodes), (v, _, v_nodes) = splits
+    for value, (x, _, _) in zip(attention.inputs[:3], splits, strict=True):
+        # A tiled window mask reads the batch off the 4-D Q: [B, S, H*D] has the same batch, and
+        # reading it there lets the head split go with the rest.
+        for use in list(value.uses()):
+            reader = use.node
+            if is_op(reader, "Shape") and reader.attributes.get_int("start", 0) == 0 \
+                    and "end" in reader.attributes and reader.attributes.get_int("end") == 1:
+                reader.replace_input_with(use.idx, x)
     attributes = {**{a.name: a.value for a in attention.attributes.values()},
                   "q_num_heads": q_heads, "kv_num_heads": kv_heads}
     fused = ir.node("Attention", [q, k, v, *attention.inputs[3:]], attributes, name=attention.name)

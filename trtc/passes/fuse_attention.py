@@ -3,11 +3,18 @@
 Before (Q, K, V [batch, heads, seq, head_dim]; a, b, c scalar constants; m1..mn masks):
     scores = MatMul(Q * a, Transpose(K * b, perm=[0,1,3,2]))      or K^T = Transpose(x, [0,2,3,1]), or K^T itself
     scores = scores * c                                           Mul or Div, any number, before the masks
+    scores = scores * r                                           Mul or Div by a constant r [.., Sq, 1] (Swin V2's
+                                                                  per-head logit scale [H, 1, 1]), before the masks
     scores = scores + m1 + ... | Where(bool_mask, scores, -inf)   additive masks in any order, or one Where
+    scores = Reshape(Reshape(scores, [B, nW, H, N, N]) + w, [-1, H, N, N])   Swin's shifted-window mask w
     Y = MatMul(Softmax(scores, axis=-1), V)                       same-type Casts in between allowed
 After:
-    Y = Attention(Q, K, V, m1 + ... + mn, scale=a*b*c)            is_causal=1 for a mask proven lower-triangular
+    Y = Attention(Q * r, K, V, m1 + ... + mn, scale=a*b*c)        is_causal=1 for a mask proven lower-triangular
                                                                   (Trilu, or Range/LessOrEqual/Where)
+A mask may differ per head: T5's relative position bias [1, H, S, S] or [H, S, S], Swin's bias table
+gathered into [H, N, N] (attn_mask broadcasts to [B, H, Sq, Skv]). A window mask w [1, nW, h, N, N]
+becomes Tile(w as [nW, h, N, N], [B, 1, 1, 1]) (Q's batch is B*nW, split row-major) when nW, h and N
+are static and nW*H*N*N is at most attention_masks.WINDOW_MASK_MAX_ELEMENTS; else it stays decomposed.
 GQA: K, V = Reshape(Expand(Unsqueeze(kv, 2), [1,1,rep,1,1]), [B, kv*rep, S, D]) -> Attention(Q, k, v):
 Attention repeats the kv heads itself. Heads (second rule, also for Attention nodes already there):
 when Q, K, V are Transpose(Reshape(x [B,S,H*D], [B,S,H,D]), [0,2,1,3]) and Y is read only by
@@ -19,7 +26,9 @@ Dims are proven equal from shapes (equal ints or the same named symbol). A mask 
 the query and key dims (ONNX Attention pads a short key axis with -inf rather than broadcasting it;
 onnxruntime also rejects a broadcast query axis) and broadcast over batch and heads. A Where mask
 must fill -inf: a finite fill differs from Attention's -inf bias on fully masked rows. Zero masks
-are dropped. `why_not(node)` says why a Softmax does not start a fusion.
+are dropped. `why_not(node)` says why a Softmax does not start a fusion; the pass's report counts
+the attentions left decomposed by reason ("attention left decomposed: <reason>") in every run that
+changes something (a run that changes nothing must report nothing, or the pipeline would not settle).
 
 onnxruntime's CPU Attention zeroes a query row whose float mask is float32-lowest everywhere, where
 the decomposed Softmax (and the ONNX reference) average V uniformly: rows with no key to attend to
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 
 import numpy as np
 import onnx_ir as ir
@@ -47,6 +57,7 @@ from trtc.ir.rewrite import (
 from trtc.ir.walk import all_graphs
 from trtc.passes.attention_heads import absorb_heads, perm_of, remove_dead_cone
 from trtc.passes.attention_masks import (
+    WindowMasks,
     broadcasts_over_queries,
     expand_over_queries,
     is_causal_bias,
@@ -54,12 +65,31 @@ from trtc.passes.attention_masks import (
     is_large_negative,
     is_zero_bias,
     mask_fits,
+    match_windows,
+    tile_window_mask,
+    window_mask_issue,
 )
 from trtc.passes.registry import PassContext, register_pass
 
 ATTENTION_OPSET = 23
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 Dims = tuple  # a known-rank shape: ints and ir.SymbolicDim
+
+
+class Miss(str):
+    """Why a Softmax does not start a fusion. The text may name nodes and values (for the debug log
+    and `why_not`); `summary` names none, so the report can count the same miss across layers."""
+
+    summary: str
+
+    def __new__(cls, text: str, summary: str) -> Miss:
+        miss = super().__new__(cls, text)
+        miss.summary = summary
+        return miss
+
+
+def summary_of(reason: str) -> str:
+    return getattr(reason, "summary", reason)
 
 
 def scalar_factor(node: ir.Node, x: ir.Value) -> float | None:
@@ -73,6 +103,24 @@ def scalar_factor(node: ir.Node, x: ir.Value) -> float | None:
     if not math.isfinite(k) or k == 0:
         return None
     return float(k) if node.op_type == "Mul" else 1.0 / float(k)
+
+
+def row_factor(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
+    """(x, c) when `node` is Mul(x, c), Mul(c, x) or Div(x, c) with c a constant, not one element, that is
+    constant along x's last axis (its last dim 1) and broadcasts into x without growing it: Swin V2's
+    per-head logit scale [H, 1, 1]. Scores [.., Sq, Skv] times c [.., Sq, 1] is (Q * c).K^T."""
+    if not is_op(node, "Mul", "Div"):
+        return None
+    for x, c in (node.inputs[:2], node.inputs[1::-1]) if node.op_type == "Mul" else (node.inputs[:2],):
+        data, x_dims, c_dims = const_array(c), dims(x), dims(c)
+        if data is None or data.size == 1 or c.dtype != x.dtype or x_dims is None or c_dims is None \
+                or not 1 <= len(c_dims) <= len(x_dims) or c_dims[-1] != 1:
+            continue
+        if not all(m == 1 or same_dim(m, d) for m, d in zip(c_dims, x_dims[len(x_dims) - len(c_dims):])):
+            continue
+        if np.all(np.isfinite(data)) and (node.op_type == "Mul" or np.all(data != 0)):
+            return x, c
+    return None
 
 
 def peel_scale(value: ir.Value) -> tuple[ir.Value, float, list[ir.Node]]:
@@ -99,27 +147,36 @@ class Scores:
     scale: float = 1.0
     masks: list[ir.Value] = dataclasses.field(default_factory=list)
     wheres: list[ir.Node] = dataclasses.field(default_factory=list)  # Where(mask, scores, -inf)
+    windows: list[WindowMasks] = dataclasses.field(default_factory=list)  # masks added in a per-window view
+    q_factors: list[tuple[str, ir.Value]] = dataclasses.field(default_factory=list)  # (Mul or Div, c) for Q
     nodes: list[ir.Node] = dataclasses.field(default_factory=list)
 
 
 def match_scores(value: ir.Value, scaled: bool = False) -> Scores | str:
     """Trace `value` up to the MatMul Q.K^T through scalar scales and masks, every step single-use."""
     if sole_reader(value) is None:
-        return f"score {value.name} has other users"
+        return Miss(f"score {value.name} has other users", "the scores have other users")
     node = value.producer()
     if is_op(node, "MatMul"):
         return Scores(node, nodes=[node])
     if is_op(node, "Mul", "Div"):
         x = next((i for i in node.inputs[:2] if scalar_factor(node, i) is not None), None)
-        if x is None:
-            return f"{node.op_type} {node.name} scales the scores by a non-constant"
-        found = match_scores(x, True)
+        row = row_factor(node) if x is None else None
+        if x is None and row is None:
+            return Miss(f"{node.op_type} {node.name} scales the scores by a non-constant (or by a constant that "
+                        f"varies along the keys)", "the scores are scaled by a non-constant or along the keys")
+        found = match_scores(x if row is None else row[0], True)
         if not isinstance(found, str):
-            found.scale *= scalar_factor(node, x)
+            if row is None:
+                found.scale *= scalar_factor(node, x)
+            else:
+                found.q_factors.append((node.op_type, row[1]))
             found.nodes.append(node)
         return found
-    if scaled and is_op(node, "Add", "Where"):
-        return f"{node.op_type} {node.name} masks the scores before they are scaled"
+    windows = match_windows(node) if is_op(node, "Reshape") else None
+    if scaled and (is_op(node, "Add", "Where") or isinstance(windows, WindowMasks)):
+        return Miss(f"{node.op_type} {node.name} masks the scores before they are scaled",
+                    "the scores are masked before they are scaled")
     if is_op(node, "Add"):
         reasons = []
         for scores, mask in (node.inputs, node.inputs[::-1]):
@@ -135,6 +192,14 @@ def match_scores(value: ir.Value, scaled: bool = False) -> Scores | str:
         if not isinstance(found, str):
             found.wheres.append(node)
             found.nodes.append(node)
+        return found
+    if windows is not None:  # the view back from Swin's per-window 5-D view of the scores, or no attention
+        if isinstance(windows, str):
+            return windows
+        found = match_scores(windows.scores)
+        if not isinstance(found, str):
+            found.windows.append(windows)
+            found.nodes += windows.nodes
         return found
     return f"the scores come from {node.op_type if node else 'a graph input'}, not MatMul(Q, K^T)"
 
@@ -173,6 +238,8 @@ class AttentionMatch:
     output: ir.Value
     nodes: list[ir.Node]  # the matched nodes, the last one (MatMul(P, V)) the anchor
     dropped_masks: list[ir.Value]  # zero or causal masks Attention does without
+    windows: list[WindowMasks] = dataclasses.field(default_factory=list)  # tiled into attn_mask
+    q_factors: list[tuple[str, ir.Value]] = dataclasses.field(default_factory=list)  # applied to Q: Q * c or Q / c
 
 
 def match_key(kt: ir.Value) -> tuple[ir.Value, tuple[int, ...] | None, float, list[ir.Node]]:
@@ -206,6 +273,11 @@ def match_attention(softmax: ir.Node) -> AttentionMatch | str:
     scores = match_scores(softmax.inputs[0])
     if isinstance(scores, str):
         return scores
+    # The masks must fit Q.K^T itself: Softmax's input may have been grown by a mask's broadcast
+    # (Attention's attn_mask cannot grow the batch or heads) or come from a view back with a new dim.
+    qk_dims = dims(scores.qk.outputs[0])
+    if qk_dims is not None and len(qk_dims) == 4:
+        score_dims = qk_dims
     q, q_scale, q_nodes = peel_scale(scores.qk.inputs[0])
     k, k_perm, k_scale, k_nodes = match_key(scores.qk.inputs[1])
     v, repeat = pv.inputs[1], 1
@@ -229,6 +301,9 @@ def match_attention(softmax: ir.Node) -> AttentionMatch | str:
     if any(m.dtype != dtype or not (mask_fits(m, score_dims) or broadcasts_over_queries(m, score_dims))
            for m in scores.masks):
         return "an additive mask is not of the scores' type or does not cover [q, kv] exactly"
+    for windows in scores.windows:
+        if (issue := window_mask_issue(windows, score_dims, dtype)) is not None:
+            return issue
     square = same_dim(score_dims[2], score_dims[3])
     masks = [m for m in scores.masks if not is_zero_bias(m)]  # a zero bias adds nothing
     causal_masks = [m for m in masks if square and is_causal_bias(m, dtype)]
@@ -250,13 +325,23 @@ def match_attention(softmax: ir.Node) -> AttentionMatch | str:
     if not scale > 0:  # Attention scales Q and K by sqrt(scale) each
         return f"the combined scale {scale} is not positive"
     nodes = scores.nodes + q_nodes + k_nodes + [softmax, *casts, pv]
-    return AttentionMatch(q, k, k_perm, v, scale, masks, condition, causal, repeat, pv.outputs[0], nodes, dropped)
+    return AttentionMatch(q, k, k_perm, v, scale, masks, condition, causal, repeat, pv.outputs[0], nodes, dropped,
+                          scores.windows, scores.q_factors)
 
 
 def why_not(node: ir.Node) -> str | None:
     """Why `node` (a Softmax) does not start an attention fusion (None: it does)."""
     result = match_attention(node)
     return result if isinstance(result, str) else None
+
+
+def broadcast_dims(a: Dims | None, b: Dims | None) -> Dims | None:
+    """The shape of a + b when the dims prove it (each pair equal, or one of them 1)."""
+    if a is None or b is None:
+        return None
+    a, b = (1,) * (len(b) - len(a)) + a, (1,) * (len(a) - len(b)) + b
+    out = tuple(y if x == 1 else x for x, y in zip(a, b, strict=True) if x == 1 or y == 1 or same_dim(x, y))
+    return out if len(out) == len(a) else None
 
 
 def fuse(graph: ir.Graph, match: AttentionMatch, name: str) -> None:
@@ -267,8 +352,13 @@ def fuse(graph: ir.Graph, match: AttentionMatch, name: str) -> None:
         k = new_nodes[-1].outputs[0]
         k.type = match.k.type
         k.shape = ir.Shape([match.k.shape[i] for i in match.k_perm])
-    attn_mask = match.condition
-    for mask in match.masks:  # one attn_mask: the sum of the additive ones
+    attn_mask, masks = match.condition, list(match.masks)
+    for windows in match.windows:  # each window mask as a 4-D one, tiled over the images
+        for window_mask in windows.masks:
+            tile_nodes, mask = tile_window_mask(graph, window_mask, windows.windows, match.q, name)
+            new_nodes += tile_nodes
+            masks.append(mask)
+    for mask in masks:  # one attn_mask: the sum of the additive ones
         if mask.shape is not None and len(mask.shape) == 4 and mask.shape[2] == 1 and mask.shape[3] != 1:
             expand_nodes, mask = expand_over_queries(mask, name)
             for value in expand_nodes[1].inputs[::2]:
@@ -278,15 +368,26 @@ def fuse(graph: ir.Graph, match: AttentionMatch, name: str) -> None:
             attn_mask = mask
             continue
         new_nodes.append(ir.node("Add", [attn_mask, mask], name=f"{name}_mask"))
+        total = broadcast_dims(dims(attn_mask), dims(mask))
         attn_mask = new_nodes[-1].outputs[0]
         attn_mask.type = mask.type
+        attn_mask.shape = None if total is None else ir.Shape(total)
     attributes = {"scale": float(match.scale)}
     if match.causal:
         attributes["is_causal"] = 1
-    inputs = [match.q, k, match.v] + ([attn_mask] if attn_mask is not None else [])
+    q = match.q
+    for op_type, factor in match.q_factors:  # (Q * c).K^T: c is constant along the keys
+        new_nodes.append(ir.node(op_type, [q, factor], name=f"{name}_query_scale"))
+        q = new_nodes[-1].outputs[0]
+        q.type, q.shape = match.q.type, match.q.shape
+    inputs = [q, k, match.v] + ([attn_mask] if attn_mask is not None else [])
     new_nodes.append(ir.node("Attention", inputs, attributes, name=name))
+    # Besides dropped masks: the Unsqueezes that made window masks 5-D (the tiling reads below them)
+    # and what computed the targets of the per-window views (Shape/Div/Concat in transformers' export).
+    dead_inputs = match.dropped_masks + [m for w in match.windows for m in w.masks] \
+        + [n.inputs[1] for w in match.windows for n in w.nodes if is_op(n, "Reshape")]
     replace_with(graph, match.nodes[-1], new_nodes, [match.output], new_nodes[-1].outputs, dead=match.nodes[::-1])
-    remove_dead_cone(graph, match.dropped_masks)
+    remove_dead_cone(graph, dead_inputs)
 
 
 @register_pass("fuse-attention", order=70)
@@ -302,4 +403,32 @@ def fuse_attention(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     for graph in all_graphs(model.graph):
         for attention in [n for n in graph if is_op(n, "Attention")]:
             counts["heads-absorbed"] += absorb_heads(graph, attention)
-    return {k: n for k, n in counts.items() if n}
+    changed = {k: n for k, n in counts.items() if n}
+    # What stayed decomposed is said only alongside a change: the pipeline runs passes until one
+    # reports nothing, so a run that changes nothing must return {} (fold-constants does the same).
+    return {**changed, **left_decomposed(model)} if changed else changed
+
+
+def feeds_matmul(softmax: ir.Node) -> bool:
+    """The probabilities (through Casts) are the left operand of a MatMul: the Softmax of an attention,
+    not a classifier's."""
+    pending = list(softmax.outputs)
+    while pending:
+        value = pending.pop()
+        for use in value.uses():
+            if is_op(use.node, "MatMul") and use.idx == 0:
+                return True
+            if is_op(use.node, "Cast"):
+                pending += use.node.outputs
+    return False
+
+
+def left_decomposed(model: ir.Model) -> dict[str, int]:
+    """How many attentions (a Softmax whose probabilities a MatMul multiplies V by) did not fuse, keyed
+    "attention left decomposed: <reason>" (the reason without node names, so equal layers add up)."""
+    counts: Counter[str] = Counter()
+    for graph in all_graphs(model.graph):
+        for node in graph:
+            if is_op(node, "Softmax") and feeds_matmul(node) and isinstance(reason := match_attention(node), str):
+                counts[f"attention left decomposed: {summary_of(reason)}"] += 1
+    return dict(counts)
