@@ -1,6 +1,6 @@
 """Shape inference on the IR with symbolic dims kept symbolic.
 
-Two passes over a copy of the graph that carries the data of small weights only (large
+Passes over a copy of the graph that carries the data of small weights only (large
 weights contribute their type and shape, never their bytes):
 
 1. ONNX's inference with data propagation, so Shape->Gather->Concat->Reshape chains
@@ -8,17 +8,31 @@ weights contribute their type and shape, never their bytes):
 2. onnxruntime's symbolic shape inference (sympy), which derives dims as expressions of
    the input dims (`batch*sequence`, `floor(height/2)`). Where it succeeds and says more,
    its dims replace ONNX's; where it fails, ONNX's stay.
+
+What the graph computes wins over what the file declares. Exporters record the type and
+shape of graph outputs and of intermediate values (`value_info`), and some record them
+wrong (an output declared `[1, seqlen]` that is really `[T, 1, C]`). ONNX's inference,
+given such a declaration, fails on the node and silently keeps the declaration, so the
+mistake would reach the build. So ONNX's inference first runs with every declaration
+taken out (inputs and weights are the ground truth); a declaration that contradicts its
+result (another dtype, another rank, another fixed size) is dropped, replaced by what was
+inferred, and reported as a warning. onnxruntime does the same: its outputs follow the
+graph, not the declaration. Declarations that agree stay: they may name dims better
+(`batch` for `unk__3`) or stand in where inference cannot go (custom ops).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 import onnx_ir as ir
 
 from trtc.ir.onnx_export import to_model_proto
@@ -28,11 +42,21 @@ SMALL_WEIGHT_BYTES = 1 << 16
 # Dims invented by an inference engine: no better than unknown.
 _INVENTED = re.compile(r"^unk__\d+$|_o\d+__d\d+")
 
+# Where a graph sits in the model: the (node index, attribute name) steps from the main graph
+# down to it, () for the main graph. The proto keeps the IR's node order, so one path names
+# the same graph on both sides.
+GraphPath = tuple[tuple[int, str], ...]
+Infos = dict[str, onnx.ValueInfoProto]
+
 
 def _dims_of(info: onnx.ValueInfoProto) -> ir.Shape | None:
     if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
         return None
     return ir.serde.deserialize_type_proto_for_shape(info.type)
+
+
+def _elem_type(info: onnx.ValueInfoProto) -> int:
+    return info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
 
 
 def _score(dim) -> int:
@@ -53,18 +77,192 @@ def _better(new: ir.Shape | None, old: ir.Shape | None) -> bool:
     return all(a >= b for a, b in scores) and any(a > b for a, b in scores)
 
 
-def _value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    infos = {vi.name: vi for vi in proto.graph.value_info}
-    infos.update({vi.name: vi for vi in proto.graph.output})
+def _value_infos(graph: onnx.GraphProto) -> Infos:
+    infos = {vi.name: vi for vi in graph.value_info}
+    infos.update({vi.name: vi for vi in graph.output})
     return infos
 
 
-def _onnx_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+def _proto_graphs(graph: onnx.GraphProto, path: GraphPath = ()) -> Iterator[tuple[GraphPath, onnx.GraphProto]]:
+    """`graph` and every subgraph in it, each with its path."""
+    yield path, graph
+    for index, node in enumerate(graph.node):
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(attr.g, (*path, (index, attr.name)))
+
+
+def _ir_graphs(graph: ir.Graph, path: GraphPath = ()) -> Iterator[tuple[GraphPath, ir.Graph]]:
+    """`graph` and every subgraph in it, each with the path `_proto_graphs` gives its proto."""
+    yield path, graph
+    for index, node in enumerate(graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _ir_graphs(attr.value, (*path, (index, attr.name)))
+
+
+def _all_infos(proto: onnx.ModelProto) -> dict[GraphPath, Infos]:
+    return {path: _value_infos(graph) for path, graph in _proto_graphs(proto.graph)}
+
+
+@dataclasses.dataclass
+class _Declaration:
+    """A type/shape the file states for a value computed by a node (not an input or a weight)."""
+
+    path: GraphPath
+    name: str
+    kind: str  # "output" or "value_info"
+    info: onnx.ValueInfoProto  # a copy, as declared
+
+
+def _take_declarations(proto: onnx.ModelProto) -> list[_Declaration]:
+    """Remove the declared types and shapes of node outputs from `proto` (every graph); return them."""
+    taken = []
+    for path, graph in _proto_graphs(proto.graph):
+        inputs = {vi.name for vi in graph.input} | {t.name for t in graph.initializer}
+        kept = [vi for vi in graph.value_info if vi.name in inputs]  # not about a node's result
+        taken.extend(_Declaration(path, vi.name, "value_info", _copy(vi))
+                     for vi in graph.value_info if vi.name not in inputs)
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        for vi in graph.output:
+            if vi.name in inputs or not vi.HasField("type"):
+                continue  # an output that is an input or a weight: its type is not a claim about a node
+            taken.append(_Declaration(path, vi.name, "output", _copy(vi)))
+            vi.ClearField("type")
+    return taken
+
+
+def _restore(proto: onnx.ModelProto, declarations: list[_Declaration]) -> None:
+    graphs = dict(_proto_graphs(proto.graph))
+    for decl in declarations:
+        graph = graphs[decl.path]
+        if decl.kind == "value_info":
+            graph.value_info.append(decl.info)
+            continue
+        for vi in graph.output:
+            if vi.name == decl.name:
+                vi.type.CopyFrom(decl.info.type)
+
+
+def _copy(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    return out
+
+
+def _dtype_name(dtype: ir.DataType) -> str:
+    """float32, int64, ... as the rest of trtc writes them; ONNX's name where numpy has none."""
     try:
-        return _value_infos(onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
-                                                              data_prop=True))
+        return str(dtype.numpy())
+    except (TypeError, ValueError):
+        return dtype.name.lower()
+
+
+def _describe(dtype: ir.DataType | None, shape: ir.Shape | None) -> str:
+    """`float32[T, 1, 8]`: unknown and invented dims as `?`."""
+    name = _dtype_name(dtype) if dtype is not None else "?"
+    if shape is None:
+        return f"{name}[?]"
+    dims = [str(d) if isinstance(d, int) else ("?" if _score(d) == 0 else d.value) for d in shape.dims]
+    return f"{name}[{', '.join(dims)}]"
+
+
+def _text(info: onnx.ValueInfoProto) -> str:
+    elem = _elem_type(info)
+    return _describe(ir.DataType(elem) if elem else None, _dims_of(info))
+
+
+def contradiction(declared: onnx.ValueInfoProto, inferred: onnx.ValueInfoProto | None) -> bool:
+    """The declaration cannot describe the inferred value: another dtype, another rank, or
+    another fixed size on some axis. A symbol against a number is no contradiction."""
+    if inferred is None:
+        return False
+    if _elem_type(declared) and _elem_type(inferred) and _elem_type(declared) != _elem_type(inferred):
+        return True
+    want, got = _dims_of(declared), _dims_of(inferred)
+    if want is None or got is None:
+        return False
+    if len(want) != len(got):
+        return True
+    return any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(want.dims, got.dims))
+
+
+def _warning(decl: _Declaration, inferred: onnx.ValueInfoProto, value: ir.Value | None) -> str:
+    """The sentence for a declaration dropped; `value` (when the IR holds it) gives the final,
+    best-named inferred shape."""
+    where = "output" if decl.kind == "output" else "value_info of"
+    if decl.path:
+        where += " (in a subgraph)"
+    computed = _describe(value.dtype, value.shape) if value is not None and value.shape is not None \
+        else _text(inferred)
+    return (f"{where} {decl.name!r} is declared {_text(decl.info)} but the graph computes {computed}; "
+            "the declaration is ignored")
+
+
+def _onnx_inference(proto: onnx.ModelProto) -> dict[GraphPath, Infos] | None:
+    """ONNX's inference result per graph, or None when it raised. Sizes it is known to get wrong
+    are corrected in `proto` (see `_correct_stft`) and inference rerun from them."""
+    try:
+        infos = _all_infos(onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
+                                                             data_prop=True))
+        if _correct_stft(proto, infos):
+            infos = _all_infos(onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
+                                                                 data_prop=True))
+        return infos
     except (onnx.shape_inference.InferenceError, RuntimeError):
-        return _value_infos(proto)  # keep what the exporter recorded
+        return None
+
+
+def _correct_stft(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> bool:
+    """ONNX (1.23) sizes STFT's frequency axis as frame_length even when `onesided` (the default)
+    keeps frame_length // 2 + 1 bins: the one wrong size its inference gives over ONNX's node tests
+    (all inputs constant). Add the right shape as value_info, which ONNX's inference keeps and
+    propagates downstream. Returns whether any was added (then inference must run again)."""
+    weights = {t.name: t for _, g in _proto_graphs(proto.graph) for t in g.initializer}
+    shapes: dict[str, ir.Shape | None] = {vi.name: _dims_of(vi) for _, g in _proto_graphs(proto.graph)
+                                          for vi in g.input}
+    for graph_infos in infos.values():
+        shapes.update((name, _dims_of(vi)) for name, vi in graph_infos.items())
+    added = False
+    for path, graph in _proto_graphs(proto.graph):
+        for node in graph.node:
+            if node.op_type != "STFT" or node.domain not in ("", "ai.onnx"):
+                continue
+            info = infos.get(path, {}).get(node.output[0])
+            shape = _dims_of(info) if info is not None else None
+            length = _frame_length(node, weights, shapes)
+            if shape is None or len(shape) != 4 or length is None:
+                continue
+            onesided = next((a.i for a in node.attribute if a.name == "onesided"), 1)
+            bins = length // 2 + 1 if onesided else length
+            if shape.dims[2] == bins:
+                continue
+            fixed = _copy(info)
+            dim = fixed.type.tensor_type.shape.dim[2]
+            dim.Clear()
+            dim.dim_value = bins
+            graph.value_info.append(fixed)
+            added = True
+    return added
+
+
+def _frame_length(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto],
+                  shapes: dict[str, ir.Shape | None]) -> int | None:
+    """STFT's frame length: its constant `frame_length` input, else the window's length."""
+    if len(node.input) > 3 and node.input[3]:
+        tensor = weights.get(node.input[3])
+        if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        return int(onnx.numpy_helper.to_array(tensor).reshape(-1)[0])
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] in weights:
+            dims = list(weights[node.input[2]].dims)
+            return dims[0] if len(dims) == 1 else None
+        window = shapes.get(node.input[2])
+        if window is not None and len(window) == 1 and isinstance(window.dims[0], int):
+            return window.dims[0]
+    return None
 
 
 @functools.cache
@@ -80,7 +278,9 @@ def _symbolic_shape_inference_class():
     return module.SymbolicShapeInference
 
 
-def _symbolic_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+def _symbolic_inference(proto: onnx.ModelProto) -> Infos:
+    """Main-graph results of onnxruntime's symbolic inference, which reads no declarations
+    (only inputs and weights) and writes the graph outputs it computes over the declared ones."""
     SymbolicShapeInference = _symbolic_shape_inference_class()  # noqa: N806
 
     logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
@@ -95,10 +295,10 @@ def _symbolic_inference(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto
         inference._update_output_from_vi()
     except Exception:  # it raises bare Exceptions on ops it does not know; ONNX's result stands
         return {}
-    return _value_infos(inference.out_mp_)
+    return _value_infos(inference.out_mp_.graph)
 
 
-def _incomplete(model: ir.Model, infos: dict[str, onnx.ValueInfoProto]) -> bool:
+def _incomplete(model: ir.Model, infos: Infos) -> bool:
     """Some node output has no type, no shape, or an unknown/invented dim after ONNX's inference."""
     for node in model.graph:
         for value in node.outputs:
@@ -109,22 +309,93 @@ def _incomplete(model: ir.Model, infos: dict[str, onnx.ValueInfoProto]) -> bool:
     return False
 
 
-def infer_shapes(model: ir.Model) -> list[str]:
+def _adds_information(decl: _Declaration, inferred: onnx.ValueInfoProto | None) -> bool:
+    """The declaration says something inference did not find on its own."""
+    if inferred is None:
+        return True
+    if _elem_type(decl.info) and not _elem_type(inferred):
+        return True
+    return _better(_dims_of(decl.info), _dims_of(inferred))
+
+
+def _forget(value: ir.Value | None, inferred: onnx.ValueInfoProto) -> ir.Value | None:
+    """Replace the declared type/shape of `value` (a node output) by the inferred one; the value."""
+    if value is not None:
+        elem = _elem_type(inferred)
+        value.type = ir.TensorType(ir.DataType(elem)) if elem else None
+        value.shape = _dims_of(inferred)
+    return value
+
+
+class _NodeOutputs:
+    """Node outputs by graph path and name, indexed on first use (conflicts are rare)."""
+
+    def __init__(self, model: ir.Model):
+        self._graphs = dict(_ir_graphs(model.graph))
+        self._index: dict[GraphPath, dict[str, ir.Value]] = {}
+
+    def get(self, path: GraphPath, name: str) -> ir.Value | None:
+        if path not in self._index:
+            graph = self._graphs.get(path)
+            self._index[path] = {v.name: v for n in graph for v in n.outputs if v.name} if graph is not None else {}
+        return self._index[path].get(name)
+
+
+def infer_shapes(model: ir.Model, warnings: list[str] | None = None) -> list[str]:
     """Fill in the type and shape of every value that can be inferred.
 
-    Returns the names of the values (main graph) whose type or shape stays unknown.
+    Returns the names of the values (main graph) whose type or shape stays unknown. A declared
+    type or shape that contradicts what the graph computes is replaced by the inferred one
+    (main graph and subgraphs), and a sentence saying so is appended to `warnings`.
     """
     proto = to_model_proto(model, embed_limit=SMALL_WEIGHT_BYTES)
-    onnx_infos = _onnx_inference(proto)
+    declarations = _take_declarations(proto)
+    free = _onnx_inference(proto) if declarations else None
+    if free is None:
+        # Nothing declared, or inference raised without the declarations: as the file says.
+        _restore(proto, declarations)
+        declarations = []
+        free = _onnx_inference(proto) or _all_infos(proto)
+
+    outputs = _NodeOutputs(model)
+    dropped: list[tuple[_Declaration, onnx.ValueInfoProto, ir.Value | None]] = []
+    kept = []
+    for decl in declarations:
+        inferred = free.get(decl.path, {}).get(decl.name)
+        if contradiction(decl.info, inferred):
+            dropped.append((decl, inferred, _forget(outputs.get(decl.path, decl.name), inferred)))
+        else:
+            kept.append(decl)
+    # The declarations that agree go back when they say more than inference found without them:
+    # a named dim, or a shape past a node inference cannot see through, propagates downstream.
+    if any(_adds_information(d, free.get(d.path, {}).get(d.name)) for d in kept):
+        _restore(proto, kept)
+        infos = _onnx_inference(proto) or free
+    else:
+        _restore(proto, kept)  # the symbolic pass below reads the same proto; it ignores them anyway
+        infos = free
+    onnx_infos = infos.get((), {})
+
     # The symbolic pass (and its sympy import, ~1 s) only when ONNX left something to derive.
     symbolic_infos = _symbolic_inference(proto) if _incomplete(model, onnx_infos) else {}
+    declared_main = {d.name: d for d in kept if not d.path}
     unknown = []
     for node in model.graph:
         for value in node.outputs:
-            for info in (onnx_infos.get(value.name), symbolic_infos.get(value.name)):
+            symbolic = symbolic_infos.get(value.name)
+            decl = declared_main.get(value.name)
+            checked = free.get((), {}).get(value.name)
+            if (decl is not None and (checked is None or _dims_of(checked) is None)
+                    and contradiction(decl.info, symbolic)):
+                # ONNX could not check this declaration; the symbolic pass contradicts it.
+                dropped.append((decl, symbolic, _forget(value, symbolic)))
+                sources = [symbolic]
+            else:
+                sources = [onnx_infos.get(value.name), symbolic]
+            for info in sources:
                 if info is None:
                     continue
-                elem_type = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
+                elem_type = _elem_type(info)
                 if elem_type and value.type is None:
                     value.type = ir.TensorType(ir.DataType(elem_type))
                 shape = _dims_of(info)
@@ -132,4 +403,6 @@ def infer_shapes(model: ir.Model) -> list[str]:
                     value.shape = shape
             if value.type is None or value.shape is None:
                 unknown.append(value.name)
+    if warnings is not None:
+        warnings.extend(_warning(decl, inferred, value) for decl, inferred, value in dropped)
     return unknown
