@@ -6,6 +6,7 @@ end-to-end checks, compared with onnxruntime on the original file."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -431,3 +432,29 @@ def test_real_models_parse_without_shape_warnings(name, monkeypatch):
     monkeypatch.setattr("trtc.frontend.parse.infer_shapes", lambda model: infer_shapes(model, warnings))
     artifact = parse_onnx(path)
     assert warnings == [] and artifact.meta["parse"]["unknown_shapes"] == []
+
+
+def test_parse_says_which_declarations_it_ignored(tmp_path):
+    """The warnings reach the user: `trtc parse` prints each, and the artifact's header keeps them."""
+    from corpus import run_trtc
+
+    path = _whisper_like(tmp_path, [1, "seqlen"], [1, 8, "T"])
+    proc = run_trtc("parse", path, "-o", tmp_path / "m.trtir")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: output 'features' is declared float32[1, seqlen] but the graph computes float32[T, 1, 8]" \
+        in proc.stdout
+    info = json.loads(run_trtc("parse", path, "-o", tmp_path / "m.trtir", "--json").stdout)
+    assert len(info["shape_warnings"]) == 1
+
+
+def test_a_rank_refusal_of_a_run_time_if_says_what_to_freeze(tmp_path):
+    """The lowering's refusal of branches that differ in rank names the input to freeze."""
+    from trtc.lower.registry import unsupported_nodes
+
+    then = _branch("then", [helper.make_node("ReduceSum", ["x", "axes"], ["t"], keepdims=0)], [_vi("t", None)],
+                   [_init("axes", np.array([1]))])
+    other = _branch("else", [helper.make_node("Relu", ["x"], ["e"])], [_vi("e", None)])
+    path = _save(tmp_path, [helper.make_node("If", ["flag"], ["y"], name="if", then_branch=then, else_branch=other)],
+                 [_vi("x", [2, 3]), _vi("flag", [], TensorProto.BOOL)], [_vi("y", None)])
+    [problem] = unsupported_nodes(parse_onnx(path).model)
+    assert "same known rank" in problem["reason"] and "--freeze flag=VALUE" in problem["reason"], problem

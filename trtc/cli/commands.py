@@ -51,6 +51,8 @@ def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> 
         click.echo(f"note: {info['opset_note']}")
     if info["frozen"]:
         click.echo(f"frozen (now constants): {', '.join(info['frozen'])}")
+    for warning in info.get("shape_warnings") or ():
+        click.echo(f"warning: {warning}")
     if info["unknown_shapes"]:
         click.echo(f"note: {len(info['unknown_shapes'])} values without inferred shape "
                    f"(see `trtc inspect {output}`)")

@@ -69,7 +69,8 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
     rewrites = canonicalize(model)
     if negative:
         rewrites["unknown_negative_dims"] = negative
-    unknown = infer_shapes(model)
+    shape_warnings: list[str] = []
+    unknown = infer_shapes(model, shape_warnings)
     meta: dict[str, Any] = {
         "stage": "parse",
         "source": {"path": str(path.resolve()), "sha256": file_sha256(path), "format": "onnx"},
@@ -81,6 +82,7 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
             "canonicalized": rewrites,
             "unknown_shapes": unknown,
             "frozen": frozen,
+            "shape_warnings": shape_warnings,
         },
     }
     meta["input_hash"] = parse_input_hash(meta["source"]["sha256"], frozen)

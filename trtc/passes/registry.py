@@ -34,7 +34,8 @@ class PassInfo:
 
 
 # Default pipeline order (the `order` each pass registers with):
-#   10 eliminate-noops   12 legacy-softmax   20 fold-constants   30 fold-shapes   40 fold-batchnorm
+#   10 eliminate-noops   12 legacy-softmax   20 fold-constants   30 fold-shapes   35 inline-constant-if
+#   40 fold-batchnorm
 #   41 fold-pad-into-conv   45 batchnorm-to-affine (not default)
 #   50 fuse-layer-norm   55 fuse-rms-norm    60 fuse-gelu     70 fuse-attention
 #   75 fuse-rotary       80 matmul-add-to-gemm                90 cse

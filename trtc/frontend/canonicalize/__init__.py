@@ -33,6 +33,7 @@ from trtc.frontend.canonicalize import (  # noqa: E402,F401
     constants,
     dropout,
     initializer_inputs,
+    inline_if,
 )
 from trtc.frontend.canonicalize.opset import CANONICAL_OPSET, upgrade_opset  # noqa: E402
 

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.frontend.canonicalize.inline_if import freeze_hint
 from trtc.lower.ops.attention import given
 from trtc.lower.registry import Constraint, converter, find_converter, support_issue, tensor_types
 
@@ -42,17 +43,18 @@ def lower_subgraph(ctx, graph: ir.Graph, opset: int) -> list:
     """Lower `graph`'s nodes into the network (its inputs already bound); its output tensors. Every
     node has a converter (`subgraphs_supported` checked it); an error names the node it is about."""
     outer_node = ctx.node
-    for node in graph:
-        ctx.node = node
-        try:
-            outputs = find_converter(node, opset).fn(ctx, node)
-        except TrtcError as exc:
-            raise TrtcError(f"subgraph node {node.name!r} ({node.op_type}): {exc.message}") from None
-        for value, tensor in zip(node.outputs, outputs, strict=False):
-            if tensor is not None and value.name:
-                ctx.tensors[value] = tensor
-    ctx.node = outer_node
-    return [ctx.tensor(value) for value in graph.outputs]
+    with ctx.constant_scope():
+        for node in graph:
+            ctx.node = node
+            try:
+                outputs = find_converter(node, opset).fn(ctx, node)
+            except TrtcError as exc:
+                raise TrtcError(f"subgraph node {node.name!r} ({node.op_type}): {exc.message}") from None
+            for value, tensor in zip(node.outputs, outputs, strict=False):
+                if tensor is not None and value.name:
+                    ctx.tensors[value] = tensor
+        ctx.node = outer_node
+        return [ctx.tensor(value) for value in graph.outputs]
 
 
 def scalar_of(ctx, tensor):
@@ -100,10 +102,11 @@ def _check_if(node: ir.Node) -> str | None:
     then_out, else_out = (node.attributes[name].value.outputs for name in ("then_branch", "else_branch"))
     for a, b in zip(then_out, else_out, strict=True):
         if a.shape is None or b.shape is None or a.shape.rank() != b.shape.rank():
-            return f"the branches' outputs {a.name!r} and {b.name!r} must have the same known rank"
+            return (f"the branches' outputs {a.name!r} and {b.name!r} must have the same known rank; "
+                    f"{freeze_hint(node)}")
         if any(x != y for x, y in zip(a.shape.dims, b.shape.dims)):
             return (f"with a run-time condition, TensorRT needs the branches' outputs to have the same shape "
-                    f"({a.name!r} {a.shape} vs {b.name!r} {b.shape})")
+                    f"({a.name!r} {a.shape} vs {b.name!r} {b.shape}); {freeze_hint(node)}")
     return None
 
 
