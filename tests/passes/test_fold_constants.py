@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from trtc.frontend import parse_onnx
 from trtc.ir import load_artifact, save_artifact
@@ -259,3 +259,20 @@ def test_corpus_verified(entry):
     print(entry.name, report.nodes_before, "->", report.nodes_after, counts)
     left = [n.op_type for n in model.graph if all(is_constant(v) for v in n.inputs)]
     assert not left, f"nodes of constants left: {left}"
+
+
+def test_int8_weights_stay_quantized():
+    """DequantizeLinear of an int8 weight with no zero point is TensorRT's int8 weight: not folded
+    to floats. One with a non-zero zero point is folded (TensorRT runs no such weight)."""
+    from passutil import make_model, run_pass, vi
+
+    w = numpy_helper.from_array(np.arange(-6, 6, dtype=np.int8).reshape(3, 4), "w")
+    model = make_model(
+        [helper.make_node("DequantizeLinear", ["w", "s"], ["wf"]),
+         helper.make_node("DequantizeLinear", ["w", "s", "zp"], ["wz"]),
+         helper.make_node("Add", ["wf", "wz"], ["ww"]),
+         helper.make_node("MatMul", ["x", "ww"], ["y"])],
+        [vi("x", [2, 3])], [vi("y", [2, 4])],
+        {"w": numpy_helper.to_array(w), "s": np.float32(0.5), "zp": np.int8(1)})
+    run_pass(model, "fold-constants")
+    assert [n.op_type for n in model.graph].count("DequantizeLinear") == 1

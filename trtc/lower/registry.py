@@ -18,6 +18,7 @@ import onnx_ir as ir
 from trtc.lower.backend import auto_backend
 from trtc.lower.expand import expand_ops
 from trtc.lower.legalize import carry_issues, legalize_types
+from trtc.lower.legalize_qdq import legalize_quantized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,7 @@ def unsupported_nodes(model: ir.Model, backend: str | None = None) -> list[dict[
     load_converters()
     backend = backend or auto_backend()
     expand_ops(model)
+    legalize_quantized(model)  # uint8/asymmetric Q/DQ and int32-bias DQ into what TensorRT runs
     carry = carry_issues(model)
     if not carry:
         legalize_types(model)

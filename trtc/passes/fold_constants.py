@@ -37,6 +37,21 @@ from trtc.passes.registry import PassContext, register_pass
 NEVER_FOLD = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
                         "Multinomial", "Dropout"})
 SHAPE_ONLY = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+# Quantized weights TensorRT runs as such: a DequantizeLinear of these with no zero point (or zeros).
+QUANTIZED_WEIGHT_TYPES = frozenset({ir.DataType.INT8, ir.DataType.FLOAT8E4M3FN, ir.DataType.INT4})
+
+
+def is_quantized_weight(node: ir.Node) -> bool:
+    """DequantizeLinear(int8/fp8/int4 constant, scale[, zero point 0]): folding it into float weights
+    would turn TensorRT's int8/fp8/int4 kernels into float ones, so it stays."""
+    data = node.inputs[0] if node.op_type == "DequantizeLinear" else None
+    if data is None or data.dtype not in QUANTIZED_WEIGHT_TYPES:
+        return False
+    zero_point = node.inputs[2] if len(node.inputs) > 2 else None
+    if zero_point is None:
+        return True
+    tensor = zero_point.const_value
+    return tensor is not None and not tensor.numpy().astype(np.float64).any()
 SPLAT_CAP_FACTOR = 16
 
 
@@ -78,7 +93,7 @@ class _Folder:
 
     def foldable(self, node: ir.Node) -> bool:
         return (node not in self.blocked and is_standard(node) and node.op_type not in NEVER_FOLD
-                and not has_subgraph(node) and bool(node.outputs)
+                and not has_subgraph(node) and bool(node.outputs) and not is_quantized_weight(node)
                 and all(v.type is None or isinstance(v.type, ir.TensorType) for v in node.outputs))
 
     def refuse(self, node: ir.Node, reason: str) -> None:
