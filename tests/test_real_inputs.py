@@ -195,6 +195,22 @@ def test_compare_a_frozen_artifact_with_the_model_it_came_from(sr_model, tmp_pat
              "is 8000 but the model was parsed with --freeze sr=16000")
 
 
+def test_calibration_samples_skip_and_check_frozen_inputs(tmp_path):
+    from trtc.reference.feeds import calibration_samples
+
+    specs = [TensorSpec("audio", np.dtype(np.float32), ("batch", "sequence"))]
+    audio = np.ones((1, 8), np.float32)
+    np.savez(tmp_path / "run.npz", audio=audio, sr=np.int64(16000), energy=np.zeros(1, np.float32))
+    np.savez(tmp_path / "run8k.npz", audio=audio, sr=np.int64(8000))
+    frozen = {"sr": np.array(16000)}
+    for samples in (calibration_samples(specs, [str(tmp_path / "run.npz")], 1, None, ["energy"], frozen),
+                    calibration_samples(specs, [], 1, FeedOptions(files=(str(tmp_path / "run.npz"),)), ["energy"],
+                                        frozen)):
+        assert list(samples[0]) == ["audio"]
+    with pytest.raises(TrtcError, match=r"'sr' is not the value the model was parsed with \(--freeze sr=16000\)"):
+        calibration_samples(specs, [str(tmp_path / "run8k.npz")], 1, None, [], frozen)
+
+
 def test_an_input_only_one_side_has_must_be_given(sr_model, tmp_path, capsys):
     plain = _save(tmp_path / "plain.onnx", [helper.make_node("Mul", ["audio", "two"], ["y"]),
                                             helper.make_node("ReduceSum", ["y", "axes"], ["energy"], keepdims=0)],

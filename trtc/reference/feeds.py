@@ -573,10 +573,14 @@ def validate_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray],
 
 def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count: int,
                         feeds: FeedOptions | None = None,
-                        output_names: Sequence[str] = ()) -> list[dict[str, np.ndarray]]:
+                        output_names: Sequence[str] = (),
+                        frozen: Mapping[str, np.ndarray | None] | None = None) -> list[dict[str, np.ndarray]]:
     """One feed dict per `--calib` .npz file, or `count` samples made as `feeds` says (the
     files it names, seeded random data for the rest; seeds `feeds.seed + i`). Arrays named after
-    the model's outputs (`output_names`: a saved run, like the corpus's .npz files) are skipped."""
+    the model's outputs (`output_names`: a saved run, like the corpus's .npz files) are skipped, and
+    so are arrays named after an input `frozen` when parsed (`frozen_inputs`), when they hold the
+    frozen value (another value is an error: a sample of another computation)."""
+    frozen = {k: v for k, v in (frozen or {}).items() if k not in {s.name for s in specs}}
     if files:
         samples = []
         for file in files:
@@ -584,10 +588,14 @@ def calibration_samples(specs: Sequence[TensorSpec], files: Sequence[str], count
             if not isinstance(data, dict):
                 raise TrtcError("calibration data must be an .npz keyed by input name", where=f"--calib {file}")
             data = {k: v for k, v in data.items() if k not in output_names or k in {s.name for s in specs}}
+            for name in [k for k in data if k in frozen]:
+                if frozen_matches(frozen[name], data.pop(name)) is False:
+                    raise TrtcError(f"{name!r} is not the value the model was parsed with (--freeze "
+                                    f"{name}={frozen_text(frozen[name])})", where=f"--calib {file}")
             validate_feeds(specs, data, where=f"--calib {file}")
             samples.append(data)
         return samples
     feeds = feeds or FeedOptions()
     if feeds.files:  # the given inputs are the calibration sample (stored outputs in them are not inputs)
-        return [load_feeds(specs, feeds, output_names).arrays]
+        return [load_feeds(specs, feeds, output_names, frozen).arrays]
     return [make_feeds(specs, feeds.with_seed(feeds.seed + i)) for i in range(count)]
