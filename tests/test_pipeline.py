@@ -185,3 +185,18 @@ def test_dry_run_judges_the_model_build_lowers(tmp_path):
         proc = run_trtc(*args, "--json")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert json.loads(proc.stdout)["supported"] is True
+
+
+def test_verify_of_a_frozen_artifact_takes_the_saved_run(tmp_path):
+    """A saved run holds the input --freeze made a constant: with the frozen value it is no error."""
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"], name="mul")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    x = np.ones((2, 3), np.float32)
+    np.savez(tmp_path / "run.npz", x=x, s=np.float32(2), y=2 * x)
+    assert run_trtc("parse", tmp_path / "m.onnx", "--freeze", "s=2", "-o", tmp_path / "m.trtir").returncode == 0
+    proc = run_trtc("optimize", tmp_path / "m.trtir", "-o", tmp_path / "o.trtir", "--verify", "--input",
+                    tmp_path / "run.npz")
+    assert proc.returncode == 0 and "every pass verified" in proc.stdout, proc.stderr

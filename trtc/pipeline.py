@@ -30,7 +30,7 @@ from trtc.lower.profiles import opt_shapes
 from trtc.passes import PassContext
 from trtc.passes.pipeline import OptimizeReport, optimized_meta, select_passes
 from trtc.precision.rules import PrecisionOptions
-from trtc.reference.feeds import FeedOptions, load_feeds, make_feeds, model_inputs, validate_feeds
+from trtc.reference.feeds import FeedOptions, frozen_inputs, load_feeds, make_feeds, model_inputs, validate_feeds
 
 Progress = Callable[[str], None] | None
 
@@ -88,7 +88,8 @@ def optimize(artifact: Artifact, options: OptimizeOptions = OptimizeOptions(), f
         specs = model_inputs(artifact.model)
         # A saved run (.npz with the outputs too) verifies as it is; its outputs are not compared
         # here: --verify compares each pass with the model before it.
-        verify_feeds = load_feeds(specs, feeds, [v.name for v in artifact.model.graph.outputs]).arrays
+        verify_feeds = load_feeds(specs, feeds, [v.name for v in artifact.model.graph.outputs],
+                                  frozen=frozen_inputs(artifact.model, artifact.meta)).arrays
         validate_feeds(specs, verify_feeds, where=str(artifact.path or "model"))
     report = run_passes(artifact.model, passes=chosen, ctx=PassContext(fold_max_bytes=int(options.fold_max_mb * 2**20)),
                         verify_feeds=verify_feeds, after_pass=after_pass, progress=progress)

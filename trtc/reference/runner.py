@@ -65,7 +65,13 @@ class ReferenceFailed(TrtcError):
 # onnxruntime's words for "I do not implement this" (an op, an op version, a type): the only
 # run-time refusals `onnx.reference` may stand in for. Everything else it says at run time is
 # about the inputs it was given.
-_NOT_IMPLEMENTED = re.compile(r"NOT_IMPLEMENTED|Could not find an implementation|not implemented", re.IGNORECASE)
+# ... or cannot take the inputs' type at all (ml_dtypes' bfloat16/fp8/int4 arrays: "Numpy_type 26
+# can't be converted to MLDataType"): also what onnxruntime lacks, not the inputs' fault.
+_NOT_IMPLEMENTED = re.compile(r"NOT_IMPLEMENTED|Could not find an implementation|not implemented|"
+                              r"can't be converted to MLDataType|No corresponding Numpy type", re.IGNORECASE)
+# onnxruntime's words for inputs that do not fit the model: never a reason to try another executor.
+_INPUT_ERROR = re.compile(r"Got invalid dimensions|Invalid rank for input|Unexpected input data type|"
+                          r"Missing Input|Invalid input name|for input:", re.IGNORECASE)
 # Where onnxruntime names the input it refuses ("... for input: x ...", "Missing Input: sr").
 _INPUT_NAMED = re.compile(r"(?:for input:|Missing Input:|Invalid input name:)\s*([^\s,]+)")
 
@@ -204,8 +210,12 @@ class ReferenceRunner:
             try:
                 return dict(zip(self.output_names, self._session.run(self.output_names, dict(feeds))))
             except Exception as exc:  # ORT raises its own exception types for every failure
-                if not lacks_implementation(exc):
+                if _INPUT_ERROR.search(str(exc)):
                     raise self._rejected(exc) from None
+                if not lacks_implementation(exc):
+                    # An op kernel's own limit (ConvInteger's per-channel zero point...) or the values:
+                    # the spec's executor decides which, and says so either way (never silently).
+                    return self._reference_run(feeds, exc)
                 if weight_bytes(self._model.graph) >= PROTO_LIMIT:
                     raise ReferenceFailed(f"onnxruntime does not implement part of the model ({_one_line(exc)}) and "
                                           "it is too large for onnx.reference, the fallback") from None
@@ -216,6 +226,19 @@ class ReferenceRunner:
         except Exception as exc:  # onnx.reference raises whatever its op implementations raise
             raise ReferenceFailed(f"onnx.reference cannot run it either: {type(exc).__name__}: {_one_line(exc)}",
                                   hint=f"it ran there because {self.fallback_reason}") from None
+        return dict(zip(self.output_names, results))
+
+    def _reference_run(self, feeds: Mapping[str, Any], ort_error: BaseException) -> dict[str, Any]:
+        """onnxruntime failed on these feeds for a reason other than the inputs' shapes or types:
+        `onnx.reference` (the spec's executor) runs them once. When it also fails, the inputs are
+        what neither accepts: onnxruntime's refusal is the error. The session stays for the next feeds."""
+        if weight_bytes(self._model.graph) >= PROTO_LIMIT:
+            raise self._rejected(ort_error) from None
+        try:
+            results = self._reference().run(None, dict(feeds))
+        except Exception:  # onnx.reference raises whatever its op implementations raise
+            raise self._rejected(ort_error) from None
+        self.fallback_reason = f"onnxruntime failed on these inputs ({ort_reason(ort_error)}); onnx.reference ran them"
         return dict(zip(self.output_names, results))
 
     def _rejected(self, exc: BaseException) -> InputRejected:
