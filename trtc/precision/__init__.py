@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.ir.walk import all_graphs, all_initializers
 from trtc.passes import PASSES, PassContext
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
@@ -24,6 +25,7 @@ from trtc.precision.observe import observe, scaled_observation
 from trtc.precision.rescale import Rescaling, rescale_activations
 from trtc.precision.rules import PrecisionOptions, RuleContext
 from trtc.precision.simulate import simulation_model
+from trtc.precision.subgraphs import complete_body_types, ensure_unique_names, is_control_flow, subgraph_attrs
 from trtc.reference.metrics import error_metrics, worst
 from trtc.reference.runner import ReferenceRunner
 
@@ -40,13 +42,16 @@ class PrecisionReport:
     counts: dict[str, int]
     predicted: dict[str, dict[str, Any]]  # per output: error metrics (worst over samples)
     contributions: list[dict[str, Any]]  # nodes adding the most error, largest first
+    # One entry per If/Loop/Scan body: where it is, its nodes in the target type and in fp32, the
+    # share of its FLOPs in the target type, and why it stays fp32 where it does.
+    subgraphs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def _islands(model: ir.Model, fp32: set[str]) -> int:
-    """Connected components of fp32 float nodes (edges through float values)."""
+    """Connected components of fp32 float nodes (edges through float values), bodies included."""
     parent = {n: n for n in fp32}
 
     def find(x: str) -> str:
@@ -55,7 +60,7 @@ def _islands(model: ir.Model, fp32: set[str]) -> int:
             x = parent[x]
         return x
 
-    for node in model.graph:
+    for node in assign_mod.all_nodes(model):
         if node.name not in fp32:
             continue
         for value in node.outputs:
@@ -72,7 +77,8 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     if non_tensors:
         raise TrtcError(f"input(s) {', '.join(map(repr, non_tensors))} are not tensors (sequences/optionals); the "
                         "precision pass, like TensorRT, takes tensors only")
-    assign_mod.ensure_node_names(model)
+    ensure_unique_names(model)
+    complete_body_types(model)
     obs = observe(model, samples)
     reference = obs.outputs  # of the graph as given, before any rescaling
     # Rescaling fixes range, not precision: bf16 has fp32's range, so it is fp16's alone.
@@ -80,20 +86,18 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
         options.target == "fp16" else Rescaling(0, {})
     if rescaling.weights:  # the old weights are dead; the activations are the observed ones, scaled
         PASSES["dead-code"].fn(model, PassContext())
-        assign_mod.ensure_node_names(model)
+        ensure_unique_names(model)
         # Overflowed fp32 values may come back into range rescaled: observe those graphs again.
         obs = scaled_observation(obs, rescaling.scaled) if obs.finite else observe(model, samples)
     decision = assign_mod.assign(model, RuleContext(obs, options))
-    # Concrete shapes of every value: observed activations, and the weights' own shapes.
-    shapes = {v.name: tuple(v.const_value.shape.numpy()) for v in model.graph.initializers.values()
-              if v.const_value is not None}
-    shapes.update(obs.shapes)
-    flops = {n.name: node_flops(n, shapes) for n in model.graph}
+    flops = _flops(model, obs)
     total = sum(flops.values()) or 1
     low_flops = sum(f for name, f in flops.items() if decision.compute.get(name) == "low")
-    ops = {n.name: n.op_type for n in model.graph}
+    nodes = assign_mod.all_nodes(model)
+    ops = {n.name: n.op_type for n in nodes}
     fp32 = {name for name, c in decision.compute.items() if c == "fp32"}
     islands = _islands(model, fp32)
+    bodies = _body_summaries(model, decision, flops, RuleContext(obs, options))
     counts = assign_mod.apply(model, decision, options.target, options.cast_io)
     PASSES["dead-code"].fn(model, PassContext())  # the fp32 originals of converted weights
     counts["weights-rescaled"] = rescaling.weights
@@ -108,7 +112,58 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
         counts=counts,
         predicted=predicted,
         contributions=contributions,
+        subgraphs=bodies,
     )
+
+
+def _flops(model: ir.Model, obs) -> dict[str, float]:
+    """FLOPs per node on the calibration data, per sample: a body node's count times how often its
+    body ran per sample (a Loop body's trip count, 0 for a branch never taken). An If/Loop/Scan
+    itself counts none: its bodies' nodes hold its work."""
+    # Concrete shapes of every value: observed activations, and the weights' own shapes.
+    shapes = {v.name: tuple(v.const_value.shape.numpy()) for v in all_initializers(model.graph)
+              if v.const_value is not None}
+    shapes.update(obs.shapes)
+    opset = assign_mod._opset(model)
+    flops: dict[str, float] = {}
+    for node in assign_mod.all_nodes(model):
+        if is_control_flow(node, opset):
+            flops[node.name] = 0
+            continue
+        runs = 1.0
+        if node.graph is not model.graph:
+            named = next((v.name for v in node.outputs if v.name), None)
+            runs = obs.runs.get(named, 0) / max(obs.samples, 1)
+        flops[node.name] = node_flops(node, shapes) * runs
+    return flops
+
+
+def _body_summaries(model: ir.Model, decision: assign_mod.Assignment, flops: dict[str, float],
+                    ctx: RuleContext) -> list[dict[str, Any]]:
+    """Per body: its nodes (nested bodies' too) in the target type and in fp32, the share of its
+    FLOPs in the target type, and why it stays fp32 where it does (its own reason, or the reason of
+    the body it is nested in)."""
+    opset = assign_mod._opset(model)
+    summaries: list[dict[str, Any]] = []
+
+    def visit(graph: ir.Graph, inherited: str | None) -> None:
+        for node in graph:
+            for attr, body in subgraph_attrs(node):
+                reason = inherited or assign_mod.body_reason(node, body, ctx, opset)
+                inner = [n for g in all_graphs(body) for n in g]
+                low = [n for n in inner if decision.compute.get(n.name) == "low"]
+                body_flops = sum(flops.get(n.name, 0) for n in inner)
+                summaries.append({
+                    "node": node.name, "op": node.op_type, "body": attr, "nodes": len(inner),
+                    "low_nodes": len(low),
+                    "fp32_nodes": sum(1 for n in inner if decision.compute.get(n.name) == "fp32"),
+                    "flop_share": sum(flops.get(n.name, 0) for n in low) / body_flops if body_flops else 0.0,
+                    "reason": reason,  # None: typed node by node, by the rules
+                })
+                visit(body, reason)
+
+    visit(model.graph, None)
+    return summaries
 
 
 def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],

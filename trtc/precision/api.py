@@ -62,6 +62,13 @@ def precision_summary_text(report: Mapping[str, Any]) -> str:
         f"{len(report['fp32_nodes'])} nodes kept fp32 in {report['islands']} islands; "
         f"{report['counts']['casts']} casts inserted, {report['counts']['weights-converted']} weights converted"
     ]
+    for body in report.get("subgraphs", []):  # reports written before bodies were typed have none
+        where = f"  {body['body']} of {body['op']} {body['node']!r}"
+        if body["reason"]:
+            lines.append(f"{where}: fp32 ({body['fp32_nodes']} nodes), {body['reason']}")
+        else:
+            lines.append(f"{where}: {body['low_nodes']} of {body['nodes']} nodes {report['target']}, "
+                         f"{body['flop_share']:.1%} of its FLOPs")
     for name, m in report["predicted"].items():
         lines.append(f"  predicted {name}: max abs error {m['max_abs_error']:.3g}, relative to range "
                      f"{m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")

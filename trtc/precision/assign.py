@@ -9,6 +9,13 @@
    (value, type) where a consumer computes in another type; weights used only in the
    target type are converted; a Cast of a Cast that only widened is bypassed, so no
    cast pair is left back to back. Model inputs and outputs keep fp32 unless cast_io.
+4. If/Loop/Scan bodies are typed like the main graph, node by node, from the values observed
+   inside them. Their interfaces keep the types the If/Loop/Scan declares: the node's own inputs
+   and outputs, the bodies' inputs and outputs (so both branches of an If return what the If
+   declares, and a loop-carried value has one type in every iteration). A body output stored in
+   the target type gets a Cast inside the body; a value a body reads from the outer scope is cast
+   where it is defined (once, outside a loop), like any other value. A body that did not run on
+   the calibration data, or could not be observed, stays fp32 with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import onnx_ir as ir
 
 from trtc.ir.rewrite import STANDARD_DOMAINS, add_constant
 from trtc.ir.splat import map_elements
+from trtc.ir.walk import all_graphs
 from trtc.precision.rules import RuleContext, forced_fp16, keep_reason, user_keep
+from trtc.precision.subgraphs import graph_values, has_subgraphs, is_control_flow, subgraph_attrs
 
 FLOAT = ir.DataType.FLOAT
 HEAVY = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "Einsum", "LSTM", "GRU", "RNN"}
@@ -32,7 +41,9 @@ TARGETS = {"fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}
 @dataclasses.dataclass
 class Assignment:
     """Per node name: 'low' (target type), 'fp32', 'follow' (reads floats, computes none:
-    takes its inputs' type), or None (no float values at all)."""
+    takes its inputs' type), 'boundary' (an If/Loop/Scan: its inputs and outputs keep their
+    declared types, its bodies are typed node by node), or None (no float values at all, or a
+    Constant: a weight, converted for the consumers that want it in the target type)."""
 
     compute: dict[str, str | None]
     reasons: dict[str, str]
@@ -89,23 +100,75 @@ def _float_node(node: ir.Node) -> bool:
         v is not None and v.dtype == FLOAT for v in node.inputs)
 
 
+def all_nodes(model: ir.Model) -> list[ir.Node]:
+    """The nodes of the main graph and of every body, outermost graph first."""
+    return [node for graph in all_graphs(model.graph) for node in graph]
+
+
 def assign(model: ir.Model, ctx: RuleContext) -> Assignment:
-    """Decide a compute type for every node (no graph change yet)."""
+    """Decide a compute type for every node, in the main graph and in every body (no graph
+    change yet)."""
     compute: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
-    forced = {n.name for n in model.graph if forced_fp16(n, ctx.options) and user_keep(n, ctx) is None}
-    for node in model.graph:
-        if not _float_node(node):
+    opset = _opset(model)
+    forced = {n.name for n in all_nodes(model) if forced_fp16(n, ctx.options) and user_keep(n, ctx) is None}
+    for node, body_reason in _walk(model.graph, None, ctx, opset):
+        if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
             compute[node.name] = None
+        elif is_control_flow(node, opset):
+            compute[node.name] = "boundary"
+        elif not _float_node(node):
+            compute[node.name] = None
+        elif (reason := body_reason or _untyped(node)) is not None:
+            compute[node.name] = "fp32"
+            reasons[node.name] = reason
         elif not any(v.dtype == FLOAT for v in node.outputs):
             compute[node.name] = "follow"
-        elif (reason := keep_reason(node, ctx)) is not None or _schema(node, _opset(model)) is None:
+        elif (reason := keep_reason(node, ctx)) is not None or _schema(node, opset) is None:
             compute[node.name] = "fp32"
             reasons[node.name] = reason or f"no ONNX schema for {node.domain}::{node.op_type}"
+        elif has_subgraphs(node):
+            compute[node.name] = "fp32"
+            reasons[node.name] = f"{node.op_type} has subgraphs (only If, Loop and Scan bodies are typed)"
         else:
             compute[node.name] = "low"
     _smooth_islands(model, compute, set(reasons) | forced)
     return Assignment(compute, reasons, forced)
+
+
+def _walk(graph: ir.Graph, reason: str | None, ctx: RuleContext, opset: int):
+    """(node, why its body keeps it fp32 or None) for every node under `graph`."""
+    for node in graph:
+        yield node, reason
+        for attr, body in subgraph_attrs(node):
+            own = body_reason(node, body, ctx, opset)
+            yield from _walk(body, reason or (own and f"inside {attr} of {node.op_type} {node.name!r}: {own}"),
+                             ctx, opset)
+
+
+def body_reason(node: ir.Node, body: ir.Graph, ctx: RuleContext, opset: int) -> str | None:
+    """Why a body of `node` cannot be typed safely (all its nodes stay fp32), or None."""
+    if not is_control_flow(node, opset):
+        return "only If, Loop and Scan bodies are typed"
+    if (kept := user_keep(node, ctx)) is not None:
+        return f"the {kept} keeps the {node.op_type} and its bodies"
+    if ctx.obs.body_error is not None:
+        return f"values inside bodies could not be observed: {ctx.obs.body_error}"
+    names = [v.name for v in graph_values(body) if v.name and isinstance(v.type, ir.TensorType)]
+    if names and not any(ctx.obs.runs.get(name, 0) for name in names):
+        # No value seen, no range known: the rules could not tell whether fp16 is safe.
+        return "it did not run on the calibration data (calibrate with inputs that take it)"
+    return None
+
+
+def _untyped(node: ir.Node) -> str | None:
+    """Why a node's types are not all known tensors (it is then left as it is), or None."""
+    for value in [*node.outputs, *(v for v in node.inputs if v is not None)]:
+        if value.type is None and value.name:
+            return f"the type of {value.name!r} is unknown"
+        if value.type is not None and not isinstance(value.type, ir.TensorType):
+            return f"{value.name!r} is a {type(value.type).__name__.removesuffix('Type').lower()}, not a tensor"
+    return None
 
 
 def _opset(model: ir.Model) -> int:
@@ -113,23 +176,30 @@ def _opset(model: ir.Model) -> int:
 
 
 def _neighbours(node: ir.Node, compute: dict[str, str | None]) -> Iterable[str | None]:
+    """Compute types around `node`; graph (and body) inputs and outputs, and If/Loop/Scan
+    nodes, count as fp32: that is the type they keep."""
+    def of(other: ir.Node) -> str | None:
+        own = compute.get(other.name)
+        return "fp32" if own == "boundary" else own
+
     for value in node.inputs:
         if value is not None and value.dtype == FLOAT and value.const_value is None:
             producer = value.producer()
-            yield compute.get(producer.name) if producer is not None else "fp32"
+            yield of(producer) if producer is not None else "fp32"
     for value in node.outputs:
         if value.dtype == FLOAT:
             if value.is_graph_output():
                 yield "fp32"
             for user in value.consumers():
-                yield compute.get(user.name)
+                yield of(user)
 
 
 def _smooth_islands(model: ir.Model, compute: dict[str, str | None], pinned: set[str]) -> None:
+    nodes = all_nodes(model)
     changed = True
     while changed:
         changed = False
-        for node in model.graph:
+        for node in nodes:
             own = compute[node.name]
             if own not in ("low", "fp32") or node.name in pinned or node.op_type in HEAVY:
                 continue
@@ -139,22 +209,19 @@ def _smooth_islands(model: ir.Model, compute: dict[str, str | None], pinned: set
                 changed = True
 
 
-def ensure_node_names(model: ir.Model) -> None:
-    """Decisions are keyed by node name: give unnamed nodes unique names."""
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
-
-
 def apply(model: ir.Model, assignment: Assignment, target: str, cast_io: bool) -> dict[str, int]:
     """Rewrite the graph into the explicitly typed form; return counts of what was inserted."""
     low = TARGETS[target]
     graph = model.graph
     opset = _opset(model)
+    bodies = list(all_graphs(graph))[1:]
+    nodes = all_nodes(model)
     # Which inputs follow the compute type is read off the fp32 graph, before any retyping.
-    typed = {node: typed_inputs(node, opset) for node in graph}
+    typed = {node: _typed_indices(node, opset, assignment.compute.get(node.name)) for node in nodes}
+    declared = {id(body): [v.dtype for v in body.outputs] for body in bodies}  # what the If/Loop/Scan says
+    elements = {value for node in nodes if node.op_type == "Scan" and is_control_flow(node, opset)
+                for value in node.attributes["body"].value.inputs[
+                    len(node.inputs) - node.attributes.get_int("num_scan_inputs"):]}
     storage: dict[ir.Value, ir.DataType] = {}
     for value in graph.inputs:
         if value.dtype == FLOAT:
@@ -162,7 +229,7 @@ def apply(model: ir.Model, assignment: Assignment, target: str, cast_io: bool) -
             if cast_io:
                 value.type = ir.TensorType(low)  # new object: types may be shared
     # Outputs of nodes computing in the target type are stored in it.
-    for node in graph:
+    for node in nodes:
         if assignment.compute.get(node.name) == "low":
             for value in node.outputs:
                 if value.dtype == FLOAT:
@@ -177,7 +244,7 @@ def apply(model: ir.Model, assignment: Assignment, target: str, cast_io: bool) -
                 storage[value] = value.dtype
     counts = {"casts": 0, "weights-converted": 0}
     casts: dict[tuple[ir.Value, ir.DataType], ir.Value] = {}
-    for node in list(graph):
+    for node in nodes:
         indices = typed[node]
         want = _wanted(assignment.compute.get(node.name), node, indices, storage, low)
         for index in indices:
@@ -185,16 +252,32 @@ def apply(model: ir.Model, assignment: Assignment, target: str, cast_io: bool) -
             if value is None:
                 continue
             if value.const_value is not None and not value.is_graph_input():
-                node.replace_input_with(index, _weight_in(graph, value, want, counts))
+                node.replace_input_with(index, _weight_in(value.graph or graph, value, want, counts))
+                continue
+            if _constant_node(value) is not None:
+                node.replace_input_with(index, _constant_in(value, want, casts, counts))
                 continue
             have = storage.get(value, FLOAT)
             if have != want:
-                node.replace_input_with(index, _cast(graph, value, want, casts, counts))
+                node.replace_input_with(index, _cast(value.graph or node.graph, value, want, casts, counts,
+                                                     element=value in elements))
     if not cast_io:
         for i, value in enumerate(list(graph.outputs)):
             if value.dtype == low:
                 graph.outputs[i] = _cast_output(graph, value, counts)
+    for body in bodies:
+        for i, (value, want) in enumerate(zip(list(body.outputs), declared[id(body)], strict=True)):
+            if value.dtype != want:
+                body.outputs[i] = _cast_body_output(body, i, value, want, counts)
     return counts
+
+
+def _typed_indices(node: ir.Node, opset: int, compute: str | None) -> list[int]:
+    """The inputs whose type the node's compute type decides; every float input of an If/Loop/Scan
+    (its declared type) and of a node left as it is (untyped or not tensors: left fp32)."""
+    if compute == "boundary" or (compute == "fp32" and _untyped(node) is not None):
+        return [i for i, v in enumerate(node.inputs) if v is not None and v.dtype == FLOAT]
+    return typed_inputs(node, opset)
 
 
 def _wanted(compute: str | None, node: ir.Node, indices: list[int], storage: dict, low: ir.DataType):
@@ -221,7 +304,54 @@ def _weight_in(graph: ir.Graph, value: ir.Value, want: ir.DataType, counts: dict
     return add_constant(graph, converted, name)
 
 
-def _cast(graph: ir.Graph, value: ir.Value, want: ir.DataType, casts: dict, counts: dict[str, int]) -> ir.Value:
+def _constant_node(value: ir.Value) -> ir.Node | None:
+    """The Constant node (a weight inside a body) that produces a float `value`, if one does."""
+    producer = value.producer()
+    if producer is None or producer.op_type != "Constant" or producer.domain not in STANDARD_DOMAINS:
+        return None
+    return producer if value.dtype in (FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16) else None
+
+
+def _constant_array(node: ir.Node) -> np.ndarray | None:
+    attrs = node.attributes
+    if "value" in attrs:
+        return attrs["value"].value.numpy()
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"].value, np.float32)
+    if "value_floats" in attrs:
+        return np.array(attrs["value_floats"].value, np.float32)
+    return None
+
+
+def _constant_in(value: ir.Value, want: ir.DataType, casts: dict, counts: dict[str, int]) -> ir.Value:
+    """A Constant node's value in type `want`: itself, or a converted Constant beside it, shared
+    by all such users (a Cast would convert it again on every run of a loop body)."""
+    producer = _constant_node(value)
+    array = _constant_array(producer) if producer is not None else None
+    if value.dtype == want or array is None:
+        return value if value.dtype == want else _cast(value.graph, value, want, casts, counts)
+    key = (value, want)
+    if key not in casts:
+        with np.errstate(over="ignore"):  # out-of-range constants only reach here when forced
+            data = array.astype(np.float32).astype(want.numpy())
+        name = f"{value.name}__{want.name.lower()}"
+        node = ir.node("Constant", [], {"value": ir.tensor(data, name=name)},
+                       name=f"{producer.name}__{want.name.lower()}")
+        node.outputs[0].name = name
+        node.outputs[0].type, node.outputs[0].shape = ir.TensorType(want), value.shape
+        producer.graph.insert_after(producer, node)
+        counts["weights-converted"] += 1
+        casts[key] = node.outputs[0]
+    return casts[key]
+
+
+def _cast(graph: ir.Graph, value: ir.Value, want: ir.DataType, casts: dict, counts: dict[str, int],
+          element: bool = False) -> ir.Value:
+    """`value` in type `want`, cast once where `value` is defined (`graph`: where it is a graph
+    input), so every reader sees the cast, the readers in bodies included. `element`: `value` is
+    the element a Scan body gets per iteration, which is cast through an Identity: TensorRT-RTX
+    1.7's builder fails (a Myelin CHECK in tactics_tiled_layout) on a cast layer that reads an
+    ILoop iterator directly, and builds the same cast behind an identity layer."""
     key = (value, want)
     if key in casts:
         return casts[key]
@@ -231,12 +361,20 @@ def _cast(graph: ir.Graph, value: ir.Value, want: ir.DataType, casts: dict, coun
             and producer.inputs[0].dtype == want and value.dtype == FLOAT:
         casts[key] = producer.inputs[0]
         return producer.inputs[0]
-    cast = ir.node("Cast", [value], {"to": want}, name=f"{value.name}__to_{want.name.lower()}")
+    source = value
+    if element:
+        identity = ir.node("Identity", [value], name=f"{value.name}__element")
+        source = identity.outputs[0]
+        source.name, source.type, source.shape = f"{value.name}__element", value.type, value.shape
+        graph.insert_before(next(iter(graph)), identity)
+    cast = ir.node("Cast", [source], {"to": want}, name=f"{value.name}__to_{want.name.lower()}")
     cast.outputs[0].name = f"{value.name}__{want.name.lower()}"
     cast.outputs[0].type = ir.TensorType(want)  # new object: types may be shared
     cast.outputs[0].shape = value.shape
     if producer is not None:
-        graph.insert_after(producer, cast)
+        producer.graph.insert_after(producer, cast)
+    elif element:
+        graph.insert_after(source.producer(), cast)
     else:
         graph.insert_before(next(iter(graph)), cast)
     counts["casts"] += 1
@@ -253,5 +391,18 @@ def _cast_output(graph: ir.Graph, value: ir.Value, counts: dict[str, int]) -> ir
     cast.outputs[0].type = ir.TensorType(FLOAT)  # new object: types may be shared
     cast.outputs[0].shape = value.shape
     graph.insert_after(value.producer(), cast)
+    counts["casts"] += 1
+    return cast.outputs[0]
+
+
+def _cast_body_output(body: ir.Graph, index: int, value: ir.Value, want: ir.DataType,
+                      counts: dict[str, int]) -> ir.Value:
+    """Output `index` of `body` in the type its If/Loop/Scan declares, cast inside the body (the
+    value may be defined outside it, or read by other nodes in its stored type)."""
+    cast = ir.node("Cast", [value], {"to": want}, name=f"{value.name}__out{index}_to_{want.name.lower()}")
+    cast.outputs[0].name = f"{value.name}__out{index}_{want.name.lower()}"
+    cast.outputs[0].type = ir.TensorType(want)  # new object: types may be shared
+    cast.outputs[0].shape = value.shape
+    body.append(cast)
     counts["casts"] += 1
     return cast.outputs[0]

@@ -1,5 +1,6 @@
 """Observing a model on calibration data: the largest magnitude and the concrete shape of
-every value of the main graph, and the graph outputs, from the fp32 CPU reference."""
+every value, of the main graph and of If/Loop/Scan bodies (through statistics threaded out of
+the bodies, `subgraphs.instrument`), and the graph outputs, from the fp32 CPU reference."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from trtc.errors import TrtcError
 from trtc.ir.splat import is_splat
+from trtc.precision.subgraphs import MIN_OPSET, BodyStats, has_subgraphs, instrument
 from trtc.reference.runner import ReferenceRunner
 
 
@@ -24,6 +27,10 @@ class Observation:
     first: dict[str, np.ndarray]  # every float value on the first sample
     outputs: list[dict[str, Any]]  # per sample, the graph outputs by name (the fp32 reference)
     finite: bool  # no float value was inf or NaN on any sample
+    # Values inside If/Loop/Scan bodies: how many times each was computed over all samples (0: its
+    # body never ran); main-graph values are computed once per sample and are not listed.
+    runs: dict[str, int] = dataclasses.field(default_factory=dict)
+    body_error: str | None = None  # why the bodies' values could not be observed, where they could not
 
     def magnitude(self, value: ir.Value | None) -> float:
         if value is None:
@@ -47,20 +54,50 @@ def finite_peak(array: np.ndarray) -> tuple[float, bool]:
 
 
 def observe(model: ir.Model, samples: Sequence[Mapping[str, Any]]) -> Observation:
-    """Run the fp32 reference on every sample, fetching every intermediate value."""
+    """Run the fp32 reference on every sample, fetching every intermediate value of the main graph
+    and the statistics of every body's values. Value names must be unique over all graphs
+    (`subgraphs.ensure_unique_names`)."""
+    body_error = None
+    if any(has_subgraphs(node) for node in model.graph):
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 18))
+        if opset < MIN_OPSET:
+            body_error = f"opset {opset} is older than the {MIN_OPSET} the observation of bodies is written in"
+        else:
+            try:
+                return _observe(model, samples, instrumented=True)
+            except TrtcError as exc:
+                # The statistics nodes are trtc's own, not the model's: when their copy fails, the
+                # model itself is observed (and fails there if it is the inputs' fault), and the
+                # bodies stay fp32 with this reason.
+                body_error = f"the copy that observes them failed ({exc.message})"
+    observation = _observe(model, samples, instrumented=False)
+    observation.body_error = body_error
+    return observation
+
+
+def _observe(model: ir.Model, samples: Sequence[Mapping[str, Any]], instrumented: bool) -> Observation:
+    stats: list[tuple[ir.Value, list[tuple[str, bool]]]] = []
+    if instrumented:
+        copy = instrument(model)
+        model, stats = copy.model, copy.stats
     values = [v for node in model.graph for v in node.outputs if v.name]
     values += [v for v in model.graph.inputs]
     output_names = [v.name for v in model.graph.outputs]
+    stat_names = {vector.name for vector, _ in stats}
     runner = ReferenceRunner(model, fetch=values)
     max_abs: dict[str, float] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     first: dict[str, np.ndarray] = {}
     outputs: list[dict[str, Any]] = []
+    bodies = BodyStats()
     all_finite = True
     try:
         for feeds in samples:
             results = runner.run(feeds)
             outputs.append({name: results[name] for name in output_names})
+            for vector, layout in stats:
+                bodies.add(results[vector.name], layout)
+            results = {k: v for k, v in results.items() if k not in stat_names}
             results.update({k: v for k, v in feeds.items() if k not in results})
             for name, array in results.items():
                 if not isinstance(array, np.ndarray):
@@ -75,7 +112,9 @@ def observe(model: ir.Model, samples: Sequence[Mapping[str, Any]]) -> Observatio
     finally:
         runner.warn_if_fallback("precision: the calibration run")
         runner.close()
-    return Observation(max_abs, shapes, len(samples), first, outputs, all_finite)
+    max_abs.update(bodies.max_abs)
+    shapes.update(bodies.shapes)
+    return Observation(max_abs, shapes, len(samples), first, outputs, all_finite and bodies.finite, bodies.runs)
 
 
 def _times_power_of_two(array: np.ndarray, exponent: int) -> np.ndarray:
@@ -95,4 +134,4 @@ def scaled_observation(obs: Observation, scaled: Mapping[str, tuple[str, int]]) 
             shapes[name] = obs.shapes[origin]
         if origin in obs.first:
             first[name] = _times_power_of_two(obs.first[origin], -e)
-    return Observation(max_abs, shapes, obs.samples, first, obs.outputs, obs.finite)
+    return Observation(max_abs, shapes, obs.samples, first, obs.outputs, obs.finite, obs.runs, obs.body_error)

@@ -26,6 +26,7 @@ from trtc.ir.rewrite import add_constant, const_array, is_op
 from trtc.ir.splat import map_elements
 from trtc.precision.observe import Observation
 from trtc.precision.rules import feeds_exponential_op
+from trtc.precision.subgraphs import captured_uses, has_subgraphs
 
 LINEAR = {"Conv", "Gemm", "MatMul"}
 # f(k x) = k f(x) for k > 0, one activation input (index 0), constant or no other inputs.
@@ -79,6 +80,15 @@ def rescale_activations(model: ir.Model, obs: Observation, target: float) -> Res
     copies: dict[ir.Value, tuple[str, int]] = {}  # the Mul outputs inserted: (value scaled, e)
     rescaled = 0
     for node in list(graph):
+        if has_subgraphs(node):
+            # Bodies read outer values by name, not as node inputs: a rescaled one is restored to
+            # its true values before the node, and its readers inside move to the restored copy.
+            for value, uses in captured_uses(node).items():
+                if exponent.get(value, 0):
+                    restored = _mul(graph, value, exponent[value], node, f"{node.name}.{value.name}")
+                    for user, index in uses:
+                        user.replace_input_with(index, restored)
+                    copies[restored] = (value.name, 0)
         ins = [exponent.get(v, 0) if v is not None else 0 for v in node.inputs]
         if is_op(node, *LINEAR) and _linear_ok(node) and (ins[0] or obs.magnitude(node.outputs[0]) > target):
             # Logits stay at their true scale: their rounding error shows in exp() as absolute error,

@@ -82,13 +82,6 @@ def user_keep(node: ir.Node, ctx: RuleContext) -> str | None:
     return None
 
 
-@keep_rule("control-flow")
-def control_flow(node: ir.Node, ctx: RuleContext) -> str | None:
-    if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
-        return f"{node.op_type} has subgraphs (kept as exported)"
-    return None
-
-
 @keep_rule("attribute-typed")
 def attribute_typed(node: ir.Node, ctx: RuleContext) -> str | None:
     return f"{node.op_type} sets its output type by attribute" if node.op_type in ATTRIBUTE_TYPED else None
