@@ -9,7 +9,7 @@ from typing import Any
 from trtc.errors import CheckFailed, TrtcError
 from trtc.ir import Artifact
 from trtc.precision import PrecisionOptions, apply_precision
-from trtc.reference.feeds import FeedOptions, calibration_samples, model_inputs
+from trtc.reference.feeds import FeedOptions, calibration_samples, frozen_inputs, model_inputs
 
 
 def precision_record(options: PrecisionOptions) -> dict[str, Any]:
@@ -32,7 +32,8 @@ def run_precision(artifact: Artifact, options: PrecisionOptions, feeds: FeedOpti
                         where=str(artifact.path), hint="optimize the fp32 artifact instead")
     specs = model_inputs(artifact.model)
     outputs = [v.name for v in artifact.model.graph.outputs]
-    samples = calibration_samples(specs, options.calib, options.calib_samples, feeds, outputs)
+    samples = calibration_samples(specs, options.calib, options.calib_samples, feeds, outputs,
+                                  frozen_inputs(artifact.model, artifact.meta))
     report = apply_precision(artifact.model, samples, options).as_dict()
     report["options"] = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(options).items()}
     report["calibration"] = {"samples": len(samples), "source": "files" if options.calib or (feeds and feeds.files)
