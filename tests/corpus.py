@@ -84,3 +84,25 @@ def run_trtc(*args: str, cwd: Path | None = None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "trtc", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=600)
+
+
+def trtc_in_process(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in this process (a subprocess start-up would dominate): (exit code, stdout, stderr)."""
+    from trtc.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+def one_error_line(result: tuple[int, str, str], *needles: str, code: int = 2) -> str:
+    """One `trtc: error:` line, exit `code`, holding every needle; no traceback anywhere."""
+    rc, out, err = result
+    assert rc == code, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trtc: error: "), err
+    assert "Traceback" not in out + err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -12,35 +12,17 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from trtc.cli import main
 from trtc.compare import Tolerances, default_tolerance, engine_precision
 from trtc.errors import TrtcError
 from trtc.reference.feeds import FeedOptions, TensorSpec, load_feeds, make_feeds
 
 from corpus import MODELS, run_trtc
+from corpus import one_error_line as user_error
+from corpus import trtc_in_process as trtc
 
 CORPUS = "mlp-ts-op17"  # the smallest corpus model: x[5, 64] -> y[5, 10]
 needs_corpus = pytest.mark.skipif(not (MODELS / f"{CORPUS}.onnx").is_file(),
                                   reason=f"{MODELS / CORPUS}.onnx/.npz missing: golden-output tests not run")
-
-
-def trtc(capsys, *args) -> tuple[int, str, str]:
-    """The CLI in this process (the subprocess start-up would dominate): (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
-
-
-def user_error(result: tuple[int, str, str], *needles: str, code: int = 2) -> str:
-    """One `trtc: error:` line with exit `code`, holding every needle."""
-    rc, out, err = result
-    assert rc == code, out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trtc: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -14,36 +14,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trtc.cli import main
 from trtc.errors import TrtcError
 from trtc.reference.feeds import FeedOptions, TensorSpec, load_feeds
 from trtc.reference.runner import InputRejected, ReferenceFailed, ReferenceRunner, lacks_implementation
 from trtc.runtime.api import engine_opt_shapes
 
 from corpus import SHARED
+from corpus import one_error_line as one_line
+from corpus import trtc_in_process as trtc
 
 REAL = SHARED / "models" / "real"
 RNG = np.random.default_rng(0)
-
-
-def trtc(capsys, *args) -> tuple[int, str, str]:
-    """The CLI in this process (a subprocess start-up would dominate): (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return done.value.code, out.out, out.err
-
-
-def one_line(result: tuple[int, str, str], *needles: str, code: int = 2) -> str:
-    """One `trtc: error:` line, exit `code`, holding every needle; no traceback anywhere."""
-    rc, out, err = result
-    assert rc == code, out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("trtc: error: "), err
-    assert "Traceback" not in out + err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def ok(result: tuple[int, str, str], *needles: str) -> str:

@@ -7,6 +7,26 @@ from collections.abc import Iterator
 import onnx_ir as ir
 
 
+def subgraph_attrs(node: ir.Node) -> Iterator[tuple[str, ir.Graph]]:
+    """(attribute name, graph) for every graph in `node`'s attributes (If branches, Loop/Scan
+    bodies); a graph of a GRAPHS attribute is named `name[i]`."""
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.name, attr.value
+        elif attr.type == ir.AttributeType.GRAPHS:
+            for i, graph in enumerate(attr.value):
+                yield f"{attr.name}[{i}]", graph
+
+
+def subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
+    """The graphs held in `node`'s attributes."""
+    return (graph for _, graph in subgraph_attrs(node))
+
+
+def has_subgraphs(node: ir.Node) -> bool:
+    return any(True for _ in subgraph_attrs(node))
+
+
 def all_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
     """Yield `graph` and every subgraph nested in its nodes' attributes, outermost first."""
     stack = [graph]
@@ -14,11 +34,7 @@ def all_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
         g = stack.pop()
         yield g
         for node in g:
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.GRAPH:
-                    stack.append(attr.value)
-                elif attr.type == ir.AttributeType.GRAPHS:
-                    stack.extend(attr.value)
+            stack.extend(subgraphs(node))
 
 
 def all_initializers(graph: ir.Graph) -> Iterator[ir.Value]:

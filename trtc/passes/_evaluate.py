@@ -33,10 +33,6 @@ def is_standard(node: ir.Node) -> bool:
     return node.domain in STANDARD_DOMAINS
 
 
-def has_subgraph(node: ir.Node) -> bool:
-    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
-
-
 def value_to_constant(graph: ir.Graph, value: ir.Value, tensor: ir.TensorProtocol) -> ir.Value:
     """Move every use of the node output `value` (graph outputs included) to a new initializer
     holding `tensor`, which takes over the value's name."""

@@ -11,20 +11,10 @@ node takes its subgraphs with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import onnx_ir as ir
 
+from trtc.ir.walk import subgraphs
 from trtc.passes.registry import PassContext, register_pass
-
-
-def subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
-    """The graphs held in `node`'s attributes (If branches, Loop/Scan bodies)."""
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.value
-        elif attr.type == ir.AttributeType.GRAPHS:
-            yield from attr.value
 
 
 def live_nodes(graph: ir.Graph) -> set[ir.Node]:

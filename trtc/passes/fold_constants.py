@@ -22,12 +22,11 @@ import onnx_ir as ir
 
 from trtc.ir.rewrite import const_array
 from trtc.ir.splat import SplatTensor
-from trtc.ir.walk import all_initializers
+from trtc.ir.walk import all_initializers, has_subgraphs
 from trtc.passes._evaluate import (
     EvaluationError,
     drop_dead_initializers,
     evaluate,
-    has_subgraph,
     is_constant,
     is_standard,
     value_to_constant,
@@ -93,7 +92,7 @@ class _Folder:
 
     def foldable(self, node: ir.Node) -> bool:
         return (node not in self.blocked and is_standard(node) and node.op_type not in NEVER_FOLD
-                and not has_subgraph(node) and bool(node.outputs) and not is_quantized_weight(node)
+                and not has_subgraphs(node) and bool(node.outputs) and not is_quantized_weight(node)
                 and all(v.type is None or isinstance(v.type, ir.TensorType) for v in node.outputs))
 
     def refuse(self, node: ir.Node, reason: str) -> None:

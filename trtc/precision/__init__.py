@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
-from trtc.ir.walk import all_graphs, all_initializers
+from trtc.ir.walk import all_graphs, all_initializers, subgraph_attrs
 from trtc.passes import PASSES, PassContext
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
@@ -25,7 +25,7 @@ from trtc.precision.observe import observe, scaled_observation
 from trtc.precision.rescale import Rescaling, rescale_activations
 from trtc.precision.rules import PrecisionOptions, RuleContext
 from trtc.precision.simulate import simulation_model
-from trtc.precision.subgraphs import complete_body_types, ensure_unique_names, is_control_flow, subgraph_attrs
+from trtc.precision.subgraphs import complete_body_types, ensure_unique_names, is_control_flow
 from trtc.reference.metrics import error_metrics, worst
 from trtc.reference.runner import ReferenceRunner
 

@@ -29,9 +29,9 @@ import onnx_ir as ir
 
 from trtc.ir.rewrite import STANDARD_DOMAINS, add_constant
 from trtc.ir.splat import map_elements
-from trtc.ir.walk import all_graphs
+from trtc.ir.walk import all_graphs, has_subgraphs, subgraph_attrs
 from trtc.precision.rules import RuleContext, forced_fp16, keep_reason, user_keep
-from trtc.precision.subgraphs import graph_values, has_subgraphs, is_control_flow, subgraph_attrs
+from trtc.precision.subgraphs import graph_values, is_control_flow
 
 FLOAT = ir.DataType.FLOAT
 HEAVY = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "Einsum", "LSTM", "GRU", "RNN"}

@@ -13,7 +13,8 @@ import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.ir.splat import is_splat
-from trtc.precision.subgraphs import MIN_OPSET, BodyStats, has_subgraphs, instrument
+from trtc.ir.walk import has_subgraphs
+from trtc.precision.subgraphs import MIN_OPSET, BodyStats, instrument
 from trtc.reference.runner import ReferenceRunner
 
 

@@ -24,9 +24,10 @@ import onnx_ir as ir
 
 from trtc.ir.rewrite import add_constant, const_array, is_op
 from trtc.ir.splat import map_elements
+from trtc.ir.walk import has_subgraphs
 from trtc.precision.observe import Observation
 from trtc.precision.rules import feeds_exponential_op
-from trtc.precision.subgraphs import captured_uses, has_subgraphs
+from trtc.precision.subgraphs import captured_uses
 
 LINEAR = {"Conv", "Gemm", "MatMul"}
 # f(k x) = k f(x) for k > 0, one activation input (index 0), constant or no other inputs.

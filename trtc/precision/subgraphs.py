@@ -24,7 +24,6 @@ FLOPs). The added nodes only read the model's values: the outputs it computes ar
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -32,7 +31,7 @@ import onnx_ir as ir
 
 from trtc.ir.onnx_export import to_model_proto
 from trtc.ir.rewrite import STANDARD_DOMAINS
-from trtc.ir.walk import all_graphs
+from trtc.ir.walk import all_graphs, subgraph_attrs
 
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 MAX_RANK = 8  # dims of values of higher rank are not recorded (their FLOPs count as 0)
@@ -41,20 +40,6 @@ COMPUTED, PEAK, NONFINITE, RANK, DIMS = 0, 1, 2, 3, 4
 ROW = DIMS + MAX_RANK
 DOUBLE = ir.DataType.DOUBLE
 MIN_OPSET = 11  # Slice, Reshape, Where, Less with tensor inputs
-
-
-def subgraph_attrs(node: ir.Node) -> Iterator[tuple[str, ir.Graph]]:
-    """(attribute name, graph) for every graph in `node`'s attributes."""
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.name, attr.value
-        elif attr.type == ir.AttributeType.GRAPHS:
-            for i, graph in enumerate(attr.value):
-                yield f"{attr.name}[{i}]", graph
-
-
-def has_subgraphs(node: ir.Node) -> bool:
-    return any(True for _ in subgraph_attrs(node))
 
 
 def is_control_flow(node: ir.Node, opset: int) -> bool:

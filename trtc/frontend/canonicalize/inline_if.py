@@ -30,7 +30,7 @@ from onnx import helper
 
 from trtc.frontend.canonicalize import canonical_rule
 from trtc.ir.rewrite import STANDARD_DOMAINS, is_op
-from trtc.ir.walk import all_graphs
+from trtc.ir.walk import all_graphs, subgraphs
 
 # A condition is evaluated only from this few nodes and this small constants: exporters compute
 # it from scalars, and evaluating a large constant region is the optimizer's folding's work.
@@ -38,14 +38,6 @@ MAX_CONDITION_NODES = 32
 MAX_CONDITION_ELEMENTS = 4096
 _RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli",
                      "Multinomial"})
-
-
-def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.value
-        elif attr.type == ir.AttributeType.GRAPHS:
-            yield from attr.value
 
 
 def _constant_array(value: ir.Value) -> np.ndarray | None:
@@ -71,7 +63,7 @@ def _condition_cone(cond: ir.Value) -> list[ir.Node] | None:
             return None  # a graph input (or a Loop body's iteration value): known at run time only
         if node in cone:
             continue
-        if (node.domain not in STANDARD_DOMAINS or node.op_type in _RANDOM or any(_subgraphs(node))
+        if (node.domain not in STANDARD_DOMAINS or node.op_type in _RANDOM or any(subgraphs(node))
                 or len(cone) >= MAX_CONDITION_NODES):
             return None
         cone[node] = None
@@ -157,7 +149,7 @@ def _detach(graph: ir.Graph) -> None:
 
 def _detach_node(node: ir.Node) -> None:
     """`_detach` for the subgraphs of a node about to be removed (its own inputs go with `remove`)."""
-    for sub in _subgraphs(node):
+    for sub in subgraphs(node):
         _detach(sub)
 
 
@@ -292,7 +284,7 @@ def _owners(root: ir.Graph) -> dict[ir.Graph, ir.Node]:
     owners = {}
     for graph in all_graphs(root):
         for node in graph:
-            for sub in _subgraphs(node):
+            for sub in subgraphs(node):
                 owners[sub] = node
     return owners
 
@@ -350,7 +342,7 @@ def _fed_by(owner: ir.Node, value: ir.Value) -> list[ir.Value]:
 
 def _outer_reads(node: ir.Node) -> Iterable[ir.Value]:
     """Values that `node`'s subgraphs read from outside themselves (they decide its outputs too)."""
-    for sub in _subgraphs(node):
+    for sub in subgraphs(node):
         inner = {v for g in all_graphs(sub) for n in g for v in n.outputs}
         inner.update(v for g in all_graphs(sub) for v in (*g.inputs, *g.initializers.values()))
         for g in all_graphs(sub):
