@@ -15,9 +15,10 @@ from trtc.errors import CheckFailed, TrtcError
 from trtc.ir.walk import weight_bytes
 from trtc.passes.registry import PASSES, PassContext, PassInfo
 from trtc.reference import tolerance
-from trtc.reference.runner import ReferenceRunner
+from trtc.reference.runner import InputRejected, ReferenceRunner
 
 MAX_ITERATIONS = 8
+INPUT_MODEL = "the input model"  # what the first reference run is called in messages
 
 
 def node_count(model: ir.Model) -> int:
@@ -52,7 +53,7 @@ class Verifier:
 
     def __init__(self, model: ir.Model, feeds: Mapping[str, Any]):
         self.feeds = feeds
-        self.before = tolerance.run_outputs(model, self._runner("the input model"))
+        self.before = tolerance.run_outputs(model, self._runner(INPUT_MODEL))
         self._mark(model, self.before)
 
     def _mark(self, model: ir.Model, outputs: tolerance.Outputs) -> None:
@@ -189,9 +190,15 @@ def _run(model: ir.Model, feeds: Mapping[str, Any], what: str, fetch: Sequence[i
     runner = ReferenceRunner(model, fetch=fetch)
     try:
         return runner.run(feeds)
+    except InputRejected:
+        if what == INPUT_MODEL:
+            raise  # the inputs do not fit the model as given: the user's error, not a pass's
+        raise CheckFailed(f"the CPU reference refuses the inputs for {what}, which it took before the pass") from None
     except Exception as exc:  # a broken rewrite can make any executor error out
         raise CheckFailed(f"the CPU reference cannot run {what}: {str(exc).splitlines()[0][:300]}") from None
     finally:
+        if what == INPUT_MODEL:  # said once: every later run goes the same way
+            runner.warn_if_fallback("--verify")
         runner.close()
 
 
