@@ -1,13 +1,16 @@
 """trtc (parse + optimize + build through the network-definition API) against TensorRT-RTX's
 own ONNX parser + build, with the same profile and targets, in the same run, on every corpus
-model: success, wall time, network layer counts.
+model and every real model of ../shared/models/real: success, wall time, network layer counts
+(the layers of the network handed to the builder; the goal: trtc has no more than the parser).
 
     python benchmarks/build_vs_parser.py [--filter NAME] [--fp16] [--write-results]
 
 Each contender runs in a fresh process, timed around its work (imports excluded; trtc's
 imports of onnx/onnxruntime cost about 1 s more per process than tensorrt_rtx alone). With
 --fp16, trtc runs its precision pass; the parser gets the fp32 model (TensorRT-RTX has no
-fp16 flag: a parser build of an fp32 model is an fp32 engine).
+fp16 flag: a parser build of an fp32 model is an fp32 engine). Corpus models get a profile
+around their reference shapes; real models the `build_shapes` of their manifest.json. Where the
+parser parses a model but cannot build it, its layer count is still given.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -61,12 +65,14 @@ else:
         for name, (lo, opt, hi) in profile.items():
             p.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(p)
+    layers = network.num_layers
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise SystemExit("build failed")
-    layers = network.num_layers
+        print(json.dumps({"error": "build failed", "layers": layers}))
+        raise SystemExit(0)
 print(json.dumps({"seconds": time.perf_counter() - start, "layers": layers}))
 """
+REAL = REPO.parent / "shared" / "models" / "real"
 
 
 def profile_for(model) -> dict:
@@ -89,6 +95,23 @@ def profile_for(model) -> dict:
     return profile
 
 
+def real_models() -> list[tuple[SimpleNamespace, dict]]:
+    """The real models of ../shared/models/real with manifest.json's `build_shapes` profile."""
+    manifest = REAL / "manifest.json"
+    if not manifest.is_file():
+        return []
+    models = []
+    for entry in json.loads(manifest.read_text()):
+        if not (REAL / entry["file"]).is_file():
+            continue
+        profile = {}
+        for spec in entry.get("build_shapes") or []:  # NAME:MIN,OPT,MAX with dims as 1x3x224x224
+            name, _, ranges = spec.rpartition(":")
+            profile[name] = [[int(d) for d in part.split("x")] for part in ranges.split(",")]
+        models.append((SimpleNamespace(name=entry["name"], path=REAL / entry["file"]), profile))
+    return models
+
+
 def run(tool: str, model, profile: dict, fp16: bool) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, tool, str(model.path), json.dumps(profile), str(int(fp16))],
                           capture_output=True, text=True, timeout=900)
@@ -98,37 +121,51 @@ def run(tool: str, model, profile: dict, fp16: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _table(models: list, fp16: bool) -> list[str]:
+    """Both contenders on each model: the table's lines and its summary."""
+    rows, totals = [], {"trtc": 0.0, "parser": 0.0}
+    for model, profile in models:
+        result = {tool: run(tool, model, profile, fp16) for tool in ("trtc", "parser")}
+        for tool, r in result.items():
+            totals[tool] += r.get("seconds", 0.0)
+        rows.append((model.name, result))
+        print(model.name, result, flush=True)
+    lines = ["| model | trtc s | trtc layers | parser s | parser layers |", "|---|---|---|---|---|"]
+    for name, r in rows:
+        cells = []
+        for tool in ("trtc", "parser"):
+            seconds = f"{r[tool]['seconds']:.2f}" if "seconds" in r[tool] else f"failed: {r[tool]['error']}"
+            cells += [seconds, str(r[tool].get("layers", "-"))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ok = {t: sum("seconds" in r[t] for _, r in rows) for t in totals}
+    wherever = all("seconds" in r["trtc"] for _, r in rows if "seconds" in r["parser"])
+    counted = [(r["trtc"]["layers"], r["parser"]["layers"]) for _, r in rows
+               if "layers" in r["trtc"] and "layers" in r["parser"]]
+    lean = sum(ours <= theirs for ours, theirs in counted)
+    ratio = totals["trtc"] / totals["parser"] if totals["parser"] else float("nan")
+    return lines + ["", f"Successes: trtc {ok['trtc']}/{len(rows)}, parser {ok['parser']}/{len(rows)}; trtc succeeds "
+                    f"wherever the parser does: {'yes' if wherever else 'no'}. Total time: trtc {totals['trtc']:.1f}s, "
+                    f"parser {totals['parser']:.1f}s, ratio {ratio:.2f}x (goal <= 1.2x). Layers: trtc has no more "
+                    f"than the parser on {lean}/{len(counted)} models (total {sum(o for o, _ in counted)} against "
+                    f"{sum(t for _, t in counted)})."]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--filter", default="")
     ap.add_argument("--fp16", action="store_true")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
-    models = [m for m in shared_models() + light_models() if args.filter in m.name]
-    rows, totals = [], {"trtc": 0.0, "parser": 0.0}
-    for model in models:
-        profile = profile_for(model)
-        result = {tool: run(tool, model, profile, args.fp16) for tool in ("trtc", "parser")}
-        for tool, r in result.items():
-            totals[tool] += r.get("seconds", 0.0)
-        rows.append((model.name, result))
-        print(model.name, result, flush=True)
-    ok = {t: sum("seconds" in r[t] for _, r in rows) for t in totals}
-    wherever = all("seconds" in r["trtc"] for _, r in rows if "seconds" in r["parser"])
+    corpus = [(m, profile_for(m)) for m in shared_models() + light_models() if args.filter in m.name]
+    real = [(m, p) for m, p in real_models() if args.filter in m.name]
     lines = [f"TensorRT-RTX, no GPU; trtc {'with --fp16' if args.fp16 else 'fp32'}; profiles: reference shape as "
-             "OPT, half/double it as MIN/MAX for each dynamic dim.", "",
-             "| model | trtc s | trtc layers | parser s | parser layers |", "|---|---|---|---|---|"]
-    for name, r in rows:
-        cells = []
-        for tool in ("trtc", "parser"):
-            cells += [f"{r[tool]['seconds']:.2f}", str(r[tool]["layers"])] if "seconds" in r[tool] else \
-                [f"failed: {r[tool]['error']}", "-"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    ratio = totals["trtc"] / totals["parser"] if totals["parser"] else float("nan")
-    lines += ["", f"Successes: trtc {ok['trtc']}/{len(rows)}, parser {ok['parser']}/{len(rows)}; trtc succeeds "
-              f"wherever the parser does: {'yes' if wherever else 'no'}. Total time: trtc {totals['trtc']:.1f}s, "
-              f"parser {totals['parser']:.1f}s, ratio {ratio:.2f}x (goal <= 1.2x)."]
-    text = "\n".join(lines)
+             "OPT, half/double it as MIN/MAX for each dynamic dim (real models: manifest.json's build_shapes). "
+             "Layers: the network handed to the builder (trtc's after its optimizer; the parser's from the file "
+             "as given).", ""]
+    for title, models in (("Corpus", corpus), ("Real models (../shared/models/real)", real)):
+        if models:
+            lines += [f"{title}:", "", *_table(models, args.fp16), ""]
+    text = "\n".join(lines).rstrip()
     print(text)
     if args.write_results:
         from results import write_section

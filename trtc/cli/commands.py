@@ -156,12 +156,15 @@ def _report_table(report) -> str:
               help="The engine (.plan) to write (required unless --dry-run).")
 @build_options
 @click.option("--dry-run", is_flag=True, help="Only report the nodes that cannot be lowered (no TensorRT needed).")
+@click.option("--dump-layers", metavar="FILE",
+              help="Write the network's layers before the build (index, type, name, ONNX node, inputs, outputs' "
+                   "dtype and shape) as JSON to FILE; '-' prints them (with --json, as 'layers').")
 @freeze_option
 @precision_options
 @input_options
 @json_option
 def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, seed, ranges, shapes, as_json,
-          **flags) -> None:
+          dump_layers, **flags) -> None:
     """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly).
 
     --input/--shape/--range/--seed give the calibration data of --fp16/--bf16 (default: seeded
@@ -172,6 +175,7 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
     from trtc.pipeline import build as run_build
 
     options = to_build_options(flags)
+    options.list_layers = dump_layers is not None
     optimize_options = OptimizeOptions(precision=to_precision_options(flags))
     feeds = to_feed_options(inputs, seed, ranges, shapes)
     if not dry_run and output is None:
@@ -192,6 +196,15 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
         progress("")
     side = result.sidecar
     info = {"output": str(output), "cached": result.cached, **side}
+    if dump_layers is not None:
+        from trtc.lower.layers import format_listing, write_listing
+
+        if dump_layers != "-":
+            write_listing(result.layers, dump_layers)
+        elif as_json:
+            info["layers"] = result.layers
+        else:
+            click.echo(format_listing(result.layers))
     if as_json:
         echo_json(info)
         return

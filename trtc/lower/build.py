@@ -18,6 +18,7 @@ from trtc import __version__
 from trtc.errors import TrtcError
 from trtc.fileio import write_atomic
 from trtc.lower.backend import Backend
+from trtc.lower.layers import layer_listing, layer_type_counts
 from trtc.lower.network import build_failure, dims_of, lower
 from trtc.lower.profiles import Profile, ProfileSpec, profile_ranges, resolve_profiles
 
@@ -37,6 +38,9 @@ class BuildOptions:
     # Values (not shapes) of int inputs TensorRT treats as shape tensors: name -> (min, opt, max).
     shape_inputs: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = dataclasses.field(
         default_factory=dict)
+    # Keep the per-layer listing of the network (`layers.layer_listing`) in BuildResult.layers; not part of
+    # the engine's key, but a cached engine has no network to list, so the engine is built again.
+    list_layers: bool = False
 
     def key_fields(self) -> dict[str, Any]:
         """The options that change the engine (the timing cache only changes build time)."""
@@ -83,6 +87,7 @@ class BuildResult:
     plan: bytes
     sidecar: dict[str, Any]
     cached: bool
+    layers: list[dict[str, Any]] | None = None  # the network's layers before the build, when asked for
 
 
 def _io_entry(value: ir.Value, carried: Mapping[str, ir.DataType]) -> dict[str, Any]:
@@ -134,6 +139,7 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
     if progress is not None:
         config.progress_monitor = _progress_monitor(trt, progress)
     logged = len(lowered.logger.errors)
+    listing = layer_listing(lowered.network) if options.list_layers else None  # before the builder runs
     plan = lowered.builder.build_serialized_network(lowered.network, config)
     if plan is None:
         raise build_failure(lowered, lowered.logger.errors[logged:], where)
@@ -152,10 +158,11 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
             "fp32_nodes": len(precision["fp32_nodes"]), "predicted": precision["predicted"]},
         "ir_content_hash": meta.get("content_hash"), "source": meta.get("source"),
         "build_options": options.key_fields(), "network_layers": lowered.network.num_layers,
+        "layer_types": layer_type_counts(lowered.network),
         "plan_bytes": len(plan_bytes), "build_seconds": round(time.perf_counter() - start, 3),
         "warnings": lowered.logger.warnings[-20:],
     }
-    return BuildResult(plan_bytes, sidecar, cached=False)
+    return BuildResult(plan_bytes, sidecar, cached=False, layers=listing)
 
 
 def _load_timing_cache(config, path: str):
@@ -178,7 +185,7 @@ def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
                  progress: Callable[[str], None] | None = None) -> BuildResult:
     """`build_engine`, reusing an engine built before from the same IR, options and backend."""
     content_hash = meta.get("content_hash")
-    if cache_dir is None or not content_hash:
+    if cache_dir is None or not content_hash or options.list_layers:
         return build_engine(model, meta, backend, options, where=where, progress=progress)
     key = cache_key(content_hash, options, backend)
     plan_path, side_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.lower import ops  # noqa: F401  (registers the converters)
 from trtc.lower.backend import Backend
-from trtc.lower.context import LowerCtx, RecordingLogger, first_error, trt_dtype
+from trtc.lower.context import LowerCtx, RecordingLogger, first_error, held_array, trt_dtype
 from trtc.lower.legalize import legalize_types
 from trtc.lower.registry import find_converter, unsupported_nodes
 
@@ -99,7 +100,7 @@ def _lower_node(ctx: LowerCtx, node: ir.Node, conv, where: str, name: str) -> No
         layer.metadata = f"onnx:{node.op_type}:{node.name}"
     for value, tensor in zip(node.outputs, outputs, strict=False):
         if tensor is not None and value.name:
-            ctx.tensors[value] = tensor
+            ctx.bind(value, tensor)
 
 
 def _same_dtype(trt, tensor, value: ir.Value) -> bool:
@@ -112,6 +113,9 @@ def check_agreement(model: ir.Model, ctx: LowerCtx, where: str) -> None:
     for node in model.graph:
         for value in node.outputs:
             tensor = ctx.tensors.get(value)
+            if tensor is None and value in ctx.known and isinstance(value.type, ir.TensorType):
+                _check_known(node, value, ctx.known[value], where)
+                continue
             if tensor is None or not isinstance(value.type, ir.TensorType):
                 continue
             if not _same_dtype(trt, tensor, value):
@@ -125,6 +129,18 @@ def check_agreement(model: ir.Model, ctx: LowerCtx, where: str) -> None:
                 raise TrtcError(
                     f"internal error: node {node.name!r} ({node.op_type}) output {value.name!r} has shape "
                     f"{got} in TensorRT but {want} in the IR", where=where)
+
+
+def _check_known(node: ir.Node, value: ir.Value, data, where: str) -> None:
+    """A value computed while building has the IR's type and shape (as `check_agreement` checks tensors):
+    the type TensorRT holds its data in is the one it holds the IR type in."""
+    if held_array(data).dtype != held_array(np.zeros(0, value.dtype.numpy())).dtype:
+        raise TrtcError(f"internal error: node {node.name!r} ({node.op_type}) output {value.name!r} is "
+                        f"{data.dtype} while building but {value.dtype.name} in the IR", where=where)
+    want = dims_of(value) if value.shape is not None else None
+    if want is not None and (len(want) != data.ndim or any(w >= 0 and w != g for g, w in zip(data.shape, want))):
+        raise TrtcError(f"internal error: node {node.name!r} ({node.op_type}) output {value.name!r} has shape "
+                        f"{data.shape} while building but {want} in the IR", where=where)
 
 
 def build_failure(lowered: Lowered, messages: list[str], where: str) -> TrtcError:

@@ -32,7 +32,7 @@ def static_dims(index: int, axes: tuple[int, ...], what: str) -> Constraint:
 
 def const_scalar(ctx, value: float, dtype):
     """A 0-D constant of TensorRT type `dtype`."""
-    return ctx.reshape(scalar(ctx, value, dtype, 1), [])
+    return scalar(ctx, value, dtype, 0)
 
 
 def elementwise_chain(ctx, first, *steps):
@@ -46,7 +46,7 @@ def elementwise_chain(ctx, first, *steps):
 
 def pick_axis(ctx, tensor, index: int, axis: int):
     """tensor[..., index, ...] at `axis` (the axis is dropped)."""
-    indices = ctx.reshape(ctx.constant(np.array([index], np.int32)), [])
+    indices = ctx.constant(np.array(index, np.int32))
     return ctx.check(ctx.network.add_gather(tensor, indices, axis)).get_output(0)
 
 
@@ -63,11 +63,9 @@ def unit_last(ctx, tensor):
     """`tensor` with a size-1 dim appended. TensorRT's convolution, deconvolution and pooling layers take
     2 or 3 spatial dims, so 1-D ones run as 2-D over [N, C, L, 1]: kernel, stride and dilation 1 and no
     padding along the unit dim leave it as it is."""
-    axis = ctx.constant(np.array([ctx.rank(tensor)], np.int64))
-    return ctx.check(ctx.network.add_unsqueeze(tensor, axis)).get_output(0)
+    return ctx.unsqueeze(tensor, [ctx.rank(tensor)])
 
 
 def drop_last(ctx, tensor):
     """`tensor` without its last dim, a unit one (`unit_last` undone)."""
-    axis = ctx.constant(np.array([ctx.rank(tensor) - 1], np.int64))
-    return ctx.check(ctx.network.add_squeeze(tensor, axis)).get_output(0)
+    return ctx.squeeze(tensor, [ctx.rank(tensor) - 1])

@@ -33,11 +33,16 @@ class ShapeMath:
     def is_static(value) -> bool:
         return isinstance(value, np.ndarray)
 
-    def tensor(self, value):
-        """A TensorRT tensor for a shape value (int64 constants for numpy ones)."""
+    def tensor(self, value, rank: int = 0):
+        """A TensorRT tensor for a shape value (int64 constants for numpy ones, made with at least `rank`
+        dims so that no layer has to broadcast them)."""
         if isinstance(value, np.ndarray):
-            return constant(self.ctx, value.astype(np.int64))
+            array = value.astype(np.int64)
+            return constant(self.ctx, array.reshape((1,) * (rank - array.ndim) + array.shape))
         return self.ctx.cast(value, self.ctx.trt.int64)
+
+    def _rank(self, *values) -> int:
+        return max(v.ndim if self.is_static(v) else len(v.shape) for v in values)
 
     def dims(self, tensor, axes=None):
         """`tensor`'s dims (at `axes`, a sequence or a shape value) as a 1-D shape value: numpy
@@ -58,7 +63,8 @@ class ShapeMath:
         if self.is_static(a) and self.is_static(b):
             with np.errstate(over="ignore"):
                 return np.asarray(numpy_fn(a, b)).astype(a.dtype if a.dtype == np.bool_ else np.int64)
-        return self.ctx.elementwise(self.tensor(a), self.tensor(b), op)
+        rank = self._rank(a, b)
+        return self.ctx.elementwise(self.tensor(a, rank), self.tensor(b, rank), op)
 
     def add(self, a, b):
         return self._binary(a, b, np.add, self.E.SUM)
@@ -88,14 +94,17 @@ class ShapeMath:
     def less(self, a, b):
         if self.is_static(a) and self.is_static(b):
             return np.less(a, b)
-        return self.ctx.elementwise(self.tensor(a), self.tensor(b), self.E.LESS)
+        rank = self._rank(a, b)
+        return self.ctx.elementwise(self.tensor(a, rank), self.tensor(b, rank), self.E.LESS)
 
     def where(self, cond, a, b):
         if self.is_static(cond) and self.is_static(a) and self.is_static(b):
             return np.where(cond, a, b).astype(np.int64)
+        rank = self._rank(cond, a, b)
         if self.is_static(cond):
-            cond = constant(self.ctx, np.asarray(cond, np.bool_))
-        a, b = self.tensor(a), self.tensor(b)
+            cond = np.asarray(cond, np.bool_)
+            cond = constant(self.ctx, cond.reshape((1,) * (rank - cond.ndim) + cond.shape))
+        a, b = self.tensor(a, rank), self.tensor(b, rank)
         cond, a, b = self.ctx.broadcast(cond, a, b)
         return self.ctx.check(self.ctx.network.add_select(cond, a, b)).get_output(0)
 
@@ -137,8 +146,11 @@ def constant(ctx, array):
 
 
 def broadcast_scalar(ctx, scalar, shape):
-    """A 0-d tensor repeated to `shape` (a 1-D shape value) by a stride-0 slice."""
+    """A 0-d tensor (or numpy value, made a constant of `shape`'s rank directly) repeated to `shape` (a 1-D
+    shape value) by a stride-0 slice."""
     rank = int(shape.shape[0]) if not ShapeMath.is_static(shape) else len(shape)
+    if isinstance(scalar, np.ndarray):
+        scalar = ctx.constant(scalar.reshape((1,) * rank))
     if rank == 0:
         return scalar
     ones = ctx.reshape(scalar, [1] * rank)
@@ -164,9 +176,14 @@ def wrap_negative(ctx, indices, dim):
     `indices` is a TensorRT tensor of int32/int64, `dim` a shape value broadcastable to it; the
     result is a run-time select (callers fold constant indices themselves)."""
     math = ShapeMath(ctx)
-    dim_t = constant(ctx, np.asarray(dim).astype(np.int64)) if math.is_static(dim) else dim
-    dim_t = ctx.cast(dim_t, indices.dtype)
-    zero = constant(ctx, np.zeros((), np.dtype(np.int32 if indices.dtype == ctx.trt.int32 else np.int64)))
+    index_type = np.dtype(np.int32 if indices.dtype == ctx.trt.int32 else np.int64)
+    rank = ctx.rank(indices)
+    if math.is_static(dim):  # made in the indices' type and rank: no cast or shuffle layer after it
+        dim = np.asarray(dim)
+        dim_t = constant(ctx, dim.astype(index_type).reshape((1,) * (rank - dim.ndim) + dim.shape))
+    else:
+        dim_t = ctx.cast(dim, indices.dtype)
+    zero = constant(ctx, np.zeros((1,) * rank, index_type))
     negative = ctx.elementwise(indices, zero, ctx.trt.ElementWiseOperation.LESS)
     shifted = ctx.elementwise(indices, dim_t, ctx.trt.ElementWiseOperation.SUM)
     negative, shifted, indices = ctx.broadcast(negative, shifted, indices)

@@ -224,7 +224,7 @@ class AttentionMasks:
         if (keys >= 0 and keys == have) or self._mask_covers_keys():
             return mask
         fill = np.array([False]) if mask.dtype == ctx.trt.bool else np.array([-np.inf], np.float32)
-        fill_value = ctx.reshape(ctx.cast(ctx.constant(fill), mask.dtype), [])
+        fill_value = ctx.constant_as(fill.reshape(()), mask.dtype)
         rank = ctx.rank(mask)
         layer = ctx.check(ctx.network.add_slice(mask, (0,) * rank, tuple(mask.shape), (1,) * rank))
         layer.mode = ctx.trt.SampleMode.FILL
@@ -250,13 +250,13 @@ class AttentionMasks:
         E = ctx.trt.ElementWiseOperation
         terms = [self.allowed] if self.allowed is not None else []
         if self.causal or self.left >= 0 or self.right >= 0 or self.nonpad is not None:
-            rows = ctx.reshape(arange(ctx, dim(ctx, self.q, 2)), [1, 1, -1, 1])
-            keys = ctx.reshape(arange(ctx, dim(ctx, self.k, 2)), [1, 1, 1, -1])
+            rows = arange(ctx, dim(ctx, self.q, 2), [1, 1, -1, 1])
+            keys = arange(ctx, dim(ctx, self.k, 2), [1, 1, 1, -1])
             nonpad = None if self.nonpad is None else ctx.reshape(ctx.cast(self.nonpad, ctx.trt.int64), [-1, 1, 1, 1])
             if nonpad is not None and not given(self.node.inputs, PAST_KEY):
-                offset = ctx.elementwise(nonpad, as_tensor(ctx, dim(ctx, self.q, 2)), E.SUB)
+                offset = ctx.elementwise(nonpad, as_tensor(ctx, dim(ctx, self.q, 2), 4), E.SUB)
             else:
-                offset = as_tensor(ctx, self.past_length)
+                offset = as_tensor(ctx, self.past_length, 4)
             position = ctx.elementwise(rows, offset, E.SUM)  # absolute position of each query
             ahead = ctx.elementwise(keys, position, E.SUB)  # key index - query position
             if self.causal:
@@ -342,8 +342,9 @@ def dim(ctx, tensor, axis: int):
     return ctx.check(ctx.network.add_slice(ctx.shape_of(tensor), (axis,), (1,), (1,))).get_output(0)
 
 
-def as_tensor(ctx, value):
-    return ctx.constant(np.array([value], np.int64)) if isinstance(value, int) else value
+def as_tensor(ctx, value, rank: int = 1):
+    """An int as a constant of `rank` unit dims (the rank it is used at); a 1-element tensor as it is."""
+    return ctx.constant(np.full((1,) * rank, value, np.int64)) if isinstance(value, int) else value
 
 
 def shape_of_parts(ctx, parts):
@@ -353,13 +354,17 @@ def shape_of_parts(ctx, parts):
     return concat(ctx, [as_tensor(ctx, p) for p in parts], axis=0)
 
 
-def arange(ctx, length):
-    """[0, 1, ..., length-1] as int64."""
+def arange(ctx, length, shape: list[int] | None = None):
+    """[0, 1, ..., length-1] as int64, reshaped to `shape` (one -1) when given: a constant for a static
+    length is made in that shape."""
     if isinstance(length, int):
-        return ctx.constant(np.arange(length, dtype=np.int64))
+        values = np.arange(length, dtype=np.int64)
+        return ctx.constant(values if shape is None else values.reshape(shape))
+    if shape is not None:
+        return ctx.reshape(arange(ctx, length), shape)
     layer = ctx.check(ctx.network.add_fill((0,), ctx.trt.FillOperation.LINSPACE, ctx.trt.int64))
     layer.set_input(0, length)
-    layer.set_input(1, ctx.reshape(ctx.constant(np.array([0], np.int64)), []))  # a 0-D start
+    layer.set_input(1, ctx.constant(np.zeros((), np.int64)))  # a 0-D start
     layer.set_input(2, ctx.constant(np.array([1], np.int64)))
     return layer.get_output(0)
 
@@ -373,12 +378,13 @@ def concat(ctx, tensors, axis: int):
 def scalar(ctx, value: float, dtype, rank: int):
     """A constant of TensorRT type `dtype` with `rank` unit dims."""
     array = np.full((1,) * rank, value, np.float16 if dtype == ctx.trt.float16 else np.float32)
-    return ctx.cast(ctx.constant(array), dtype)
+    return ctx.constant_as(array, dtype)
 
 
 def not_greater(ctx, a, limit: int):
     """a <= limit (int64)."""
-    greater = ctx.elementwise(a, ctx.constant(np.array([limit], np.int64)), ctx.trt.ElementWiseOperation.GREATER)
+    limit_t = ctx.constant(np.full((1,) * ctx.rank(a), limit, np.int64))  # at a's rank: no broadcast layer
+    greater = ctx.elementwise(a, limit_t, ctx.trt.ElementWiseOperation.GREATER)
     return ctx.unary(greater, ctx.trt.UnaryOperation.NOT)
 
 

@@ -52,7 +52,7 @@ def lower_subgraph(ctx, graph: ir.Graph, opset: int) -> list:
                 raise TrtcError(f"subgraph node {node.name!r} ({node.op_type}): {exc.message}") from None
             for value, tensor in zip(node.outputs, outputs, strict=False):
                 if tensor is not None and value.name:
-                    ctx.tensors[value] = tensor
+                    ctx.bind(value, tensor)
         ctx.node = outer_node
         return [ctx.tensor(value) for value in graph.outputs]
 
@@ -87,9 +87,7 @@ def lower_constant(ctx, node):
                          np.float32)
     else:
         array = np.array(attrs["value_int"].value if "value_int" in attrs else attrs["value_ints"].value, np.int64)
-    if array.ndim == 0:
-        return [ctx.reshape(ctx.constant(array.reshape(1)), [])]
-    return [ctx.constant(array)]
+    return [array]  # data: a constant layer is made where a consumer needs a tensor (`LowerCtx.known`)
 
 
 # ------------------------------------------------------------------ If
@@ -175,15 +173,15 @@ def lower_loop(ctx, node):
     count = ctx.cast(scalar_of(ctx, ctx.tensor(node.inputs[0])), trt.int64) if given(node.inputs, 0) else None
     if count is not None:
         ctx.check(loop.add_trip_limit(count, trt.TripLimit.COUNT))
-    true = ctx.reshape(ctx.constant(np.ones(1, np.bool_)), [])
+    true = ctx.constant(np.ones((), np.bool_))
     always = _is_true(node.inputs[1] if len(node.inputs) > 1 else None) and _cond_unchanged(node)
     cond_recurrence = None
     if not always:
         start = scalar_of(ctx, ctx.tensor(node.inputs[1])) if given(node.inputs, 1) else true
         cond_recurrence = ctx.check(loop.add_recurrence(start))
         ctx.check(loop.add_trip_limit(cond_recurrence.get_output(0), trt.TripLimit.WHILE))
-    counter = ctx.check(loop.add_recurrence(ctx.reshape(ctx.constant(np.zeros(1, np.int64)), [])))
-    one = ctx.reshape(ctx.constant(np.ones(1, np.int64)), [])
+    counter = ctx.check(loop.add_recurrence(ctx.constant(np.zeros((), np.int64))))
+    one = ctx.constant(np.ones((), np.int64))
     counter.set_input(1, ctx.elementwise(counter.get_output(0), one, E.SUM))
     carried = [ctx.check(loop.add_recurrence(ctx.tensor(v))) for v in node.inputs[2:]]
     ctx.tensors[body.inputs[0]] = counter.get_output(0)

@@ -43,8 +43,8 @@ def _computable(ctx, values, pow_op: bool = False):
     elif pow_op and any(t != first for t in types):
         compute = trt.float32
     else:
-        return [ctx.tensor(v) for v in values], first
-    return [ctx.tensor_as(v, compute) for v in values], compute
+        return ctx.operands(values), first
+    return ctx.operands(values, compute), compute
 
 
 @converter(["GreaterOrEqual", "LessOrEqual"], constraints=[tensor_types()])
@@ -62,7 +62,7 @@ def lower_mean(ctx, node):
     import numpy as np
 
     E = ctx.trt.ElementWiseOperation
-    tensors = [ctx.tensor(v) for v in node.inputs]
+    tensors = ctx.operands(list(node.inputs))
     total = functools.reduce(lambda a, b: ctx.elementwise(a, b, E.SUM), tensors)
-    n = ctx.constant(np.array(len(tensors), dtype=node.outputs[0].dtype.numpy()).reshape(()))
+    n = ctx.constant(np.array(len(tensors), dtype=node.outputs[0].dtype.numpy()).reshape((1,) * ctx.rank(total)))
     return [ctx.elementwise(total, n, E.DIV)]

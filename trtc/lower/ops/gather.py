@@ -4,6 +4,9 @@ Compress -> INonZeroLayer (+ gather)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from trtc.lower.ops._shape_math import ShapeMath, constant, tensor_of, wrap_negative
@@ -12,8 +15,9 @@ from trtc.lower.ops.slice import slice_axes
 from trtc.lower.registry import Constraint, attribute_in, converter, known_rank, tensor_types
 
 
-def _indices(ctx, node, index: int, dims):
-    """The indices input with negatives wrapped by `dims` (a shape value broadcastable to it).
+def _indices(ctx, node, index: int, dims_of: Callable[[], Any]):
+    """The indices input with negatives wrapped by the dims `dims_of()` gives (a shape value
+    broadcastable to it; asked for only when needed, as a run-time dim costs shape layers).
 
     Constant indices with static dims are wrapped while building; constant indices without a
     negative need no wrapping at all; everything else is wrapped at run time."""
@@ -21,9 +25,11 @@ def _indices(ctx, node, index: int, dims):
     if data is not None:
         if not (data < 0).any():
             return tensor_of(ctx, node.inputs[index])
+        dims = dims_of()
         if ShapeMath.is_static(dims):
             return constant(ctx, np.where(data < 0, data + dims.astype(data.dtype), data))
-    return wrap_negative(ctx, tensor_of(ctx, node.inputs[index]), dims)
+        return wrap_negative(ctx, tensor_of(ctx, node.inputs[index]), dims)
+    return wrap_negative(ctx, tensor_of(ctx, node.inputs[index]), dims_of())
 
 
 @converter("Gather", constraints=[tensor_types(), known_rank(0)])
@@ -31,8 +37,12 @@ def lower_gather(ctx, node):
     """Gather(data, indices, axis) -> IGatherLayer (DEFAULT mode); negative indices + dim(axis)."""
     data = ctx.tensor(node.inputs[0])
     axis = ctx.axis(node.attributes.get_int("axis", 0), ctx.rank(data))
-    dim = ShapeMath(ctx).dims(data, [axis])
-    indices = _indices(ctx, node, 1, dim.reshape(()) if ShapeMath.is_static(dim) else ctx.reshape(dim, []))
+
+    def dim():
+        size = ShapeMath(ctx).dims(data, [axis])
+        return size.reshape(()) if ShapeMath.is_static(size) else ctx.reshape(size, [])
+
+    indices = _indices(ctx, node, 1, dim)
     return [ctx.check(ctx.network.add_gather(data, indices, axis)).get_output(0)]
 
 
@@ -41,7 +51,7 @@ def lower_gather_elements(ctx, node):
     """GatherElements(data, indices, axis) -> IGatherLayer in ELEMENT mode."""
     data = ctx.tensor(node.inputs[0])
     axis = ctx.axis(node.attributes.get_int("axis", 0), ctx.rank(data))
-    indices = _indices(ctx, node, 1, _axis_dim(ctx, data, axis))
+    indices = _indices(ctx, node, 1, lambda: _axis_dim(ctx, data, axis))
     layer = ctx.check(ctx.network.add_gather_v2(data, indices, ctx.trt.GatherMode.ELEMENT))
     layer.axis = axis
     return [layer.get_output(0)]
@@ -77,7 +87,7 @@ def lower_gather_nd(ctx, node):
     data = ctx.tensor(node.inputs[0])
     batch_dims = node.attributes.get_int("batch_dims", 0)
     depth = node.inputs[1].shape.dims[-1]
-    indices = _indices(ctx, node, 1, _nd_dims(ctx, data, batch_dims, depth))
+    indices = _indices(ctx, node, 1, lambda: _nd_dims(ctx, data, batch_dims, depth))
     layer = ctx.check(ctx.network.add_gather_v2(data, indices, ctx.trt.GatherMode.ND))
     layer.num_elementwise_dims = batch_dims
     return [layer.get_output(0)]
@@ -91,7 +101,7 @@ def lower_scatter_elements(ctx, node):
     """ScatterElements / Scatter(data, indices, updates, axis) -> IScatterLayer in ELEMENT mode."""
     data = ctx.tensor(node.inputs[0])
     axis = ctx.axis(node.attributes.get_int("axis", 0), ctx.rank(data))
-    indices = _indices(ctx, node, 1, _axis_dim(ctx, data, axis))
+    indices = _indices(ctx, node, 1, lambda: _axis_dim(ctx, data, axis))
     layer = ctx.check(ctx.network.add_scatter(data, indices, ctx.tensor(node.inputs[2]),
                                               ctx.trt.ScatterMode.ELEMENT))
     layer.axis = axis
@@ -103,7 +113,7 @@ def lower_scatter_nd(ctx, node):
     """ScatterND(data, indices, updates) -> IScatterLayer in ND mode."""
     data = ctx.tensor(node.inputs[0])
     depth = node.inputs[1].shape.dims[-1]
-    indices = _indices(ctx, node, 1, _nd_dims(ctx, data, 0, depth))
+    indices = _indices(ctx, node, 1, lambda: _nd_dims(ctx, data, 0, depth))
     layer = ctx.check(ctx.network.add_scatter(data, indices, ctx.tensor(node.inputs[2]), ctx.trt.ScatterMode.ND))
     return [layer.get_output(0)]
 

@@ -26,7 +26,7 @@ def lower_constant_of_shape(ctx, node):
     value = attr.value.numpy().reshape(()) if attr is not None else np.zeros((), np.float32)
     shape = ctx.const(node.inputs[0])
     shape = np.asarray(shape, np.int64) if shape is not None else ctx.cast(ctx.tensor(node.inputs[0]), ctx.trt.int64)
-    return [broadcast_scalar(ctx, constant(ctx, value), shape)]
+    return [broadcast_scalar(ctx, np.asarray(value), shape)]
 
 
 @converter("Range", since=11, constraints=[tensor_types(), integral_shape_source((0, 1, 2), "the element count")])
@@ -37,7 +37,7 @@ def lower_range(ctx, node):
     dtype = node.outputs[0].dtype
     if all(c is not None for c in consts):
         start, limit, delta = (c.reshape(()) for c in consts)
-        return [ctx.constant(np.arange(start, limit, delta, dtype=dtype.numpy()))]
+        return [np.arange(start, limit, delta, dtype=dtype.numpy())]  # data (`LowerCtx.known`)
     compute = ctx.trt.int64 if dtype == ir.DataType.INT64 else ctx.trt.int32 if dtype == ir.DataType.INT32 \
         else ctx.trt.float32
     start, limit, delta = (ctx.reshape(ctx.cast(ctx.tensor(v), compute), []) for v in node.inputs)
@@ -100,9 +100,10 @@ def lower_trilu(ctx, node):
     if math.is_static(offset) and offset.size == 0:  # an empty matrix: nothing to zero (no empty constants)
         return [ctx.check(ctx.network.add_identity(x)).get_output(0)]
     dropped = math.less(offset, k) if node.attributes.get_int("upper", 1) else math.less(k, offset)
+    rank = ctx.rank(x)
     if math.is_static(dropped):
-        dropped = ctx.constant(dropped)
-    zero = constant(ctx, np.zeros((), node.inputs[0].dtype.numpy()))
+        dropped = ctx.constant(dropped.reshape((1,) * (rank - dropped.ndim) + dropped.shape))
+    zero = constant(ctx, np.zeros((1,) * rank, node.inputs[0].dtype.numpy()))  # at x's rank: no broadcast layer
     dropped, zero, x = ctx.broadcast(dropped, zero, x)
     return [ctx.check(ctx.network.add_select(dropped, zero, x)).get_output(0)]
 
@@ -150,5 +151,5 @@ def lower_size(ctx, node):
     """Size(x): the element count as an int64 scalar."""
     count = ShapeMath(ctx).product(ShapeMath(ctx).dims(ctx.tensor(node.inputs[0])))
     if ShapeMath.is_static(count):
-        return [constant(ctx, count.reshape(()))]
+        return [count.reshape(()).astype(np.int64)]  # data (`LowerCtx.known`)
     return [ctx.reshape(count, [])]

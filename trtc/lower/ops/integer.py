@@ -18,7 +18,7 @@ SIGNED = {ir.DataType.INT8, ir.DataType.INT32, ir.DataType.INT64}
 
 
 def _operands(ctx, node, compute):
-    return [ctx.tensor_as(v, compute) for v in node.inputs]
+    return ctx.operands(node.inputs, compute)
 
 
 @converter("Mod", since=10, constraints=[tensor_types()])
@@ -42,8 +42,8 @@ def _wrap(ctx, value, dtype: ir.DataType):
     """An int64 value reduced to `dtype`'s range with two's-complement wraparound."""
     E = ctx.trt.ElementWiseOperation
     bits = BITS[dtype]
-    offset = constant(ctx, np.array(1 << (bits - 1) if dtype in SIGNED else 0, np.int64))
-    modulus = constant(ctx, np.array(1 << bits, np.int64))
+    offset = np.array(1 << (bits - 1) if dtype in SIGNED else 0, np.int64)
+    modulus = constant(ctx, np.full((1,) * ctx.rank(value), 1 << bits, np.int64))
     shifted = ctx.elementwise(value, offset, E.SUM)
     rest = ctx.elementwise(shifted, ctx.elementwise(modulus, ctx.elementwise(shifted, modulus, E.FLOOR_DIV), E.PROD),
                            E.SUB)
@@ -65,8 +65,7 @@ def lower_bit_shift(ctx, node):
     dtype = node.inputs[0].dtype
     x, y = _operands(ctx, node, ctx.trt.int64)
     bits = BITS[dtype]
-    y = ctx.elementwise(ctx.elementwise(y, constant(ctx, np.array(0, np.int64)), E.MAX),
-                        constant(ctx, np.array(bits, np.int64)), E.MIN)
+    y = ctx.elementwise(ctx.elementwise(y, np.array(0, np.int64), E.MAX), np.array(bits, np.int64), E.MIN)
     table = constant(ctx, np.array([1 << k for k in range(bits + 1)], np.int64))
     power = ctx.check(ctx.network.add_gather(table, y, 0)).get_output(0)
     if node.attributes.get_string("direction") == "LEFT":
@@ -81,16 +80,16 @@ def lower_bitwise_not(ctx, node):
     """BitwiseNot(x) = -1 - x for signed types, 255 - x for UINT8 (in int64)."""
     dtype = node.inputs[0].dtype
     x = ctx.cast(ctx.tensor(node.inputs[0]), ctx.trt.int64)
-    all_ones = constant(ctx, np.array(-1 if dtype in SIGNED else (1 << BITS[dtype]) - 1, np.int64))
+    all_ones = np.array(-1 if dtype in SIGNED else (1 << BITS[dtype]) - 1, np.int64)
     return [ctx.cast(ctx.elementwise(all_ones, x, ctx.trt.ElementWiseOperation.SUB), trt_dtype(ctx.trt, dtype))]
 
 
 def _bits(ctx, x, powers):
     """Bits of an int64 `x` at the given powers of two, along a new last axis (0/1, int64)."""
     E = ctx.trt.ElementWiseOperation
-    x = ctx.check(ctx.network.add_unsqueeze(x, constant(ctx, np.array([ctx.rank(x)], np.int64)))).get_output(0)
+    x = ctx.unsqueeze(x, [ctx.rank(x)])
     quotient = ctx.elementwise(x, powers, E.FLOOR_DIV)
-    two = constant(ctx, np.array(2, np.int64))
+    two = constant(ctx, np.full((1,) * ctx.rank(quotient), 2, np.int64))
     return ctx.elementwise(quotient, ctx.elementwise(two, ctx.elementwise(quotient, two, E.FLOOR_DIV), E.PROD), E.SUB)
 
 
@@ -102,7 +101,7 @@ def _combine(ctx, op: str, a, b):
         return both
     either = ctx.elementwise(a, b, E.SUM)
     if op == "BitwiseXor":
-        both = ctx.elementwise(both, constant(ctx, np.array(2, np.int64)), E.PROD)
+        both = ctx.elementwise(both, np.array(2, np.int64), E.PROD)
     return ctx.elementwise(either, both, E.SUB)
 
 
@@ -118,16 +117,15 @@ def lower_bitwise(ctx, node):
     signed = dtype in SIGNED
     count = BITS[dtype] - 1 if signed else BITS[dtype]
     powers = np.array([1 << k for k in range(count)], np.int64)
-    bits = _combine(ctx, node.op_type, _bits(ctx, a, constant(ctx, powers)), _bits(ctx, b, constant(ctx, powers)))
-    weighted = ctx.elementwise(bits, constant(ctx, powers), E.PROD)
+    bits = _combine(ctx, node.op_type, _bits(ctx, a, powers), _bits(ctx, b, powers))
+    weighted = ctx.elementwise(bits, powers, E.PROD)
     rank = ctx.rank(weighted)
     result = ctx.check(ctx.network.add_reduce(weighted, ctx.trt.ReduceOperation.SUM, 1 << (rank - 1), False))
     result = result.get_output(0)
     if signed:
-        zero = constant(ctx, np.array(0, np.int64))
+        zero = np.array(0, np.int64)
         sign_a, sign_b = (ctx.cast(ctx.elementwise(v, zero, E.LESS), ctx.trt.int64) for v in (a, b))
-        top = constant(ctx, np.array(np.iinfo(np.int64).min if BITS[dtype] == 64 else -(1 << (BITS[dtype] - 1)),
-                                     np.int64))
+        top = np.array(np.iinfo(np.int64).min if BITS[dtype] == 64 else -(1 << (BITS[dtype] - 1)), np.int64)
         result = ctx.elementwise(result, ctx.elementwise(_combine(ctx, node.op_type, sign_a, sign_b), top, E.PROD),
                                  E.SUM)
     return [ctx.cast(result, trt_dtype(ctx.trt, dtype))]

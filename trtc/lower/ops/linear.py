@@ -17,15 +17,18 @@ def lower_matmul(ctx, node):
     """MatMul with numpy semantics: a 1-D operand is a vector (TensorRT's VECTOR operation, given
     the other operand's batch dims as leading unit dims), batch dims broadcast."""
     MO = ctx.trt.MatrixOperation
-    a, b = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
-    op_a = MO.VECTOR if ctx.rank(a) == 1 else MO.NONE
-    op_b = MO.VECTOR if ctx.rank(b) == 1 else MO.NONE
+    rank_a, rank_b = (node.inputs[i].shape.rank() for i in (0, 1))
+    op_a = MO.VECTOR if rank_a == 1 else MO.NONE
+    op_b = MO.VECTOR if rank_b == 1 else MO.NONE
+    # A constant operand (a weight) is made at the rank it is multiplied at: no unsqueeze layer after it.
     if op_a == MO.NONE and op_b == MO.NONE:
-        a, b = ctx.broadcast(a, b)
+        a, b = ctx.operands(node.inputs[:2])
     elif op_a == MO.VECTOR and op_b == MO.NONE:
-        a = ctx.unsqueeze_to(a, ctx.rank(b) - 1)
+        a, b = ctx.operand(node.inputs[0], rank_b - 1), ctx.tensor(node.inputs[1])
     elif op_b == MO.VECTOR and op_a == MO.NONE:
-        b = ctx.unsqueeze_to(b, ctx.rank(a) - 1)
+        a, b = ctx.tensor(node.inputs[0]), ctx.operand(node.inputs[1], rank_a - 1)
+    else:
+        a, b = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
     return [ctx.check(ctx.network.add_matrix_multiply(a, op_a, b, op_b)).get_output(0)]
 
 
@@ -40,11 +43,17 @@ def lower_gemm(ctx, node):
     dtype = node.outputs[0].dtype.numpy()
     alpha, beta = node.attributes.get_float("alpha", 1.0), node.attributes.get_float("beta", 1.0)
     if alpha != 1.0:
-        out = ctx.elementwise(out, ctx.constant(np.array(alpha, dtype=dtype)), E.PROD)
+        out = ctx.elementwise(out, ctx.constant(np.array(alpha, dtype=dtype).reshape(1, 1)), E.PROD)
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        c = ctx.tensor(node.inputs[2])
-        if beta != 1.0:
-            c = ctx.elementwise(c, ctx.constant(np.array(beta, dtype=dtype)), E.PROD)
+        bias = ctx.const(node.inputs[2])
+        if bias is not None and beta != 1.0:
+            # beta * C folded into the bias constant (in C's type, as the product would be computed).
+            c = ctx.constant(np.asarray(bias * np.array(beta, bias.dtype), bias.dtype).reshape((1,) * (2 - bias.ndim)
+                                                                                               + bias.shape))
+        else:
+            c = ctx.operand(node.inputs[2], 2)  # a bias constant is made [1, N]: no unsqueeze layer
+            if beta != 1.0:
+                c = ctx.elementwise(c, ctx.constant(np.array(beta, dtype=dtype).reshape(1, 1)), E.PROD)
         out = ctx.elementwise(out, c, E.SUM)
     return [out]
 
@@ -101,17 +110,32 @@ CONV_CONSTRAINTS = [tensor_types(), known_rank(0), static_weight_shape(),
 def lower_conv(ctx, node):
     """Conv (weights constant or computed); 1-D as 2-D over a unit last dim (`unit_last`)."""
     dims = _weight_dims(node)
-    x, w = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
+    x = ctx.tensor(node.inputs[0])
     spatial, kernel = len(dims) - 2, list(dims[2:])
     if spatial == 1:
-        x, w, kernel = unit_last(ctx, x), unit_last(ctx, w), [*kernel, 1]
-    layer = ctx.check(ctx.network.add_convolution_nd(x, dims[0], kernel, ctx.trt.Weights(), ctx.trt.Weights()))
-    layer.set_input(1, w)
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        layer.set_input(2, ctx.tensor(node.inputs[2]))
+        x, kernel = unit_last(ctx, x), [*kernel, 1]
+    kernel_weights, w = _kernel(ctx, node.inputs[1], spatial == 1)
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    bias_weights = ctx.weights(bias) if bias is not None and ctx.const(bias) is not None else ctx.trt.Weights()
+    layer = ctx.check(ctx.network.add_convolution_nd(x, dims[0], kernel, kernel_weights, bias_weights))
+    if w is not None:
+        layer.set_input(1, w)
+    if bias is not None and ctx.const(bias) is None:
+        layer.set_input(2, ctx.tensor(bias))
     _conv_common(layer, node, spatial, len(kernel) - spatial)
     y = layer.get_output(0)
     return [drop_last(ctx, y) if spatial == 1 else y]
+
+
+def _kernel(ctx, value, unit: bool):
+    """(trt.Weights, None) for a constant kernel, which the layer holds itself as TensorRT's ONNX parser
+    gives it (no constant layer); (empty Weights, the kernel tensor) for one computed at run time. `unit`:
+    with a unit last dim appended (1-D as 2-D, `unit_last`)."""
+    data = ctx.const(value)
+    if data is not None:
+        return ctx.weights(value, data[..., None] if unit else data), None
+    w = ctx.tensor(value)
+    return ctx.trt.Weights(), unit_last(ctx, w) if unit else w
 
 
 def deconv_crops(node, input_dims: Sequence[int | None]) -> tuple[list[int], list[int]]:
@@ -171,20 +195,24 @@ def lower_conv_transpose(ctx, node):
     dims = _weight_dims(node)
     spatial = len(dims) - 2
     attrs = node.attributes
-    x, w = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
+    x = ctx.tensor(node.inputs[0])
     begin, end = deconv_crops(node, [d if isinstance(d, int) else None for d in node.inputs[0].shape.dims[2:]])
     kernel = list(dims[2:])
     if spatial == 1:
-        x, w, kernel, begin, end = unit_last(ctx, x), unit_last(ctx, w), [*kernel, 1], [*begin, 0], [*end, 0]
+        x, kernel, begin, end = unit_last(ctx, x), [*kernel, 1], [*begin, 0], [*end, 0]
+    kernel_weights, w = _kernel(ctx, node.inputs[1], spatial == 1)
+    before, after = [max(-b, 0) for b in begin], [max(-e, 0) for e in end]
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    fused_bias = bias is not None and not any(before + after)  # extended cells get the bias after
+    bias_weights = ctx.weights(bias) if fused_bias and ctx.const(bias) is not None else ctx.trt.Weights()
     layer = ctx.check(ctx.network.add_deconvolution_nd(x, dims[1] * attrs.get_int("group", 1), kernel,
-                                                       ctx.trt.Weights(), ctx.trt.Weights()))
-    layer.set_input(1, w)
+                                                       kernel_weights, bias_weights))
+    if w is not None:
+        layer.set_input(1, w)
     _window(layer, node, spatial, len(kernel) - spatial)
     layer.pre_padding = tuple(max(b, 0) for b in begin)
     layer.post_padding = tuple(max(e, 0) for e in end)
-    before, after = [max(-b, 0) for b in begin], [max(-e, 0) for e in end]
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    if bias is not None and not any(before + after):
+    if fused_bias and ctx.const(bias) is None:
         layer.set_input(2, ctx.tensor(bias))
     y = layer.get_output(0)
     if any(before + after):
@@ -201,5 +229,7 @@ def _extend(ctx, y, before: list[int], after: list[int], bias):
                    mode=ctx.trt.SampleMode.FILL)
     if bias is None:
         return y
-    return ctx.elementwise(y, ctx.reshape(ctx.tensor(bias), [1, -1] + [1] * len(before)),
-                           ctx.trt.ElementWiseOperation.SUM)
+    data = ctx.const(bias)
+    shape = [1, -1] + [1] * len(before)
+    per_channel = ctx.constant(data.reshape(shape)) if data is not None else ctx.reshape(ctx.tensor(bias), shape)
+    return ctx.elementwise(y, per_channel, ctx.trt.ElementWiseOperation.SUM)

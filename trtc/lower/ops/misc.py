@@ -43,7 +43,7 @@ def lower_non_max_suppression(ctx, node):
     if given(node.inputs, 2):
         limit = ctx.reshape(ctx.cast(ctx.tensor(node.inputs[2]), trt.int32), [])
     else:
-        limit = ctx.reshape(ctx.constant(np.zeros(1, np.int32)), [])  # ONNX default: select nothing
+        limit = ctx.constant(np.zeros((), np.int32))  # ONNX default: select nothing
     layer = ctx.check(ctx.network.add_nms(boxes, scores.get_output(0), limit))
     for index in (3, 4):
         if given(node.inputs, index):
@@ -91,7 +91,7 @@ def lower_image_scaler(ctx, node):
     bias = np.array(node.attributes.get_floats("bias", [0.0]), np.float32).reshape(1, -1, 1, 1)
     scaled = ctx.elementwise(x, scalar(ctx, node.attributes.get_float("scale", 1.0), x.dtype, 4),
                              ctx.trt.ElementWiseOperation.PROD)
-    return [ctx.elementwise(scaled, ctx.cast(ctx.constant(bias), x.dtype), ctx.trt.ElementWiseOperation.SUM)]
+    return [ctx.elementwise(scaled, ctx.constant_as(bias, x.dtype), ctx.trt.ElementWiseOperation.SUM)]
 
 
 @converter("ParametricSoftplus", constraints=[tensor_types()])

@@ -43,12 +43,15 @@ def lower_layer_norm(ctx, node):
     axes = list(range(ctx.axis(node.attributes.get_int("axis", -1), rank), rank))
     epsilon = node.attributes.get_float("epsilon", 1e-5)
     stash = _stash(ctx, node, x)
-    scale = ctx.unsqueeze_to(ctx.cast(ctx.tensor(node.inputs[1]), stash), rank)
+    scale = ctx.operand(node.inputs[1], rank, stash)  # a constant is made at x's rank, in the stash type
     bias_value = _optional(node, 2)
-    if bias_value is None:
+    scale_data = ctx.constant_data(scale)
+    if bias_value is None and scale_data is not None:
+        bias = ctx.constant(np.zeros_like(scale_data))
+    elif bias_value is None:
         bias = ctx.elementwise(scale, const_like(ctx, 0, scale), ctx.trt.ElementWiseOperation.PROD)
     else:
-        bias = ctx.unsqueeze_to(ctx.cast(ctx.tensor(bias_value), stash), rank)
+        bias = ctx.operand(bias_value, rank, stash)
     if tuple(scale.shape) != tuple(bias.shape):  # the layer wants one shape for both
         E = ctx.trt.ElementWiseOperation
         zeros = ctx.elementwise(ctx.elementwise(scale, bias, E.SUM), const_like(ctx, 0, scale), E.PROD)
@@ -89,7 +92,7 @@ def lower_rms_norm(ctx, node):
     eps = const_like(ctx, node.attributes.get_float("epsilon", 1e-5), mean_square)
     rms = ctx.unary(ctx.elementwise(mean_square, eps, E.SUM), U.SQRT)
     normalized = ctx.cast(ctx.elementwise(xs, rms, E.DIV), out_dtype)
-    return [ctx.elementwise(normalized, ctx.cast(ctx.tensor(node.inputs[1]), out_dtype), E.PROD)]
+    return [ctx.elementwise(normalized, ctx.operand(node.inputs[1], rank, out_dtype), E.PROD)]
 
 
 def _group_norm(ctx, node, scale, bias):
@@ -145,8 +148,17 @@ def lower_batch_norm(ctx, node):
     if all(p is not None for p in params):
         scale, bias, mean, var = (p.astype(np.float64) for p in params)
         weight = scale / np.sqrt(var + eps)
+        shift = bias - mean * weight
+        if x.dtype in (ctx.trt.float32, ctx.trt.float16) and rank >= 2:
+            # One per-channel IScaleLayer (x * w + b), holding w and b itself, as TensorRT's ONNX parser
+            # builds it: no constant or elementwise layers.
+            dtype = ctx.trt.nptype(x.dtype)
+            layer = ctx.check(ctx.network.add_scale_nd(
+                x, ctx.trt.ScaleMode.CHANNEL, ctx.weights(node.inputs[1], shift.astype(dtype)),
+                ctx.weights(node.inputs[1], weight.astype(dtype)), ctx.trt.Weights(), 1))
+            return [layer.get_output(0)]
         shape = (1, weight.size) + (1,) * (rank - 2)
-        w, b = const_like(ctx, weight, x, shape), const_like(ctx, bias - mean * weight, x, shape)
+        w, b = const_like(ctx, weight, x, shape), const_like(ctx, shift, x, shape)
         return [ctx.elementwise(ctx.elementwise(x, w, E.PROD), b, E.SUM)]
     scale, bias, mean, var = (_channel_param(ctx, ctx.tensor(v), rank, x.dtype) for v in node.inputs[1:5])
     std = ctx.unary(ctx.elementwise(var, const_like(ctx, eps, var), E.SUM), ctx.trt.UnaryOperation.SQRT)

@@ -7,7 +7,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.lower.context import trt_dtype
-from trtc.lower.ops._shape_math import ShapeMath, broadcast_scalar, constant, tensor_of
+from trtc.lower.ops._shape_math import ShapeMath, broadcast_scalar, constant
 from trtc.lower.registry import Constraint, converter, tensor_types
 
 
@@ -20,7 +20,7 @@ def select(ctx, condition, when_true, when_false):
 @converter("Where", constraints=[tensor_types()])
 def lower_where(ctx, node):
     """Where(condition, x, y) -> ISelectLayer (all three broadcast)."""
-    return [select(ctx, *(tensor_of(ctx, v) for v in node.inputs))]
+    return [select(ctx, *ctx.operands(node.inputs))]
 
 
 @converter("IsNaN", constraints=[tensor_types()])
@@ -37,8 +37,8 @@ def lower_shrink(ctx, node):
     lambd, bias = node.attributes.get_float("lambd", 0.5), node.attributes.get_float("bias", 0.0)
     E = ctx.trt.ElementWiseOperation
 
-    def scalar(value):
-        return constant(ctx, np.array(value).astype(dtype))
+    def scalar(value):  # at x's rank: no broadcast layer
+        return constant(ctx, np.full((1,) * ctx.rank(x), value).astype(dtype))
 
     below = ctx.elementwise(x, scalar(-lambd), E.LESS)
     above = ctx.elementwise(x, scalar(lambd), E.GREATER)
@@ -76,13 +76,16 @@ def cast_to(ctx, tensor, dtype: ir.DataType):
     """Cast to an ONNX type; TensorRT reaches FP8 only by a quantize layer and leaves FP8/INT4
     only by a dequantize layer, so those casts go through them with a scale of 1."""
     trt = ctx.trt
-    scale = constant(ctx, np.ones((), np.float32))
+
+    def scale():  # only where a (de)quantize layer needs it
+        return constant(ctx, np.ones((), np.float32))
+
     if tensor.dtype in (trt.fp8, trt.int4):
-        tensor = ctx.check(ctx.network.add_dequantize(tensor, scale, trt.float32)).get_output(0)
+        tensor = ctx.check(ctx.network.add_dequantize(tensor, scale(), trt.float32)).get_output(0)
     if dtype == ir.DataType.FLOAT8E4M3FN:
         if tensor.dtype not in (trt.float32, trt.float16, trt.bfloat16):
             tensor = ctx.cast(tensor, trt.float32)
-        return ctx.check(ctx.network.add_quantize(tensor, scale, trt.fp8)).get_output(0)
+        return ctx.check(ctx.network.add_quantize(tensor, scale(), trt.fp8)).get_output(0)
     return ctx.cast(tensor, trt_dtype(trt, dtype))
 
 
@@ -102,7 +105,13 @@ def _castable(node) -> str | None:
 
 @converter("CastLike", constraints=[tensor_types(), Constraint("cast TensorRT can express", _castable)])
 def lower_cast_like(ctx, node):
-    """CastLike(x, like) -> ICastLayer to like's type (FP8/INT4 via quantize/dequantize)."""
+    """CastLike(x, like) -> ICastLayer to like's type (FP8/INT4 via quantize/dequantize); a constant x
+    is cast while building."""
+    from trtc.lower.ops.unary import cast_data
+
+    folded = cast_data(ctx.const(node.inputs[0]), node.outputs[0].dtype)
+    if folded is not None:
+        return [folded]
     return [cast_to(ctx, ctx.tensor(node.inputs[0]), node.outputs[0].dtype)]
 
 
@@ -135,5 +144,5 @@ def lower_dropout(ctx, node):
     out = ctx.check(ctx.network.add_identity(x)).get_output(0)
     mask = None
     if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].name:
-        mask = broadcast_scalar(ctx, constant(ctx, np.ones((), np.bool_)), ShapeMath(ctx).dims(x))
+        mask = broadcast_scalar(ctx, np.ones((), np.bool_), ShapeMath(ctx).dims(x))
     return [out, mask]

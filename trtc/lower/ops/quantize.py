@@ -96,8 +96,8 @@ def lower_quantize_linear(ctx, node):
         values = ctx.elementwise(values, spread(ctx, node, zero, axis, rank), E.SUM)
     if out_ir in RANGES:
         low, high = (np.full((1,) * rank, v, np.float32) for v in RANGES[out_ir])
-        values = ctx.elementwise(values, ctx.cast(ctx.constant(low), precision), E.MAX)
-        values = ctx.elementwise(values, ctx.cast(ctx.constant(high), precision), E.MIN)
+        values = ctx.elementwise(values, ctx.constant_as(low, precision), E.MAX)
+        values = ctx.elementwise(values, ctx.constant_as(high, precision), E.MIN)
     return [from_float(ctx, values, out_ir)]
 
 
@@ -148,7 +148,7 @@ def spread(ctx, node, scale, axis: int, rank: int):
 
 
 def _unit_scale(ctx, dtype):
-    return ctx.reshape(ctx.cast(ctx.constant(np.array([1.0], np.float32)), dtype), [])  # per-tensor
+    return ctx.constant_as(np.array(1.0, np.float32), dtype)  # per-tensor
 
 
 def as_float(ctx, value: ir.Value, dtype):
@@ -157,7 +157,7 @@ def as_float(ctx, value: ir.Value, dtype):
     dequantize, the others cast."""
     data = ctx.const(value)
     if data is not None:
-        return ctx.cast(ctx.constant(np.asarray(data).astype(np.float32)), dtype)
+        return ctx.constant_as(np.asarray(data).astype(np.float32), dtype)
     tensor = ctx.tensor(value)
     if value.dtype in PACKED:
         return ctx.check(ctx.network.add_dequantize(tensor, _unit_scale(ctx, dtype), dtype)).get_output(0)

@@ -121,7 +121,7 @@ class Cell:
 
         loop = ctx.network.add_loop()
         steps = dim(ctx, self.x, 0)
-        count = ctx.reshape(ctx.constant(np.array([steps], np.int64)) if isinstance(steps, int) else steps, [])
+        count = ctx.constant(np.array(steps, np.int64)) if isinstance(steps, int) else ctx.reshape(steps, [])
         ctx.check(loop.add_trip_limit(count, trt.TripLimit.COUNT))
         x_t = ctx.check(loop.add_iterator(projected, 0, reverse)).get_output(0)
         h_state = ctx.check(loop.add_recurrence(self._initial(INITIAL_H, direction)))
@@ -159,7 +159,7 @@ class Cell:
                              ctx.constant(np.array([self.hidden], np.int64))], axis=0)
         layer = ctx.check(ctx.network.add_fill((0, 0), ctx.trt.FillOperation.LINSPACE, ctx.trt.float32))
         layer.set_input(0, shape)
-        layer.set_input(1, ctx.reshape(ctx.constant(np.zeros(1, np.float32)), []))
+        layer.set_input(1, ctx.constant(np.zeros((), np.float32)))
         layer.set_input(2, ctx.constant(np.zeros(2, np.float32)))
         return ctx.cast(layer.get_output(0), self.dtype)
 
@@ -248,7 +248,7 @@ def _activation(kind, alpha, beta):
 
 def pick(ctx, tensor, index: int, axis: int = 0):
     """tensor[index] along `axis` (the axis is dropped)."""
-    indices = ctx.reshape(ctx.constant(np.array([index], np.int32)), [])
+    indices = ctx.constant(np.array(index, np.int32))
     return ctx.check(ctx.network.add_gather(tensor, indices, axis)).get_output(0)
 
 

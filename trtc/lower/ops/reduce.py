@@ -49,9 +49,13 @@ def unused_outputs(*indices: int) -> Constraint:
 def const_like(ctx, values, like, shape=None):
     """A constant of `like`'s TensorRT type (and rank, when `shape` is None: all ones)."""
     trt = ctx.trt
-    array = np.asarray(values, dtype=np.float32 if like.dtype == trt.bfloat16 else trt.nptype(like.dtype))
-    array = array.reshape(shape if shape is not None else (1,) * ctx.rank(like))
-    return ctx.cast(ctx.constant(array), like.dtype)
+    if like.dtype == trt.bfloat16:
+        import ml_dtypes
+
+        array = np.asarray(values, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    else:
+        array = np.asarray(values, dtype=trt.nptype(like.dtype))
+    return ctx.constant(array.reshape(shape if shape is not None else (1,) * ctx.rank(like)))
 
 
 def scalar_tensor(ctx, value: int, dtype=np.int64):
@@ -78,8 +82,8 @@ def dim_size(ctx, x, axis: int):
 
 
 def squeeze(ctx, x, axes):
-    axes_t = ctx.constant(np.array(sorted(axes), np.int64))
-    return ctx.check(ctx.network.add_squeeze(x, axes_t)).get_output(0)
+    """`x` without its unit dims at `axes` (one shuffle layer, `LowerCtx.squeeze`)."""
+    return ctx.squeeze(x, [ctx.axis(int(a), ctx.rank(x)) for a in axes])
 
 
 def reverse(ctx, x, axis: int):

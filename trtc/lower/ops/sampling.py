@@ -89,7 +89,7 @@ def volumetric_grid_sample(ctx, node):
         neighbours.append(options)
     batch = ctx.check(ctx.network.add_slice(ctx.shape_of(grid), (0,), (1,), (1,))).get_output(0)
     volume = int(np.prod(dims))
-    base = ctx.elementwise(ctx.reshape(arange(ctx, batch), [-1, 1, 1, 1]),
+    base = ctx.elementwise(arange(ctx, batch, [-1, 1, 1, 1]),
                            ctx.constant(np.full((1, 1, 1, 1), volume, np.int64)), E.PROD)
     flat = ctx.check(ctx.network.add_shuffle(x))
     flat.first_transpose = (0, 2, 3, 4, 1)
@@ -257,7 +257,7 @@ def lower_deform_conv(ctx, node):
     dy, dx = (pick_axis(ctx, pairs, k, 3) for k in range(2))  # [N, G, taps, OH, OW]
 
     def normalized(delta, base, size):  # align_corners=0: pixel p -> (2p + 1) / size - 1
-        position = ctx.elementwise(delta, ctx.cast(ctx.constant(base.astype(np.float32)), delta.dtype), E.SUM)
+        position = ctx.elementwise(delta, ctx.constant_as(base.astype(np.float32), delta.dtype), E.SUM)
         return elementwise_chain(ctx, position, ("PROD", scalar(ctx, 2.0 / size, delta.dtype, 5)),
                                  ("SUM", scalar(ctx, 1.0 / size - 1.0, delta.dtype, 5)))
 

@@ -21,7 +21,10 @@ def shape_input(ctx, node, index: int, default=None):
     data = ctx.const(node.inputs[index])
     if data is not None:
         return np.asarray(data, np.int64).reshape(-1)
-    return ctx.cast(ctx.reshape(ctx.tensor(node.inputs[index]), [-1]), ctx.trt.int64)
+    tensor = ctx.tensor(node.inputs[index])
+    if ctx.rank(tensor) != 1:  # a 1-D one needs no shuffle layer
+        tensor = ctx.reshape(tensor, [-1])
+    return ctx.cast(tensor, ctx.trt.int64)
 
 
 def slice_axes(ctx, tensor, axes, start, size, stride, mode=None, fill=None):
@@ -149,7 +152,9 @@ def lower_pad(ctx, node):
     mode = getattr(ctx.trt.SampleMode, PAD_MODES[mode_name])
     fill = None
     if mode_name == "constant":
-        if _present(node, 2):
+        if _present(node, 2) and ctx.const(node.inputs[2]) is not None:
+            fill = ctx.constant(np.asarray(ctx.const(node.inputs[2])).reshape(()))  # 0-D as the layer takes it
+        elif _present(node, 2):
             fill = ctx.reshape(ctx.tensor(node.inputs[2]), [])
         else:
             fill = ctx.constant(np.zeros((), node.inputs[0].dtype.numpy()))

@@ -32,7 +32,9 @@ def _hardmax(ctx, x, axis: int):
     """One-hot of the first maximum along `axis`: TopK(k=1) indices -> IOneHotLayer."""
     index = squeeze(ctx, top_index(ctx, x, ctx.trt.TopKOperation.MAX, axis), [axis])
     off_on = const_like(ctx, [0, 1], x, shape=(2,))
-    depth = ctx.reshape(ctx.cast(dim_size(ctx, x, axis), ctx.trt.int32), [])
+    size = x.shape[axis]
+    depth = ctx.constant(np.array(size, np.int32)) if size >= 0 else \
+        ctx.reshape(ctx.cast(dim_size(ctx, x, axis), ctx.trt.int32), [])
     return ctx.check(ctx.network.add_one_hot(index, off_on, depth, axis)).get_output(0)
 
 

@@ -33,7 +33,7 @@ def lower_window(ctx, node):
         n = np.arange(int(size.reshape(())), dtype=np.float64)
         denominator = max(float(size.reshape(())) - (0 if periodic else 1), 1e-30)
         window = sum(a * np.cos(2 * math.pi * k * n / denominator) for k, a in enumerate(coefficients))
-        return [ctx.cast(ctx.constant(window.astype(np.float32)), out_type)]
+        return [ctx.constant_as(window.astype(np.float32), out_type)]
     size_t = ctx.reshape(ctx.cast(ctx.tensor(node.inputs[0]), ctx.trt.float32), [1])
     length = node.outputs[0].shape[0] if node.outputs[0].shape is not None else None
     if isinstance(length, int):
@@ -96,7 +96,7 @@ def lower_stft(ctx, node):
         framed = ctx.elementwise(framed, ctx.reshape(ctx.cast(ctx.tensor(node.inputs[2]), signal.dtype),
                                                      [1, 1, -1, 1]), E.PROD)
     angle = 2 * np.pi * np.outer(np.arange(length), np.arange(bins)) / length
-    cos, sin = (ctx.cast(ctx.constant(m.astype(np.float32)[None]), signal.dtype)
+    cos, sin = (ctx.constant_as(m.astype(np.float32)[None], signal.dtype)
                 for m in (np.cos(angle), np.sin(angle)))
 
     def times(part, matrix):
@@ -181,7 +181,7 @@ def lower_dft(ctx, node):
 
     def matrix(values):
         data = (weight * values).astype(np.float32).reshape((1,) * (rank - 3) + values.shape)
-        return ctx.cast(ctx.constant(data), x.dtype)
+        return ctx.constant_as(data, x.dtype)
 
     def times(part, values):
         moved = ctx.check(ctx.network.add_shuffle(part))
