@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,36 @@ def parse_input_hash(source_sha: str, frozen: Mapping[str, str]) -> str:
 def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None = None) -> Artifact:
     """Load, check, canonicalize and shape-infer an ONNX model. Weights stay on disk.
 
+    Weights embedded in the .onnx stay in the file too: every proto-level step runs on a skeleton
+    that points at their bytes (see `onnx_load.read_model_skeleton`), and the IR holds them as
+    read-only views of one memory map of the file, never as copies.
+
     `freeze` maps graph input names to values (array, .npy path or literal) that make them constants."""
     path = Path(path)
     frozen = freeze_fingerprints(freeze or {})
-    proto = onnx_load.read_model_proto(path)
+    if not path.is_file():
+        raise TrtcError("file not found", where=str(path))
+    # The source's SHA-256 (its identity for caching) reads every byte of an embedded-weight model:
+    # a third of parsing a 338 MB one. Reading and hashing release the GIL, so it runs beside the rest.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        source_sha = pool.submit(file_sha256, path)
+        try:
+            artifact = _parse(path, freeze, frozen)
+        except BaseException:
+            source_sha.cancel()
+            raise
+        artifact.meta["source"]["sha256"] = source_sha.result()
+    artifact.meta["input_hash"] = parse_input_hash(artifact.meta["source"]["sha256"], frozen)
+    return artifact
+
+
+def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[str, str]) -> Artifact:
+    """`parse_onnx` but for the source's hashes, which the caller fills in."""
+    proto, embedded = onnx_load.read_model_skeleton(path)
     onnx_load.check_opsets(proto, path)
     onnx_load.check_ops(proto, path)
-    onnx_load.check_external_data(proto, path)
-    onnx_load.check_structure(path)
+    onnx_load.check_external_data(proto, path, embedded)
+    onnx_load.check_structure(proto, path)
     source_opset = default_opset(proto)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
@@ -63,6 +86,7 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
         raise TrtcError(f"malformed graph: {str(exc).splitlines()[0]}", where=str(path),
                         hint="re-export the model") from None
     del proto
+    embedded.restore(model)  # before the paths are made absolute: it matches the skeleton's entries
     _absolute_weight_paths(model, path.parent)
     negative = unknown_negative_dims(model)  # before anything reads a declared shape
     freeze_inputs(model, freeze or {}, where=f"{path}: --freeze")
@@ -73,7 +97,7 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
     unknown = infer_shapes(model, shape_warnings)
     meta: dict[str, Any] = {
         "stage": "parse",
-        "source": {"path": str(path.resolve()), "sha256": file_sha256(path), "format": "onnx"},
+        "source": {"path": str(path.resolve()), "sha256": None, "format": "onnx"},
         "input_hash": None,
         "parse": {
             "source_opset": source_opset,
@@ -85,7 +109,6 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
             "shape_warnings": shape_warnings,
         },
     }
-    meta["input_hash"] = parse_input_hash(meta["source"]["sha256"], frozen)
     return Artifact(model=model, meta=meta)
 
 

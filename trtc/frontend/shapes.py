@@ -1,7 +1,8 @@
 """Shape inference on the IR with symbolic dims kept symbolic.
 
 Passes over a copy of the graph that carries the data of small weights only (large
-weights contribute their type and shape, never their bytes):
+weights contribute their type and shape, never their bytes: those on disk, in an external
+data file or embedded in the .onnx, are referenced where they are, not copied):
 
 1. ONNX's inference with data propagation, so Shape->Gather->Concat->Reshape chains
    resolve. It is robust but names every dim it cannot pin `unk__N`.
@@ -24,18 +25,23 @@ graph, not the declaration. Declarations that agree stay: they may name dims bet
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import functools
 import importlib.util
 import logging
 import re
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx.numpy_helper
 import onnx_ir as ir
 
 from trtc.ir.onnx_export import to_model_proto
+from trtc.ir.onnx_load import FileViewTensor
+from trtc.ir.walk import all_initializers
 
 # Weights up to this size are inlined for inference: shape tensors, axes, scalars.
 SMALL_WEIGHT_BYTES = 1 << 16
@@ -265,16 +271,61 @@ def _frame_length(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto],
     return None
 
 
+# A float that is k / 2**n with n at most this (2.0, 0.5, 1.5: the scales of real Resize nodes) is
+# turned into that exact rational in a dim expression; others stay floats.
+_DYADIC_BITS = 16
+
+
+def _exact(number: Any) -> Any:
+    """The exact rational value of a sympy Float when it has a short binary expansion, else itself."""
+    import sympy
+
+    ratio = fractions.Fraction(float(number))
+    if ratio.denominator <= 1 << _DYADIC_BITS:
+        return sympy.Rational(ratio.numerator, ratio.denominator)
+    return number
+
+
+def canonical_dim(expr: Any, *args: Any, **kwargs: Any) -> Any:
+    """What onnxruntime's symbolic inference gets for `sympy.simplify` (same signature; a sympy
+    expression in and out): floats with short binary expansions made exact, and nothing else.
+
+    It calls `sympy.simplify` for Resize output sizes (`floor(2.0*floor(floor(h/2 - 1/2)/2)) + 2`)
+    and a few Slice/Split sizes, only to get one canonical form per dim. On the nested floors that
+    strided convolutions over dynamic image dims make, simplify costs up to a second per dim and
+    grows with the depth, and it returns them unchanged (PP-OCRv4's detector: 72 calls, 19 s, not
+    one rewritten). sympy already canonicalizes sums and products as it builds them; once 2.0 is 2,
+    `floor` of an integer expression evaluates itself, which is all simplify achieved there."""
+    import sympy
+
+    expr = sympy.sympify(expr)
+    floats = expr.atoms(sympy.Float)
+    if floats:
+        expr = expr.xreplace({f: _exact(f) for f in floats})
+    return expr
+
+
 @functools.cache
 def _symbolic_shape_inference_class():
     """onnxruntime's SymbolicShapeInference, loaded from its file: importing it through
-    `onnxruntime.tools` also imports torch when torch is installed (seconds, for nothing)."""
+    `onnxruntime.tools` also imports torch when torch is installed (seconds, for nothing).
+
+    This private copy of the module sees a `sympy` whose `simplify` is `canonical_dim` (see there):
+    the rest of sympy, and every other user of it, are untouched."""
     import onnxruntime
+    import sympy
+
+    class _Sympy(types.ModuleType):
+        simplify = staticmethod(canonical_dim)
+
+        def __getattr__(self, name: str):
+            return getattr(sympy, name)
 
     path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
     spec = importlib.util.spec_from_file_location("trtc_ort_symbolic_shape_infer", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.sympy = _Sympy("sympy")
     return module.SymbolicShapeInference
 
 
@@ -341,6 +392,25 @@ class _NodeOutputs:
         return self._index[path].get(name)
 
 
+def _inference_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto for inference: small weights inline, large ones as references.
+
+    `to_model_proto` copies in-memory weights into the proto; a weight that is a view of an .onnx
+    file's bytes is serialized as an external-data reference to those bytes instead, so that
+    inference copies kilobytes, not the weights, however many times it serializes the proto."""
+    swapped = {}
+    for value in all_initializers(model.graph):
+        tensor = value.const_value
+        if isinstance(tensor, FileViewTensor) and tensor.nbytes > SMALL_WEIGHT_BYTES:
+            swapped[value] = tensor
+            value.const_value = tensor.external_reference()
+    try:
+        return to_model_proto(model, embed_limit=SMALL_WEIGHT_BYTES)
+    finally:
+        for value, tensor in swapped.items():
+            value.const_value = tensor
+
+
 def infer_shapes(model: ir.Model, warnings: list[str] | None = None) -> list[str]:
     """Fill in the type and shape of every value that can be inferred.
 
@@ -348,7 +418,7 @@ def infer_shapes(model: ir.Model, warnings: list[str] | None = None) -> list[str
     type or shape that contradicts what the graph computes is replaced by the inferred one
     (main graph and subgraphs), and a sentence saying so is appended to `warnings`.
     """
-    proto = to_model_proto(model, embed_limit=SMALL_WEIGHT_BYTES)
+    proto = _inference_proto(model)
     declarations = _take_declarations(proto)
     free = _onnx_inference(proto) if declarations else None
     if free is None:
