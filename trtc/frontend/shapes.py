@@ -208,11 +208,11 @@ def _warning(decl: _Declaration, inferred: onnx.ValueInfoProto, value: ir.Value 
 
 def _onnx_inference(proto: onnx.ModelProto) -> dict[GraphPath, Infos] | None:
     """ONNX's inference result per graph, or None when it raised. Sizes it is known to get wrong
-    are corrected in `proto` (see `_correct_stft`) and inference rerun from them."""
+    are corrected in `proto` (see `_correct_sizes`) and inference rerun from them."""
     try:
         infos = _all_infos(onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
                                                              data_prop=True))
-        if _correct_stft(proto, infos):
+        if _correct_sizes(proto, infos):
             infos = _all_infos(onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False,
                                                                  data_prop=True))
         return infos
@@ -220,11 +220,14 @@ def _onnx_inference(proto: onnx.ModelProto) -> dict[GraphPath, Infos] | None:
         return None
 
 
-def _correct_stft(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> bool:
-    """ONNX (1.23) sizes STFT's frequency axis as frame_length even when `onesided` (the default)
-    keeps frame_length // 2 + 1 bins: the one wrong size its inference gives over ONNX's node tests
-    (all inputs constant). Add the right shape as value_info, which ONNX's inference keeps and
-    propagates downstream. Returns whether any was added (then inference must run again)."""
+def _correct_sizes(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> bool:
+    """Sizes ONNX's inference (1.23) is known to get wrong, found over ONNX's node tests with all
+    inputs constant, corrected: the right shape is added as value_info, which ONNX's inference
+    keeps and propagates downstream. Returns whether any was added (then inference must run again).
+    - STFT sizes its frequency axis as frame_length even when `onesided` (the default) keeps
+      frame_length // 2 + 1 bins;
+    - pooling with ceil_mode keeps a last window that starts past the input and its left padding,
+      which the spec's reference, onnxruntime and PyTorch drop."""
     weights = {t.name: t for _, g in _proto_graphs(proto.graph) for t in g.initializer}
     shapes: dict[str, ir.Shape | None] = {vi.name: _dims_of(vi) for _, g in _proto_graphs(proto.graph)
                                           for vi in g.input}
@@ -233,24 +236,69 @@ def _correct_stft(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> bool
     added = False
     for path, graph in _proto_graphs(proto.graph):
         for node in graph.node:
-            if node.op_type != "STFT" or node.domain not in ("", "ai.onnx"):
+            if node.domain not in ("", "ai.onnx") or not node.output:
                 continue
             info = infos.get(path, {}).get(node.output[0])
             shape = _dims_of(info) if info is not None else None
-            length = _frame_length(node, weights, shapes)
-            if shape is None or len(shape) != 4 or length is None:
+            if shape is None:
                 continue
-            onesided = next((a.i for a in node.attribute if a.name == "onesided"), 1)
-            bins = length // 2 + 1 if onesided else length
-            if shape.dims[2] == bins:
+            if node.op_type == "STFT":
+                fixes = _stft_bins(node, shape, weights, shapes)
+            elif node.op_type in ("MaxPool", "AveragePool", "LpPool"):
+                fixes = _ceil_pool_sizes(node, shape, shapes.get(node.input[0]))
+            else:
+                continue
+            if not fixes:
                 continue
             fixed = _copy(info)
-            dim = fixed.type.tensor_type.shape.dim[2]
-            dim.Clear()
-            dim.dim_value = bins
+            for axis, size in fixes.items():
+                dim = fixed.type.tensor_type.shape.dim[axis]
+                dim.Clear()
+                dim.dim_value = size
             graph.value_info.append(fixed)
             added = True
     return added
+
+
+def _stft_bins(node: onnx.NodeProto, shape: ir.Shape, weights: dict[str, onnx.TensorProto],
+               shapes: dict[str, ir.Shape | None]) -> dict[int, int]:
+    """{2: bins} when ONNX's frequency axis of STFT is wrong."""
+    length = _frame_length(node, weights, shapes)
+    if len(shape) != 4 or length is None:
+        return {}
+    onesided = next((a.i for a in node.attribute if a.name == "onesided"), 1)
+    bins = length // 2 + 1 if onesided else length
+    return {} if shape.dims[2] == bins else {2: bins}
+
+
+def _ceil_pool_sizes(node: onnx.NodeProto, shape: ir.Shape, input_shape: ir.Shape | None) -> dict[int, int]:
+    """{axis: size} where ONNX keeps a ceil_mode window that starts past the input and its left
+    padding (explicit pads only: the auto_pad modes size without ceil_mode)."""
+    attrs = {a.name: a for a in node.attribute}
+    if not attrs.get("ceil_mode") or not attrs["ceil_mode"].i or input_shape is None:
+        return {}
+    if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+        return {}
+    kernel = list(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else []
+    rank = len(kernel)
+    sizes = list(input_shape.dims[2:])
+    if not rank or len(sizes) != rank or len(shape) != rank + 2:
+        return {}
+    strides = list(attrs["strides"].ints) if "strides" in attrs else [1] * rank
+    dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1] * rank
+    pads = list(attrs["pads"].ints) if "pads" in attrs else [0] * (2 * rank)
+    fixes = {}
+    for i, size in enumerate(sizes):
+        got = shape.dims[2 + i]
+        if not isinstance(size, int) or not isinstance(got, int):
+            continue
+        span = (kernel[i] - 1) * dilations[i] + 1
+        n = -(-(size + pads[i] + pads[rank + i] - span) // strides[i]) + 1
+        if (n - 1) * strides[i] >= size + pads[i]:
+            n -= 1  # the last window would start in the end padding
+        if n != got:
+            fixes[2 + i] = n
+    return fixes
 
 
 def _frame_length(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto],
