@@ -100,6 +100,31 @@ def _encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """The fields of the protobuf message in buf[start:end]: (field start, field number, wire type,
+    value, end). `value` is the number of a varint, the payload's start of a length-delimited field
+    (whose payload ends at `end`), else 0. _Malformed for groups or a field past the message."""
+    pos = start
+    while pos < end:
+        field_start = pos
+        tag, pos = _varint(buf, pos, end)
+        wire, value = tag & 7, 0
+        if wire == _VARINT:
+            value, pos = _varint(buf, pos, end)
+        elif wire == _FIXED64:
+            pos += 8
+        elif wire == _FIXED32:
+            pos += 4
+        elif wire == _LEN:
+            length, value = _varint(buf, pos, end)
+            pos = value + length
+        else:  # groups (deprecated, never in ONNX) or garbage
+            raise _Malformed
+        if pos > end:
+            raise _Malformed
+        yield field_start, tag >> 3, wire, value, pos
+
+
 def _len_field(field: int, body: bytes) -> bytes:
     return _encode_varint(field << 3 | _LEN) + _encode_varint(len(body)) + body
 
@@ -261,32 +286,16 @@ class _Skeleton:
         of pieces to join; None when it stays as it is (copied as one slice by the caller)."""
         buf, children = self.buf, _CHILDREN[kind]
         pieces: list = []
-        copied = pos = start
-        while pos < end:
-            field_start = pos
-            tag, pos = _varint(buf, pos, end)
-            wire = tag & 7
-            if wire == _VARINT:
-                _, pos = _varint(buf, pos, end)
-            elif wire == _FIXED64:
-                pos += 8
-            elif wire == _FIXED32:
-                pos += 4
-            elif wire == _LEN:
-                length, pos = _varint(buf, pos, end)
-                body, pos = pos, pos + length
-                child = children.get(tag >> 3)
-                # Only a message at least as large as a lifted tensor can hold one.
-                if child is not None and length >= LIFT_BYTES and pos <= end:
-                    new = self.tensor(body, pos) if child == _TENSOR else self.message(body, pos, child)
-                    if new is not None:
-                        pieces.append(buf[copied:field_start])
-                        pieces.append(_len_field(tag >> 3, b"".join(new)))
-                        copied = pos
-            else:  # groups (deprecated, never in ONNX) or garbage
-                raise _Malformed
-            if pos > end:
-                raise _Malformed
+        copied = start
+        for field_start, field, wire, body, pos in _fields(buf, start, end):
+            child = children.get(field) if wire == _LEN else None
+            # Only a message at least as large as a lifted tensor can hold one.
+            if child is not None and pos - body >= LIFT_BYTES:
+                new = self.tensor(body, pos) if child == _TENSOR else self.message(body, pos, child)
+                if new is not None:
+                    pieces.append(buf[copied:field_start])
+                    pieces.append(_len_field(field, b"".join(new)))
+                    copied = pos
         if copied == start:
             return None
         pieces.append(buf[copied:end])
@@ -300,38 +309,22 @@ class _Skeleton:
         data_type = 0
         raw: list[tuple[int, int, int]] = []  # (field start, payload start, payload end)
         other = False
-        pos = start
-        while pos < end:
-            field_start = pos
-            tag, pos = _varint(buf, pos, end)
-            field, wire = tag >> 3, tag & 7
+        for field_start, field, wire, value, pos in _fields(buf, start, end):
             if wire == _VARINT:
-                value, pos = _varint(buf, pos, end)
                 if field == 1:
                     dims.append(value)
                 elif field == 2:
                     data_type = value
                 elif field == 14 and value != onnx.TensorProto.DEFAULT:
                     other = True
-            elif wire == _FIXED64:
-                pos += 8
-            elif wire == _FIXED32:
-                pos += 4
             elif wire == _LEN:
-                length, pos = _varint(buf, pos, end)
-                body, pos = pos, pos + length
-                if pos > end:
-                    raise _Malformed
                 if field == 1:  # packed dims
+                    body = value
                     while body < pos:
-                        value, body = _varint(buf, body, pos)
-                        dims.append(value)
+                        dim, body = _varint(buf, body, pos)
+                        dims.append(dim)
                 elif field == 9:
-                    raw.append((field_start, body, pos))
-            else:
-                raise _Malformed
-            if pos > end:
-                raise _Malformed
+                    raw.append((field_start, value, pos))
             if field in _OTHER_DATA_FIELDS:
                 other = True
         if other or len(raw) != 1:
