@@ -44,8 +44,14 @@ if tool == "trtc":
     if fp16:
         from trtc.precision import PrecisionOptions, apply_precision
         from trtc.reference.feeds import FeedOptions, make_feeds, model_inputs
-        shapes = {k: v[1] for k, v in profile.items()}
-        feeds = make_feeds(model_inputs(artifact.model), FeedOptions(shapes=shapes))
+        from pathlib import Path
+        npz = Path(path).with_suffix(".npz")  # the model's reference inputs calibrate where it has them
+        if npz.is_file():
+            with np.load(npz) as data:
+                feeds = {v.name: data[v.name] for v in artifact.model.graph.inputs if v.name in data.files}
+        else:
+            shapes = {k: v[1] for k, v in profile.items()}
+            feeds = make_feeds(model_inputs(artifact.model), FeedOptions(shapes=shapes))
         apply_precision(artifact.model, [feeds], PrecisionOptions())
     result = build_engine(artifact.model, artifact.meta, load_backend("tensorrt-rtx"),
                           BuildOptions(profiles=[profile] if profile else []))
@@ -121,7 +127,7 @@ def run(tool: str, model, profile: dict, fp16: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _table(models: list, fp16: bool) -> list[str]:
+def _table(models: list, fp16: bool, goal: float) -> list[str]:
     """Both contenders on each model: the table's lines and its summary."""
     rows, totals = [], {"trtc": 0.0, "parser": 0.0}
     for model, profile in models:
@@ -145,7 +151,7 @@ def _table(models: list, fp16: bool) -> list[str]:
     ratio = totals["trtc"] / totals["parser"] if totals["parser"] else float("nan")
     return lines + ["", f"Successes: trtc {ok['trtc']}/{len(rows)}, parser {ok['parser']}/{len(rows)}; trtc succeeds "
                     f"wherever the parser does: {'yes' if wherever else 'no'}. Total time: trtc {totals['trtc']:.1f}s, "
-                    f"parser {totals['parser']:.1f}s, ratio {ratio:.2f}x (goal <= 1.2x). Layers: trtc has no more "
+                    f"parser {totals['parser']:.1f}s, ratio {ratio:.2f}x (goal <= {goal}x). Layers: trtc has no more "
                     f"than the parser on {lean}/{len(counted)} models (total {sum(o for o, _ in counted)} against "
                     f"{sum(t for _, t in counted)})."]
 
@@ -162,9 +168,10 @@ def main() -> int:
              "OPT, half/double it as MIN/MAX for each dynamic dim (real models: manifest.json's build_shapes). "
              "Layers: the network handed to the builder (trtc's after its optimizer; the parser's from the file "
              "as given).", ""]
-    for title, models in (("Corpus", corpus), ("Real models (../shared/models/real)", real)):
+    # Time goals: the corpus' (this benchmark's own), the real models' (issue 11's acceptance).
+    for title, models, goal in (("Corpus", corpus, 1.2), ("Real models (../shared/models/real)", real, 1.5)):
         if models:
-            lines += [f"{title}:", "", *_table(models, args.fp16), ""]
+            lines += [f"{title}:", "", *_table(models, args.fp16, goal), ""]
     text = "\n".join(lines).rstrip()
     print(text)
     if args.write_results:
