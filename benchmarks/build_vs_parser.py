@@ -110,12 +110,15 @@ def real_models() -> list[tuple[SimpleNamespace, dict]]:
     for entry in json.loads(manifest.read_text()):
         if not (REAL / entry["file"]).is_file():
             continue
-        profile = {}
-        for spec in entry.get("build_shapes") or []:  # NAME:MIN,OPT,MAX with dims as 1x3x224x224
-            name, _, ranges = spec.rpartition(":")
-            profile[name] = [[int(d) for d in part.split("x")] for part in ranges.split(",")]
-        models.append((SimpleNamespace(name=entry["name"], path=REAL / entry["file"]), profile))
+        models.append((SimpleNamespace(name=entry["name"], path=REAL / entry["file"]), manifest_profile(entry)))
     return models
+
+
+def manifest_profile(entry: dict) -> dict:
+    """manifest.json's `build_shapes` (`--shapes` values) as {name: (min, opt, max)}, read as trtc reads them."""
+    from trtc.lower.profiles import parse_range
+
+    return dict(parse_range(spec) for spec in entry.get("build_shapes") or [])
 
 
 def run(tool: str, model, profile: dict, fp16: bool) -> dict:

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "models" / "real"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from build_vs_parser import manifest_profile  # noqa: E402
 from build_vs_parser import run as run_in_process  # noqa: E402
 
 
@@ -46,15 +47,6 @@ def _trtc(*args: object) -> dict:
     return {"seconds": seconds}
 
 
-def _profile(entry: dict) -> dict:
-    """manifest.json's `build_shapes` (`NAME:MIN,OPT,MAX` strings) as {name: [min, opt, max]}."""
-    profile = {}
-    for spec in entry.get("build_shapes") or []:
-        name, _, ranges = spec.rpartition(":")
-        profile[name] = [[int(d) for d in part.split("x")] for part in ranges.split(",")]
-    return profile
-
-
 def measure(entry: dict, work: Path) -> dict:
     model, npz = REAL / entry["file"], REAL / entry["npz"]
     shapes = [a for spec in entry.get("build_shapes") or [] for a in ("--shapes", spec)]
@@ -67,8 +59,8 @@ def measure(entry: dict, work: Path) -> dict:
     row["build fp16"] = _trtc("build", model, "-o", work / f"{entry['name']}.fp16.plan", "--no-cache", "--fp16",
                               "--calib", npz, *shapes)
     target = SimpleNamespace(path=model)
-    row["parser"] = run_in_process("parser", target, _profile(entry), False)
-    row["trtc in-process"] = run_in_process("trtc", target, _profile(entry), False)
+    row["parser"] = run_in_process("parser", target, manifest_profile(entry), False)
+    row["trtc in-process"] = run_in_process("trtc", target, manifest_profile(entry), False)
     return row
 
 
