@@ -21,24 +21,32 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Yield a binary file; on success it replaces `path`, on any error it disappears."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in `path`'s folder for a writer that wants a file name (e.g. a
+    library's save); on success it replaces `path`, on any error it disappears."""
     path = Path(path)
     folder = path.resolve().parent
     if not folder.is_dir():
         raise TrtcError("output folder does not exist", where=str(path), hint="create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make artifacts private to their writer
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Yield a binary file; on success (flushed and fsynced) it replaces `path`, on any error it disappears."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -7,18 +7,14 @@ from pathlib import Path
 
 import click
 
-from trtc.cli.options import echo_json, input_options, json_option, to_feed_options
+from trtc.cli.options import echo_json, input_options, json_option, to_feed_options, tolerance_options
 
 
 @click.command()
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @input_options
-@click.option("--atol", multiple=True, metavar="X|NAME=X",
-              help="Absolute tolerance (default by dtype and precision: 1e-4 float32, 1e-2 fp16, 5e-2 bf16, "
-                   "0 integers).")
-@click.option("--rtol", multiple=True, metavar="X|NAME=X",
-              help="Relative tolerance (default 1e-3 float32, 1e-2 fp16, 5e-2 bf16, 0 integers).")
+@tolerance_options
 @json_option
 def compare(a: Path, b: Path, inputs, seed, ranges, shapes, atol, rtol, as_json) -> None:
     """Run A and B (.onnx, .trtir, .plan) on the same inputs and compare every output (B is the reference).

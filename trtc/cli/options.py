@@ -41,6 +41,18 @@ def _keep_generate(ctx: click.Context, _param: click.Parameter, value: tuple[str
     ctx.meta[GENERATE] = tuple(value)
 
 
+def tolerance_options(fn):
+    """--atol/--rtol: how far an output may be from its expected values (run with stored outputs, compare)."""
+    decorators = [
+        click.option("--atol", multiple=True, metavar="X|NAME=X",
+                     help="Absolute tolerance against expected outputs (default by dtype and precision: 1e-4 "
+                          "float32, 1e-2 fp16, 5e-2 bf16, 0 integers)."),
+        click.option("--rtol", multiple=True, metavar="X|NAME=X",
+                     help="Relative tolerance (default 1e-3 float32, 1e-2 fp16, 5e-2 bf16, 0 integers)."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
 def precision_options(fn):
     """--fp16/--bf16 and the precision pass's knobs (optimize and build share them)."""
     decorators = [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from trtc.cli.options import echo_json, input_options, json_option, to_feed_options
+from trtc.cli.options import echo_json, input_options, json_option, to_feed_options, tolerance_options
 
 
 @click.command()
@@ -20,12 +20,7 @@ from trtc.cli.options import echo_json, input_options, json_option, to_feed_opti
 @click.option("--include-transfers", is_flag=True, help="Engines: time host<->device copies too.")
 @click.option("--runtime-cache", type=click.Path(path_type=Path),
               help="TensorRT-RTX: file of JIT-compiled kernels reused across runs.")
-@click.option("--atol", multiple=True, metavar="X|NAME=X",
-              help="Absolute tolerance against expected outputs in an --input .npz (default by dtype and "
-                   "precision: 1e-4 float32, 1e-2 fp16, 5e-2 bf16, 0 integers).")
-@click.option("--rtol", multiple=True, metavar="X|NAME=X",
-              help="Relative tolerance against expected outputs (default 1e-3 float32, 1e-2 fp16, 5e-2 bf16, "
-                   "0 integers).")
+@tolerance_options
 @json_option
 def run(artifact: Path, inputs, seed, ranges, shapes, output, warmup, iterations, duration, cuda_graph,
         include_transfers, runtime_cache, atol, rtol, as_json) -> None:

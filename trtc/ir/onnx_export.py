@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
-from trtc.fileio import atomic_writer
+from trtc.fileio import atomic_path, atomic_writer
 from trtc.ir.onnx_load import iter_tensor_protos
 from trtc.ir.walk import all_initializers, weight_bytes
 
@@ -53,13 +52,6 @@ def export_onnx_file(model: ir.Model, path: str | os.PathLike) -> Path:
         return path
     # onnx_ir streams every weight into the data file (memory-mapped sources are not loaded
     # whole) and points the graph at it; the graph file is renamed into place last.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         ir.save(model, tmp, external_data=f"{path.name}.data")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
