@@ -222,21 +222,14 @@ def _compile_compare(parsed: Path, optimized: Path, feeds: FeedOptions) -> dict[
     import numpy as np
 
     from trtc.compare import executable_for
-    from trtc.ir import load_artifact
     from trtc.reference.metrics import error_metrics
-    from trtc.reference.runner import ReferenceRunner
 
-    reference = load_artifact(parsed)
-    inputs = make_feeds(model_inputs(reference.model), feeds)
-    runner = ReferenceRunner(reference.model)
+    reference, candidate = executable_for(parsed), executable_for(optimized)
     try:
-        want = runner.run(inputs)
+        inputs = make_feeds(reference.inputs, feeds)
+        want, got = reference.run(inputs), candidate.run(inputs)
     finally:
-        runner.close()
-    candidate = executable_for(optimized)
-    try:
-        got = candidate.run(inputs)
-    finally:
+        reference.close()
         candidate.close()
     outputs = {name: error_metrics(np.asarray(want[name]), np.asarray(got[name]))
                for name in want if isinstance(want[name], np.ndarray) and want[name].dtype.kind == "f"}
