@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compile": ("trtc.cli.commands", "compile_cmd"),
     "inspect": ("trtc.cli.inspect", "inspect"),
     "export": ("trtc.cli.export", "export"),
+    "serve": ("trtc.cli.serve", "serve"),
 }
 
 
