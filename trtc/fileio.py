@@ -14,7 +14,7 @@ from typing import BinaryIO
 from trtc.errors import TrtcError
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -31,7 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make artifacts private to their writer
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make artifacts private to their writer
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -29,8 +29,9 @@ def test_build_fp32_with_profile_sidecar_and_cache(mlp, tmp_path):
     first = json.loads(_ok(run_trtc(*args, "--json")).stdout)
     assert plan.stat().st_size > 1000 and first["cached"] is False
     side = json.loads(Path(f"{plan}.json").read_text())
-    assert side["backend"] == "tensorrt-rtx" and side["inputs"] == [{"name": "x", "dtype": "float", "shape": [-1, 16]}]
-    assert side["outputs"] == [{"name": "y", "dtype": "float", "shape": [-1, 4]}]
+    assert side["backend"] == "tensorrt-rtx" and side["inputs"] == [{"name": "x", "dtype": "float", "shape": [-1, 16],
+                                                                 "dim_names": ["batch", None]}]
+    assert side["outputs"] == [{"name": "y", "dtype": "float", "shape": [-1, 4], "dim_names": ["batch", None]}]
     assert side["profiles"] == [{"x": [[1, 16], [4, 16], [8, 16]]}] and side["precision"] is None
     assert side["ir_content_hash"] and side["network_layers"] >= 4
     second = json.loads(_ok(run_trtc(*args, "--json")).stdout)

@@ -53,6 +53,28 @@ def test_fp32_build(model, tmp_path):
     assert len(result.plan) > 0 and result.sidecar["network_layers"] > 0
     assert [p for p in result.sidecar["profiles"]] == ([{k: [list(d) for d in v] for k, v in profile.items()}]
                                                        if profile else [])
+    assert_exports_to_triton(result, tmp_path)
+
+
+def assert_exports_to_triton(result, tmp_path: Path) -> None:
+    """The engine exports to a Triton repository that Triton's schema accepts (export parses the
+    config back) and whose config the semantic check passes; batching wherever the model batches."""
+    import json
+
+    from trtc.serve.check import check_repository
+    from trtc.serve.export import export_triton
+
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(result.plan)
+    plan.with_name("model.plan.json").write_text(json.dumps(result.sidecar))
+    report = export_triton(plan, tmp_path / "repo")
+    assert check_repository(tmp_path / "repo") == {"model": {"backend": "tensorrt", "problems": [], "note": None}}
+    leading = {tuple(t.get("dim_names") or [None])[0] for t in result.sidecar["inputs"] + result.sidecar["outputs"]}
+    batch_min = {rng[0][0] for profile in result.sidecar["profiles"] for rng in profile.values()}
+    if len(leading) == 1 and None not in leading and batch_min == {1}:
+        assert report["max_batch_size"] > 0, report
+    elif report["max_batch_size"] == 0 and result.sidecar["profiles"]:
+        assert report["notes"][0].startswith("batching off: "), report
 
 
 @pytest.mark.parametrize("model", corpus_params())
@@ -78,6 +100,13 @@ def test_fp16_compile_with_profiles(model, tmp_path):
 
     typed = load_artifact(tmp_path / "out" / f"{model.path.stem}.opt.trtir").model
     onnx.checker.check_model(to_model_proto(typed), full_check=True)
+    # The fp16 engine exports to Triton too, its config checked against the sidecar.
+    from trtc.serve.check import check_repository
+    from trtc.serve.export import export_triton
+
+    (plan,) = (tmp_path / "out").glob("*.plan")
+    export_triton(plan, tmp_path / "repo")
+    assert [r["problems"] for r in check_repository(tmp_path / "repo").values()] == [[]]
 
 
 @pytest.mark.gpu

@@ -120,7 +120,9 @@ def _concat_feeds(n: int, s: int) -> dict[str, np.ndarray]:
 
 def test_real_sidecars_describe_the_dynamic_inputs(mlp, two_profiles):
     _, side = mlp
-    assert side["backend"] == "tensorrt-rtx" and side["inputs"] == [{"name": "x", "dtype": "float", "shape": [-1, 16]}]
+    assert side["backend"] == "tensorrt-rtx"
+    # dim_names: which dynamic dims are the same dim (export triton finds the batch dim by it)
+    assert side["inputs"] == [{"name": "x", "dtype": "float", "shape": [-1, 16], "dim_names": ["batch", None]}]
     assert side["profiles"] == [{"x": [[1, 16], [4, 16], [8, 16]]}]
     _, side = two_profiles
     assert [p["b"] for p in side["profiles"]] == [[[1, 1], [2, 8], [4, 32]], [[5, 1], [8, 64], [16, 128]]]

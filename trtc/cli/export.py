@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,3 +50,65 @@ def export_onnx(artifact: Path, output: Path, as_json: bool) -> None:
         return
     size = info["bytes"] + info["external_data_bytes"]
     click.echo(f"wrote {output}: {info['nodes']} nodes, {size / 2**20:.1f} MiB in {info['seconds']:.2f}s")
+
+
+def triton_options(fn):
+    """The options of a Triton model written from an artifact (export triton, and serve ARTIFACT)."""
+    from trtc.cli.options import profile_options
+
+    decorators = [
+        click.option("--name", help="The model's name in the repository (default: the artifact's file name)."),
+        click.option("--version", "model_version", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="The version folder to write."),
+        click.option("--max-batch", type=click.IntRange(min=0), metavar="N",
+                     help="max_batch_size (default: the profiles' batch MAX; 0: no batching)."),
+        click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Model instances (per profile, for an engine with several)."),
+        click.option("--max-queue-delay-us", type=click.IntRange(min=0), metavar="N",
+                     help="How long the dynamic batcher may hold a request to fill a batch."),
+        click.option("--backend", "triton_backend", type=click.Choice(["tensorrt", "python"]),
+                     help="Triton backend: tensorrt (an engine's default) or python (trtc's runtime: the engine on "
+                          "a GPU, else the CPU reference; the default for .onnx/.trtir)."),
+        profile_options,
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
+TRITON_FLAGS = ("name", "model_version", "max_batch", "instances", "max_queue_delay_us", "triton_backend")
+
+
+def to_triton_options(kwargs: dict[str, Any]):
+    """TritonExportOptions from the triton_options flags; the flags are removed from `kwargs`."""
+    from trtc.cli.options import to_profiles
+    from trtc.serve.config import TritonExportOptions
+
+    profiles = tuple(to_profiles(kwargs))
+    flags = {k: kwargs.pop(k) for k in TRITON_FLAGS}
+    return TritonExportOptions(name=flags["name"], version=flags["model_version"], max_batch=flags["max_batch"],
+                               instances=flags["instances"], max_queue_delay_us=flags["max_queue_delay_us"],
+                               backend=flags["triton_backend"], profiles=profiles)
+
+
+@export.command("triton")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "repo", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The model repository to write the model into (created if missing).")
+@triton_options
+@json_option
+def export_triton(artifact: Path, repo: Path, as_json: bool, **kwargs: Any) -> None:
+    """A Triton model: REPO/NAME/config.pbtxt and REPO/NAME/VERSION/ with the engine (tensorrt) or
+    trtc's model.py (python), the config checked against the artifact before anything is written."""
+    from trtc.serve.export import export_triton as write_model
+
+    report = write_model(artifact, repo, to_triton_options(kwargs))
+    if as_json:
+        echo_json(report)
+        return
+    batching = (f"max_batch_size {report['max_batch_size']}"
+                + (f", preferred {report['preferred_batch_size']}" if report["preferred_batch_size"] else "")
+                if report["max_batch_size"] else "no batching")
+    click.echo(f"wrote {report['path']}: {report['backend']} backend, {batching}, "
+               f"{report['instance_groups']} instance group(s), version {report['version']}")
+    for note in report["notes"]:
+        click.echo(f"  note: {note}")
+    click.echo(f"serve it: trtc serve {repo}")

@@ -19,12 +19,17 @@ from trtc.cli.options import echo_json, json_option, support_text
 @click.option("--support", is_flag=True, help="List the nodes TensorRT lowering does not support yet (.onnx/.trtir).")
 @json_option
 def inspect(artifact: Path, graph: bool, precision: bool, support: bool, as_json: bool) -> None:
-    """Inputs, outputs, ops, parameters, opsets, metadata of an .onnx, .trtir or .plan.
+    """Inputs, outputs, ops, parameters, opsets, metadata of an .onnx, .trtir or .plan; a
+    Triton model repository (a folder) is checked against the artifacts it serves.
 
     An .onnx is shown as the file is, then as parsing makes it. An engine without its
-    sidecar shows what can be read without a GPU."""
+    sidecar shows what can be read without a GPU. A repository's every problem is listed,
+    exit 1 when there is one."""
     from trtc.inspect import is_engine
 
+    if artifact.is_dir():
+        _show_repository(artifact, graph=graph, precision=precision, support=support, as_json=as_json)
+        return
     show = _show_engine if is_engine(artifact) else _show_model
     show(artifact, graph=graph, precision=precision, support=support, as_json=as_json)
 
@@ -84,3 +89,28 @@ def _show_model(path: Path, *, graph: bool, precision: bool, support: bool, as_j
         _echo(info, inspect_mod.format_summary, as_json)
     else:
         _echo({"file": file_info, "parsed": info}, inspect_mod.format_onnx, as_json)
+
+
+def _show_repository(repo: Path, *, graph: bool, precision: bool, support: bool, as_json: bool) -> None:
+    from trtc.errors import CheckFailed, TrtcError
+    from trtc.serve.check import check_repository
+
+    flags = [flag for flag, given in (("--graph", graph), ("--precision", precision), ("--support", support)) if given]
+    if flags:
+        raise TrtcError(f"{', '.join(flags)} applies to a model file, not a repository", where=str(repo),
+                        hint="inspect REPO/MODEL/1/model.plan (or the .trtir) for that")
+    models = check_repository(repo)
+    failed = sorted(name for name, result in models.items() if result["problems"])
+    if as_json:
+        echo_json({"repository": str(repo), "models": models, "ok": not failed})
+    else:
+        for name, result in models.items():
+            state = f"{len(result['problems'])} problem(s)" if result["problems"] else "ok"
+            click.echo(f"{name} ({result['backend'] or '?'}): {state}")
+            for problem in result["problems"]:
+                click.echo(f"  {problem}")
+            if result["note"]:
+                click.echo(f"  note: {result['note']}")
+    if failed:
+        raise CheckFailed(f"{sum(len(models[n]['problems']) for n in failed)} problem(s) in {', '.join(failed)}",
+                          where=str(repo))

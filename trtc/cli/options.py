@@ -96,6 +96,35 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+# The optimization profiles' ranges, as trtexec users write them (build, compile, export triton).
+PROFILE_OPTIONS = [
+    click.option("--shapes", "profile_shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
+                 help="Range of a dynamic input, dims as 1x128 (repeatable); one shape NAME:1x3x224x224 "
+                      "means MIN=OPT=MAX. Forms the first profile."),
+    click.option("--min-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]",
+                 help="trtexec's form: the MIN shapes of the first profile (with --opt-shapes/--max-shapes)."),
+    click.option("--opt-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]", help="The OPT shapes."),
+    click.option("--max-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]", help="The MAX shapes."),
+    click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
+                 help="A further optimization profile (repeatable)."),
+]
+PROFILE_FLAGS = ("profile_shapes", "min_shapes", "opt_shapes", "max_shapes", "profile_groups")
+
+
+def profile_options(fn):
+    """--shapes, --min/--opt/--max-shapes and --profile."""
+    return functools.reduce(lambda f, d: d(f), reversed(PROFILE_OPTIONS), fn)
+
+
+def to_profiles(kwargs: dict[str, Any]):
+    """The ProfileSpecs of the profile flags; the flags are removed from `kwargs`."""
+    from trtc.lower.profiles import parse_profiles
+
+    flags = {k: kwargs.pop(k) for k in PROFILE_FLAGS}
+    return parse_profiles(flags["profile_shapes"], flags["profile_groups"], min_shapes=flags["min_shapes"],
+                          opt_shapes=flags["opt_shapes"], max_shapes=flags["max_shapes"])
+
+
 def build_options(fn):
     """Backend, targets, profiles and builder knobs (build and compile share them)."""
     from pathlib import Path
@@ -104,15 +133,7 @@ def build_options(fn):
         click.option("--backend", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
                      show_default=True, help="auto: full TensorRT if importable, else TensorRT-RTX."),
         click.option("--target", metavar="sm86,sm89,...", help="TensorRT-RTX compute capabilities to build for."),
-        click.option("--shapes", "profile_shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
-                     help="Range of a dynamic input, dims as 1x128 (repeatable); one shape NAME:1x3x224x224 "
-                          "means MIN=OPT=MAX. Forms the first profile."),
-        click.option("--min-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]",
-                     help="trtexec's form: the MIN shapes of the first profile (with --opt-shapes/--max-shapes)."),
-        click.option("--opt-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]", help="The OPT shapes."),
-        click.option("--max-shapes", multiple=True, metavar="NAME:DIMS[,NAME:DIMS]", help="The MAX shapes."),
-        click.option("--profile", "profile_groups", multiple=True, metavar="'A:MIN,OPT,MAX B:...'",
-                     help="A further optimization profile (repeatable)."),
+        *PROFILE_OPTIONS,
         click.option("--shape-input", "shape_input_specs", multiple=True, metavar="NAME:MIN,OPT,MAX",
                      help="Value range of an int input that sets output shapes (values as 1x2x3)."),
         click.option("--workspace", type=click.IntRange(min=1), metavar="MB", help="Workspace memory limit."),
@@ -161,19 +182,17 @@ def to_precision_options(kwargs: dict[str, Any]):
                             **{k: v for k, v in given.items() if v is not None})
 
 
-BUILD_FLAGS = ("backend", "target", "profile_shapes", "min_shapes", "opt_shapes", "max_shapes", "profile_groups",
-               "shape_input_specs", "workspace", "opt_level", "timing_cache", "strip_weights")
+BUILD_FLAGS = ("backend", "target", "shape_input_specs", "workspace", "opt_level", "timing_cache", "strip_weights")
 
 
 def to_build_options(kwargs: dict[str, Any]):
     """BuildOptions from the build flags; the flags are removed from `kwargs`."""
     from trtc.lower.backend import parse_targets
     from trtc.lower.build import BuildOptions
-    from trtc.lower.profiles import parse_profiles, parse_range
+    from trtc.lower.profiles import parse_range
 
+    profiles = to_profiles(kwargs)
     flags = {k: kwargs.pop(k) for k in BUILD_FLAGS}
-    profiles = parse_profiles(flags["profile_shapes"], flags["profile_groups"], min_shapes=flags["min_shapes"],
-                              opt_shapes=flags["opt_shapes"], max_shapes=flags["max_shapes"])
     return BuildOptions(backend=flags["backend"], targets=parse_targets(flags["target"]),
                         workspace_mb=flags["workspace"], opt_level=flags["opt_level"],
                         timing_cache=flags["timing_cache"], strip_weights=flags["strip_weights"], profiles=profiles,

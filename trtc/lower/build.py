@@ -94,6 +94,9 @@ def _io_entry(value: ir.Value, carried: Mapping[str, ir.DataType]) -> dict[str, 
     """The model's type; `engine_dtype` when the engine carries it in another (see legalize.py)."""
     entry = {"name": value.name, "dtype": carried.get(value.name, value.dtype).name.lower(),
              "shape": list(dims_of(value))}
+    symbols = [None if isinstance(d, int) else d.value for d in value.shape.dims]
+    if any(symbols):  # which dynamic dims are one dim: `export triton` finds the batch dim by its name
+        entry["dim_names"] = symbols
     if value.name in carried:
         entry["engine_dtype"] = value.dtype.name.lower()
     return entry
