@@ -370,3 +370,12 @@ def test_two_processes_provision_one_environment(triton, tmp_path):
     assert sum("progress: setting up Triton's environment (once)" in out for out in outputs) == 1
     (made,) = [p for p in (tmp_path / "triton").iterdir() if not p.name.endswith(".lock")]  # no staging left
     assert Path(server).is_relative_to(made)
+
+
+def test_not_ready_in_time_is_one_line_and_leaves_nothing(triton, repo):
+    with pytest.raises(TrtcError) as failed:
+        start_server(repo, **FREE_PORTS, ready_timeout=0.2)
+    message = str(failed.value)
+    assert "\n" not in message and "Triton was not ready after 0.2 s (its log ends with: " in message
+    Path(message.split("the server's log: ")[1]).unlink()
+    assert not serving(repo)

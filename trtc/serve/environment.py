@@ -88,7 +88,6 @@ def triton_install(progress: Progress | None = None) -> TritonInstall:
     found = _installed(target)
     if found is not None:
         return found
-    target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target.with_name(f"{target.name}.lock")):
         found = _installed(target)  # another process may have made it while this one waited
         if found is not None:
@@ -181,7 +180,14 @@ def _layout(site_dir: Path, env_bin: Path, env_python: Path) -> TritonInstall | 
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as lock:
+    """Hold an exclusive lock on `lock_path` (made with its folder when missing)."""
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")
+    except OSError as exc:
+        raise TritonUnavailable(f"cannot write Triton's environment into trtc's cache ({exc.strerror})",
+                                where=str(lock_path.parent), hint="point TRTC_CACHE_DIR at a writable folder") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -259,7 +259,7 @@ def _wait_ready(server: TritonServer, ports: dict[str, int], timeout: float) -> 
     reason = log_reason(server.log_path)
     in_use = tuple(name for name, port in ports.items() if re.search(rf":{port}'? already in use", _text(server)))
     if code is None:
-        raise _NotReady(f"Triton was not ready after {timeout:g} s (its log's last line: {reason})")
+        raise _NotReady(f"Triton was not ready after {timeout:g} s ({reason})")
     return_code = f"signal {-code}" if code < 0 else f"exit code {code}"
     raise _NotReady(f"Triton did not start ({return_code}): {reason}", in_use)
 
@@ -307,7 +307,7 @@ _HARMLESS = ("CudaDriverHelper has not been initialized",)
 
 def log_reason(log_path: Path) -> str:
     """The server's own reason for failing, from its log, as one line: the models that failed to load,
-    else a service that failed to start (a port in use), else its last error line."""
+    else a service that failed to start (a port in use), else its last error line, else its last line."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
@@ -327,9 +327,9 @@ def log_reason(log_path: Path) -> str:
     if not chosen:
         tail = [line.strip() for line in lines if line.strip() and not line.startswith(("+", "|"))]
         if not tail:
-            return "it printed nothing"
+            return "its log is empty"
         match = _GLOG.match(tail[-1])
-        return _unquote(match.group(2)) if match else tail[-1]
+        return f"its log ends with: {_unquote(match.group(2)) if match else tail[-1]}"
     return "; ".join(dict.fromkeys(chosen))
 
 
