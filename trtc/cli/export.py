@@ -111,4 +111,8 @@ def export_triton(artifact: Path, repo: Path, as_json: bool, **kwargs: Any) -> N
                f"{report['instance_groups']} instance group(s), version {report['version']}")
     for note in report["notes"]:
         click.echo(f"  note: {note}")
-    click.echo(f"serve it: trtc serve {repo}")
+    if report["backend"] == "python":
+        click.echo(f"serve it: trtc serve {repo}")
+    else:  # the Triton trtc serve runs has no TensorRT backend
+        click.echo(f"serve it with Triton's TensorRT backend: tritonserver --model-repository={repo} "
+                   "(NGC's Triton container)")
