@@ -379,3 +379,43 @@ def test_not_ready_in_time_is_one_line_and_leaves_nothing(triton, repo):
     assert "\n" not in message and "Triton was not ready after 0.2 s (its log ends with: " in message
     Path(message.split("the server's log: ")[1]).unlink()
     assert not serving(repo)
+
+
+@pytest.mark.slow
+def test_command_serves_an_artifact_through_a_temporary_repository(triton, mlp):
+    import onnxruntime
+
+    model = mlp / "mlp.onnx"
+    process = serve_command(str(model), "--shapes", "x:1x16,4x16,8x16", *FREE_PORT_ARGS, "--json")
+    server_pid = None
+    try:
+        line = first_line(process)
+        assert line, process.communicate(timeout=30)
+        facts = json.loads(line)
+        server_pid = facts["pid"]
+        assert facts["artifact"] == str(model) and facts["models"] == ["mlp"]
+        assert facts["export"]["backend"] == "python" and facts["export"]["max_batch_size"] == 8
+        x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+        client = httpclient.InferenceServerClient(facts["http"])
+        tensor = httpclient.InferInput("x", [3, 16], "FP32")
+        tensor.set_data_from_numpy(x)
+        (expected,) = onnxruntime.InferenceSession(str(model)).run(None, {"x": x})
+        np.testing.assert_allclose(client.infer("mlp", [tensor]).as_numpy("y"), expected, rtol=1e-5, atol=1e-6)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert not Path(facts["repository"]).exists()  # the temporary repository goes with the server
+        assert not group_members(server_pid)
+    finally:
+        end(process, server_pid)
+
+
+def test_an_engine_for_tritons_tensorrt_backend_is_refused(mlp, tmp_path, capsys):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
+    plan = tmp_path / "mlp.plan"
+    code, _, err = trtc_in_process(capsys, "build", mlp / "mlp.onnx", "-o", plan, "--no-cache",
+                                   "--shapes", "x:1x16,4x16,8x16")
+    assert code == 0, err
+    one_error_line(trtc_in_process(capsys, "serve", plan),
+                   f"{plan}: exported for Triton's 'tensorrt' backend, which the nvidia-pytriton server",
+                   "add --backend python", "nvcr.io/nvidia/tritonserver")
