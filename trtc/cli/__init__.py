@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("trtc.cli.inspect", "inspect"),
     "export": ("trtc.cli.export", "export"),
     "serve": ("trtc.cli.serve", "serve"),
+    "generate": ("trtc.cli.generate", "generate"),
 }
 
 

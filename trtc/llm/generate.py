@@ -133,16 +133,64 @@ def _budgets(decoder: Decoder, rows: list[list[int]], options: GenerateOptions) 
     return budgets
 
 
-def _layout(spec_padding: str, valid: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(attention mask [B, width], position_ids [B, width]) for rows of `valid` tokens padded to
-    `width`: left padding puts the tokens last, right padding first; pads get position 1 (HF)."""
-    columns = np.arange(width)[None, :]
-    if spec_padding == "left":
-        mask = columns >= width - valid[:, None]
-    else:
-        mask = columns < valid[:, None]
-    positions = np.where(mask, np.cumsum(mask, axis=1) - 1, 1)
-    return mask.astype(np.int64), positions.astype(np.int64)
+class _Batch:
+    """The padded batch as it grows: ids of the prefill, then the attention mask and positions of
+    each step. Finished rows feed a pad that the mask hides, their positions left where they were."""
+
+    def __init__(self, padding: str, rows: list[list[int]], pad_id: int):
+        self.padding = padding
+        self.valid = np.array([len(r) for r in rows])
+        width = int(self.valid.max())
+        self.ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            if padding == "left":
+                self.ids[i, width - len(row):] = row
+            else:
+                self.ids[i, : len(row)] = row
+        columns = np.arange(width)[None, :]
+        left = columns >= width - self.valid[:, None]
+        self.mask = (left if padding == "left" else columns < self.valid[:, None]).astype(np.int64)
+        # HF generate's position_ids: cumsum(mask) - 1, and 1 at the pads.
+        self.positions = np.where(self.mask, np.cumsum(self.mask, axis=1) - 1, 1)
+        # Where each row's next-token logits are in the prefill's output.
+        self.last = np.full(len(rows), width - 1) if padding == "left" else self.valid - 1
+
+    def advance(self, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(attention mask, position_ids) for one more token per row; rows not `active` are masked."""
+        self.valid = self.valid + active
+        if self.padding == "left":
+            self.mask = np.concatenate([self.mask, active[:, None].astype(np.int64)], axis=1)
+        else:
+            self.mask = (np.arange(self.mask.shape[1] + 1)[None, :] < self.valid[:, None]).astype(np.int64)
+        return self.mask, (self.valid - 1)[:, None]
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Each row's new tokens and why it finished (None while it runs)."""
+
+    budgets: np.ndarray
+    stops: frozenset[int]
+    generated: list[list[int]]
+    reasons: list[str | None]
+
+    @property
+    def active(self) -> np.ndarray:
+        return np.array([r is None for r in self.reasons])
+
+    def take(self, tokens: np.ndarray, seen: np.ndarray | None) -> np.ndarray:
+        """Add this step's token to each running row; returns which rows took one."""
+        active = self.active
+        for i in np.flatnonzero(active):
+            token = int(tokens[i])
+            self.generated[i].append(token)
+            if seen is not None:
+                seen[i, token] = True
+            if token in self.stops:
+                self.reasons[i] = "stop"
+            elif len(self.generated[i]) >= self.budgets[i]:
+                self.reasons[i] = "length"
+        return active
 
 
 def generate(decoder: Decoder, prompts: Sequence[Sequence[int]], options: GenerateOptions | None = None, *,
@@ -155,69 +203,44 @@ def generate(decoder: Decoder, prompts: Sequence[Sequence[int]], options: Genera
     if spec.attention_mask is None and len({len(r) for r in rows}) > 1:
         raise TrtcError("prompts of different lengths need an attention mask, and the model takes none",
                         where=decoder.where, hint="run them one at a time")
-    budgets = _budgets(decoder, rows, options)
-    batch, width = len(rows), max(map(len, rows))
-    valid = np.array([len(r) for r in rows])
-    ids = np.full((batch, width), options.pad_id, dtype=np.int64)
-    for i, row in enumerate(rows):
-        if spec.padding == "left":
-            ids[i, width - len(row):] = row
-        else:
-            ids[i, : len(row)] = row
-    mask, positions = _layout(spec.padding, valid, width)
+    state = _Rows(_budgets(decoder, rows, options), frozenset(options.stop_tokens), [[] for _ in rows],
+                  [None] * len(rows))
+    batch = _Batch(spec.padding, rows, options.pad_id)
     sampler = Sampler(options.sampling)
-    seen = None  # the tokens of each row's context, when the repetition penalty needs them
-    generated: list[list[int]] = [[] for _ in rows]
-    reasons: list[str | None] = [None] * batch
-    stops = set(options.stop_tokens)
 
     start = time.perf_counter()
-    logits, past = decoder(ids, mask, positions, decoder.empty_past(batch))
-    last = width - 1 if spec.padding == "left" else valid - 1
-    step_logits = logits[np.arange(batch), last]
+    logits, past = decoder(batch.ids, batch.mask, batch.positions, decoder.empty_past(len(rows)))
+    step_logits = logits[np.arange(len(rows)), batch.last]
+    # The repetition penalty's context: each prompt's tokens (not the pads HF would count too).
+    seen = _seen(rows, step_logits.shape[-1]) if options.sampling.repetition_penalty != 1 else None
     prefill_s = decode_start = 0.0
     step = 0
     while True:
-        if step == 0 and options.sampling.repetition_penalty != 1:
-            seen = _seen(rows, step_logits.shape[-1])
         tokens = sampler(step_logits, seen)
-        active = np.array([r is None for r in reasons])
-        for i in np.flatnonzero(active):
-            token = int(tokens[i])
-            generated[i].append(token)
-            if seen is not None:
-                seen[i, token] = True
-            if token in stops:
-                reasons[i] = "stop"
-            elif len(generated[i]) >= budgets[i]:
-                reasons[i] = "length"
+        active = state.take(tokens, seen)
         if step == 0:
             prefill_s = time.perf_counter() - start
             decode_start = time.perf_counter()
         if on_token:
             on_token(step, tokens, active)
-        if all(r is not None for r in reasons):
+        running = state.active
+        if not running.any():
             break
         step += 1
-        feed = np.where([r is None for r in reasons], tokens, options.pad_id)[:, None]
-        valid = valid + 1
-        width += 1
-        mask, positions = _layout(spec.padding, valid, width)
-        logits, past = decoder(feed, mask, (valid - 1)[:, None], past)
+        mask, positions = batch.advance(running)
+        logits, past = decoder(np.where(running, tokens, options.pad_id)[:, None], mask, positions, past)
         step_logits = logits[:, -1]
     decode_s = time.perf_counter() - decode_start if step else 0.0
-    texts = [tokenizer.decode(g) for g in generated] if tokenizer else [None] * batch
-    new = sum(map(len, generated))
-    timings = Timings(prefill_s=prefill_s, decode_s=decode_s, prompt_tokens=int(sum(map(len, rows))),
-                      new_tokens=new, decode_tokens=new - batch, steps=step + 1)
-    results = [RowResult(prompt_ids=r, ids=g, finish_reason=str(why), text=t)
-               for r, g, why, t in zip(rows, generated, reasons, texts)]
+    new = sum(map(len, state.generated))
+    timings = Timings(prefill_s=prefill_s, decode_s=decode_s, prompt_tokens=sum(map(len, rows)),
+                      new_tokens=new, decode_tokens=new - len(rows), steps=step + 1)
+    results = [RowResult(prompt_ids=r, ids=g, finish_reason=str(why), text=tokenizer.decode(g) if tokenizer else None)
+               for r, g, why in zip(rows, state.generated, state.reasons)]
     return GenerateResult(rows=results, timings=timings, executor=decoder.executor, sampling=options.sampling)
 
 
 def _seen(rows: list[list[int]], vocab: int) -> np.ndarray:
-    """Which tokens each prompt holds, bool [batch, vocab]: the repetition penalty's context
-    (the prompt's tokens only, not the pads HF would count in a padded batch)."""
+    """Which tokens each prompt holds, bool [batch, vocab]."""
     seen = np.zeros((len(rows), vocab), dtype=bool)
     for i, row in enumerate(rows):
         seen[i, row] = True
