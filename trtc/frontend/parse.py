@@ -75,6 +75,7 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
     onnx_load.check_opsets(proto, path)
     onnx_load.check_ops(proto, path)
     onnx_load.check_external_data(proto, path, embedded)
+    onnx_load.check_tensor_data(proto, path)
     onnx_load.check_structure(proto, path)
     source_opset = default_opset(proto)
     if proto.functions:

@@ -502,6 +502,87 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
                         hint="the file is truncated or was exported incorrectly; re-export it") from None
 
 
+# TensorProto's typed data fields, by the field each data type stores its values in, and how many
+# entries one element takes there (onnx.proto: complex values are two, 4-bit values are packed two to
+# an int32 entry, 2-bit four). Types not listed here have no typed field: raw_data or external only.
+_TYPED_FIELDS = {"float_data": (1,), "double_data": (11,), "int64_data": (7,), "uint64_data": (12, 13),
+                 "string_data": (8,),
+                 "int32_data": (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26)}
+
+
+def _typed_entries(data_type: int, elements: int) -> int:
+    if data_type in (14, 15):  # complex64/128 in float_data/double_data
+        return 2 * elements
+    if data_type == onnx.TensorProto.STRING:
+        return elements
+    bits = ir.DataType(data_type).bitwidth
+    return -(-elements * bits // 8) if bits < 8 else elements  # sub-byte types: packed bytes, one per entry
+
+
+def _described(tensor: onnx.TensorProto, dtype: ir.DataType) -> str:
+    return f"{dtype.name.lower()}{list(tensor.dims)}"
+
+
+def _tensor_data_problem(tensor: onnx.TensorProto, model_dir: Path) -> str | None:
+    """What is wrong with a tensor's data against its dims and type, or None."""
+    what = f"tensor {tensor.name!r}"
+    if any(d < 0 for d in tensor.dims):
+        return f"{what} has a negative dim ({list(tensor.dims)})"
+    elements = math.prod(tensor.dims)
+    try:
+        dtype = ir.DataType(tensor.data_type)
+    except ValueError:
+        return f"{what} has an unknown data type ({tensor.data_type})"
+    if dtype == ir.DataType.UNDEFINED:
+        return f"{what} has no data type"
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in tensor.external_data}
+        if dtype == ir.DataType.STRING:
+            return f"{what}: string tensors cannot be external data"
+        need = -(-elements * dtype.bitwidth // 8)
+        try:
+            length = int(info["length"]) if "length" in info else None
+            offset = int(info.get("offset", 0))
+        except ValueError:
+            return f"{what}: external data offset/length are not numbers"
+        if length is None and info.get("location"):
+            real = model_dir / info["location"]
+            length = real.stat().st_size - offset if real.is_file() else None
+        if length is not None and length != need:
+            return f"{what}: {_described(tensor, dtype)} needs {need} bytes, its external data holds {length}"
+        return None
+    if tensor.HasField("raw_data"):
+        if dtype == ir.DataType.STRING:
+            return f"{what}: a string tensor with raw_data"
+        need = -(-elements * dtype.bitwidth // 8)
+        if len(tensor.raw_data) != need:
+            return f"{what}: {_described(tensor, dtype)} needs {need} bytes, raw_data holds {len(tensor.raw_data)}"
+        return None
+    typed = [(field, len(getattr(tensor, field))) for field in _TYPED_FIELDS if len(getattr(tensor, field))]
+    if not typed:
+        if elements == 0:
+            return None
+        return (f"{what}: {_described(tensor, dtype)} holds no data (a weight-stripped model? "
+                "give the model with its weights)")
+    field, count = typed[0]
+    if len(typed) > 1 or tensor.data_type not in _TYPED_FIELDS[field]:
+        return f"{what}: {dtype.name.lower()} values in {', '.join(f for f, _ in typed)}"
+    need = _typed_entries(tensor.data_type, elements)
+    if count != need:
+        return f"{what}: {_described(tensor, dtype)} needs {need} {field} entries, it holds {count}"
+    return None
+
+
+def check_tensor_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse tensors whose data does not match their dims and type (too few or too many bytes, none
+    at all), every one named at once: read as declared, they would be garbage or a read past a buffer."""
+    problems = [p for t in iter_tensor_protos(proto) if (p := _tensor_data_problem(t, path.parent))]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise TrtcError(f"{len(problems)} tensor(s) whose data does not match their dims: {shown}", where=str(path),
+                        hint="the file is truncated, stripped of its weights or exported incorrectly; re-export it")
+
+
 def _lifted(embedded: EmbeddedWeights, info: dict[str, str]) -> bool:
     try:
         return embedded.is_lifted(info.get("location", ""), int(info.get("offset", -1)), int(info.get("length", -1)))
