@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
@@ -369,7 +368,3 @@ def teardown_module() -> None:
     for decoder in _decoders.values():
         decoder.close()
     _decoders.clear()
-
-
-# onnx is imported for the fake models' helpers; keep the name used (ruff F401 otherwise).
-assert onnx

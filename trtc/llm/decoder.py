@@ -262,9 +262,10 @@ class Decoder:
         shape = (batch, self.spec.kv_heads, 0, self.spec.head_dim)
         return [np.zeros(shape, self.spec.cache_dtype) for _ in range(2 * self.spec.layers)]
 
-    def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+    def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, position_ids: np.ndarray | None,
               past: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """The step's inputs by name, in the model's dtypes; inputs the model lacks are left out."""
+        """The step's inputs by name, in the model's dtypes; inputs the model lacks are left out
+        (None is fine for those)."""
         spec = self.spec
         feeds = {spec.input_ids: np.asarray(input_ids, spec.ids_dtype)}
         if spec.attention_mask:
@@ -275,7 +276,7 @@ class Decoder:
         feeds.update(zip(names, past))
         return feeds
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, position_ids: np.ndarray | None,
                  past: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         outputs = self._step(self.feeds(input_ids, attention_mask, position_ids, past))
         presents = [outputs[name] for pair in self.spec.present for name in pair]
