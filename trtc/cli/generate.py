@@ -162,5 +162,6 @@ def _summary(result) -> str:
     decode = f", decode {t.decode_tokens_per_s:.1f} tokens/s" if t.decode_tokens_per_s else ""
     reasons = sorted({r.finish_reason for r in result.rows})
     rows = f" over {len(result.rows)} prompts" if len(result.rows) > 1 else ""
-    return (f"{t.new_tokens} token{'' if t.new_tokens == 1 else 's'}{rows} ({', '.join(reasons)}), time to first token {t.prefill_s * 1e3:.1f} ms, "
+    tokens = f"{t.new_tokens} token{'' if t.new_tokens == 1 else 's'}"
+    return (f"{tokens}{rows} ({', '.join(reasons)}), time to first token {t.prefill_s * 1e3:.1f} ms, "
             f"{rate}{decode}; {result.executor}")
