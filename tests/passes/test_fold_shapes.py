@@ -105,11 +105,37 @@ def test_the_one_unknown_dim_becomes_minus_one():
     assert reshape_target(model) == [-1, 3, 8]
 
 
-def test_allowzero_reshape_gets_minus_one_but_never_zero():
+def test_allowzero_reshape_without_a_literal_zero_copies_dims():
+    """allowzero=1 only changes what a 0 means: a target with none gets copies (0) and allowzero=0."""
     model = reshape_model("x", ["d0", "three", "eight"], dim("x", 0, "d0"),
                           {**dim_inits(("d0", 0)), "three": i64(3), "eight": i64(8)}, ["batch", 3, 8], allowzero=1)
     assert fold(model) == {"reshape-target": 1}
-    assert reshape_target(model) == [-1, 3, 8]
+    assert reshape_target(model) == [0, 3, 8]
+    reshape = next(n for n in model.graph if n.op_type == "Reshape")
+    assert reshape.attributes.get_int("allowzero") == 0
+
+
+def test_minus_one_becomes_the_size_the_ir_infers():
+    """Reshape(x [batch, seq, 64], [d0, d1, -1, 16]) -> [0, 0, 4, 16]: the head count static for TensorRT
+    (IAttention needs it while building)."""
+    x = np.arange(2 * 3 * 64, dtype=np.float32).reshape(2, 3, 64)
+    model = reshape_model("x", ["d0", "d1", "minus_one", "sixteen"], dim("x", 0, "d0") + dim("x", 1, "d1"),
+                          {**dim_inits(("d0", 0), ("d1", 1)), "minus_one": i64(-1), "sixteen": i64(16)},
+                          ["batch", "seq", 64], allowzero=1)
+    assert fold(model, x) == {"reshape-target": 1}
+    assert reshape_target(model) == [0, 0, 4, 16]
+
+
+def test_target_from_dim_arithmetic_is_read_off_the_ir():
+    """A target the trace cannot follow (Add of two dims) is read off the IR's output dims."""
+    nodes = [*dim("x", 0, "d0"), *dim("x", 1, "d1"), *dim("x", 2, "d2"),
+             helper.make_node("Mul", ["d1", "d2"], ["merged"])]
+    model = reshape_model("x", ["d0", "merged"], nodes, dim_inits(("d0", 0), ("d1", 1), ("d2", 2)),
+                          ["batch", "seq", 8])
+    model.graph.outputs[0].shape = ir.Shape(["batch", "seq*8"])
+    x = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 3, 8)
+    assert fold(model, x)["reshape-target"] == 1
+    assert reshape_target(model) == [0, -1]
 
 
 def test_partial_shape_slice_and_squeeze_fold():
@@ -178,10 +204,11 @@ def test_two_unknown_dims_of_another_value_stay():
     assert_untouched(model)
 
 
-def test_allowzero_reshape_never_copies_two_dims():
+def test_allowzero_reshape_with_a_literal_zero_never_copies_two_dims():
+    """With allowzero=1 and a literal 0 in the target, a 0 cannot stand for a copy."""
     nodes = dim("x", 0, "d0") + dim("x", 1, "d1")
-    inits = {**dim_inits(("d0", 0), ("d1", 1)), "two": i64(2), "four": i64(4)}
-    model = reshape_model("x", ["d0", "d1", "two", "four"], nodes, inits, ["batch", "seq", 8], allowzero=1)
+    inits = {**dim_inits(("d0", 0), ("d1", 1)), "nothing": i64(0), "four": i64(4)}
+    model = reshape_model("x", ["d0", "d1", "nothing", "four"], nodes, inits, ["batch", "seq", 0], allowzero=1)
     assert_untouched(model)
 
 

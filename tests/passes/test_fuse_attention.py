@@ -84,8 +84,11 @@ def repeat_kv(name: str, kv_heads: int) -> tuple[list, dict]:
 
 
 def sdpa_model(*, scale: str = "mul", mask: str | None = None, mask_shape=(B, 1, S, S), axis: int = -1,
-               kv_heads: int = H, sq: int = S, skv: int = S, extra_output: str | None = None) -> ir.Model:
-    """Q [B, H, Sq, D], K, V [B, kv_heads, Skv, D] graph inputs -> explicit attention -> y [B, H, Sq, D]."""
+               kv_heads: int = H, sq: int = S, skv: int = S, extra_output: str | None = None,
+               flat_kt: bool = False, guard: str | None = None) -> ir.Model:
+    """Q [B, H, Sq, D], K, V [B, kv_heads, Skv, D] graph inputs -> explicit attention -> y [B, H, Sq, D].
+    flat_kt: K^T through a 3-D view (torch's SDPA decomposition); guard: Where(IsNaN(P), guard, P) after
+    the Softmax ("zero", or "one" for a near miss)."""
     nodes, k, v = [], "k", "v"
     inits = {}
     if kv_heads != H:
@@ -99,9 +102,21 @@ def sdpa_model(*, scale: str = "mul", mask: str | None = None, mask_shape=(B, 1,
         nodes += [helper.make_node("Mul", ["q", "quarter"], ["q_scaled"]),
                   helper.make_node("Mul", [k, "quarter"], ["k_scaled"])]
         q, k = "q_scaled", "k_scaled"
-    nodes.append(helper.make_node("Transpose", [k], ["kt"], perm=[0, 1, 3, 2]))
+    if flat_kt:
+        inits.update({"flat_shape": np.array([-1, skv, D], np.int64), "kt_shape": np.array([B, H, D, skv], np.int64)})
+        nodes += [helper.make_node("Reshape", [k, "flat_shape"], ["k_flat"]),
+                  helper.make_node("Transpose", ["k_flat"], ["kt_flat"], perm=[0, 2, 1]),
+                  helper.make_node("Reshape", ["kt_flat", "kt_shape"], ["kt"])]
+    else:
+        nodes.append(helper.make_node("Transpose", [k], ["kt"], perm=[0, 1, 3, 2]))
     core, core_inits = scores_nodes(q, "kt", scale=scale, mask=mask, sq=sq, skv=skv, axis=axis)
-    nodes += core + [helper.make_node("MatMul", ["probs", v], ["y"], name="pv")]
+    probs = "probs"
+    if guard:
+        inits["guard_fill"] = np.array(0.0 if guard == "zero" else 1.0, np.float32)
+        core += [helper.make_node("IsNaN", ["probs"], ["nan"]),
+                 helper.make_node("Where", ["nan", "guard_fill", "probs"], ["guarded"])]
+        probs = "guarded"
+    nodes += core + [helper.make_node("MatMul", [probs, v], ["y"], name="pv")]
     inputs = [vi("q", [B, H, sq, D]), vi("k", [B, kv_heads, skv, D]), vi("v", [B, kv_heads, skv, D])]
     if mask and mask.startswith(("add", "bool")):
         dtype = onnx.TensorProto.BOOL if mask.startswith("bool") else onnx.TensorProto.FLOAT
@@ -194,6 +209,17 @@ def test_grouped_query_repeat_is_absorbed():
     assert [v.name for v in attention(model).inputs] == ["q", "k", "v", "mask"]  # k, v: 2 heads each
 
 
+def test_torch_sdpa_decomposition_fuses():
+    """torch's opset-18 SDPA export: K^T through a 3-D view, and Where(IsNaN(P), 0, P) after the Softmax
+    (rows with no key to attend to give zeros, as Attention's own rows do)."""
+    model = sdpa_model(kv_heads=2, mask="less-equal", flat_kt=True, guard="zero")
+    assert why_not(node_named(model, "softmax")) is None
+    assert check_pass(model, "fuse-attention", feeds_for(model), **TOL) == {"attention": 1, "causal": 1,
+                                                                           "grouped-query": 1}
+    assert ops(model) == ["Attention"]
+    assert [v.name for v in attention(model).inputs] == ["q", "k", "v"]
+
+
 # Near misses: the graph stays as it is and why_not says why.
 @pytest.mark.parametrize("knobs, reason", [
     ({"axis": 2}, "Softmax is not over the last axis of rank-4 scores"),
@@ -205,6 +231,7 @@ def test_grouped_query_repeat_is_absorbed():
     ({"mask": "bool-min"}, "Where does not mask with -inf"),
     ({"mask": "twice"}, "score scaled has other users"),
     ({"scale": "negative"}, "the combined scale -0.5 is not positive"),  # Attention takes sqrt(scale)
+    ({"guard": "one"}, "the probabilities are not used only by MatMul(P, V)"),  # a guard that does not zero
 ])
 def test_near_misses_do_not_fire(knobs, reason):
     model = sdpa_model(**knobs)

@@ -27,6 +27,7 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.dims import dims
 from trtc.ir.rewrite import add_constant, const_array, is_op
 from trtc.passes._evaluate import (
     EvaluationError,
@@ -183,23 +184,31 @@ class _ShapeTrace:
                 value_to_constant(self.graph, value, ir.tensor(array.reshape(self.tracked[value].shape)))
                 counts["static-shape"] += 1
         for node in list(self.graph):
-            if is_op(node, "Reshape") and node.inputs[1] in self.tracked and node.inputs[1] not in static:
-                target = self.reshape_target(node)
+            if is_op(node, "Reshape") and not is_constant(node.inputs[1]) and node.inputs[1] not in static:
+                target = self.reshape_target(node) if node.inputs[1] in self.tracked else inferred_target(node)
                 if target is not None:
                     node.replace_input_with(1, add_constant(self.graph, target, f"{node.inputs[1].name}_target"))
+                    if 0 in target:  # copies (see reshape_target)
+                        node.attributes["allowzero"] = ir.AttrInt64("allowzero", 0)
                     counts["reshape-target"] += 1
             elif is_op(node, "Equal") and any(v in self.tracked for v in node.inputs) and self.decide_equal(node):
                 counts["equal-decided"] += 1
         return counts
 
     def reshape_target(self, node: ir.Node) -> np.ndarray | None:
-        """The Reshape's target with dims of its own input as 0 (copy) and one unknown as -1."""
+        """The Reshape's target with dims of its own input as 0 (copy) and one unknown as -1, or as the
+        static size the IR infers for it (so that TensorRT knows it while building: a head count).
+
+        With allowzero=1 a 0 is a size, not a copy; a target with no literal 0 means the same either way, so
+        such a Reshape gets its copies too and allowzero=0 (`rewrite` sets it)."""
         shape = node.inputs[1]
         if self.tracked[shape].ndim != 1:
             return None
-        copy_ok = node.attributes.get_int("allowzero", 0) == 0
+        elements = self.elements(shape)
+        copy_ok = node.attributes.get_int("allowzero", 0) == 0 or 0 not in elements
+        out = dims(node.outputs[0]) or ()
         target: list[int | None] = []
-        for k, element in enumerate(self.elements(shape)):
+        for k, element in enumerate(elements):
             if isinstance(element, int):
                 target.append(element)
             elif copy_ok and _same_dim(element, node.inputs[0], k):
@@ -207,6 +216,11 @@ class _ShapeTrace:
             else:
                 target.append(None)
         unknown = [k for k, t in enumerate(target) if t is None]
+        if len(out) == len(target) and copy_ok:  # -1 (given or unknown) where the IR knows the size
+            for k, t in enumerate(target):
+                if (t is None or t == -1) and isinstance(out[k], int) and out[k] > 0:
+                    target[k] = out[k]
+            unknown = [k for k, t in enumerate(target) if t is None]
         if len(unknown) > 1 or (unknown and -1 in target):
             return None
         if unknown:
@@ -248,6 +262,22 @@ class _ShapeTrace:
                 inputs.update(v for v in node.inputs if v is not None)
                 self.graph.remove(node, safe=True)
         drop_dead_initializers(self.graph, inputs)
+
+
+def inferred_target(node: ir.Node) -> np.ndarray | None:
+    """A Reshape's target read off the IR's dims, for a target computed where the trace does not follow
+    (dim arithmetic such as past + seq): the output's static sizes, 0 where it keeps its input's dim on
+    the same axis (the same named symbol), -1 for at most one other dim."""
+    x, out = dims(node.inputs[0]), dims(node.outputs[0])
+    if x is None or out is None or 0 in out:  # a literal 0 would read as a copy
+        return None
+    target = [d if isinstance(d, int) else 0 if k < len(x) and _named(d) and d == x[k] else -1
+              for k, d in enumerate(out)]
+    return np.array(target, dtype=np.int64) if target.count(-1) <= 1 else None
+
+
+def _named(dim: ir.SymbolicDim) -> bool:
+    return dim.value is not None and not INVENTED.search(dim.value)
 
 
 def _same_dim(element: DimOf, value: ir.Value, axis: int) -> bool:

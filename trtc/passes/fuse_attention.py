@@ -242,9 +242,47 @@ class AttentionMatch:
     q_factors: list[tuple[str, ir.Value]] = dataclasses.field(default_factory=list)  # applied to Q: Q * c or Q / c
 
 
+def nan_guard(probs: ir.Value) -> list[ir.Node] | None:
+    """[IsNaN, Where] when the probabilities' readers are exactly Where(IsNaN(P), 0, P): the guard torch's
+    SDPA export puts on rows with no key to attend to (Softmax of all -inf is NaN), which zeroes them as
+    Attention does itself."""
+    users = probs.consumers()
+    if probs.is_graph_output() or len(users) != 2:
+        return None
+    isnan = next((u for u in users if is_op(u, "IsNaN")), None)
+    where = next((u for u in users if is_op(u, "Where")), None)
+    if isnan is None or where is None or sole_reader(isnan.outputs[0]) is not where:
+        return None
+    if list(where.inputs) != [isnan.outputs[0], where.inputs[1], probs] or const_scalar(where.inputs[1]) != 0 \
+            or dims(where.inputs[1]) is None or len(dims(where.inputs[1])) > len(dims(probs) or ()):
+        return None
+    return [isnan, where]
+
+
+def peel_flat_transpose(kt: ir.Value) -> tuple[ir.Value, list[ir.Node]] | None:
+    """(k, nodes) when `kt` is k [B, H, T, D] transposed on its last two axes through a 3-D view:
+    Reshape(Transpose(Reshape(k, [-1, T, D]), [0, 2, 1]), [B, H, D, T]) (torch's SDPA decomposition)."""
+    outer = producer_of(kt, "Reshape")
+    transpose = producer_of(outer.inputs[0], "Transpose") if outer else None
+    inner = producer_of(transpose.inputs[0], "Reshape") if perm_of(transpose) == (0, 2, 1) else None
+    if inner is None:
+        return None
+    k = inner.inputs[0]
+    k_dims, flat, out = dims(k), dims(inner.outputs[0]), dims(kt)
+    if k_dims is None or flat is None or out is None or (len(k_dims), len(flat), len(out)) != (4, 3, 4):
+        return None
+    if not (same_dim(flat[1], k_dims[2]) and same_dim(flat[2], k_dims[3])
+            and all(map(same_dim, out, (k_dims[0], k_dims[1], k_dims[3], k_dims[2])))):
+        return None
+    return k, [outer, transpose, inner]
+
+
 def match_key(kt: ir.Value) -> tuple[ir.Value, tuple[int, ...] | None, float, list[ir.Node]]:
     """K^T as (k, perm making K from k or None, scale factor, nodes)."""
     kt, factor, nodes = peel_scale(kt)
+    if (flat := peel_flat_transpose(kt)) is not None:
+        k, inner, inner_nodes = peel_scale(flat[0])
+        return k, None, factor * inner, nodes + flat[1] + inner_nodes
     transpose = kt.producer()
     perm = perm_of(transpose)
     if perm in ((0, 1, 3, 2), (0, 2, 3, 1)):
@@ -264,9 +302,16 @@ def match_attention(softmax: ir.Node) -> AttentionMatch | str:
     if dtype not in FLOAT_TYPES:
         return f"scores of type {dtype}"
     probs, casts = softmax.outputs[0], []
-    while is_op(user := sole_reader(probs), "Cast") and user.attributes.get_int("to") == dtype:
-        casts.append(user)
-        probs = user.outputs[0]
+    while True:
+        user = sole_reader(probs)
+        if is_op(user, "Cast") and user.attributes.get_int("to") == dtype:
+            casts.append(user)
+            probs = user.outputs[0]
+        elif (guard := nan_guard(probs)) is not None:
+            casts += guard
+            probs = guard[-1].outputs[0]
+        else:
+            break
     if not is_op(user, "MatMul") or user.inputs[0] is not probs:
         return "the probabilities are not used only by MatMul(P, V)"
     pv = user
