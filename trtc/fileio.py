@@ -1,11 +1,14 @@
 """File I/O every stage shares. Atomic writes: a temporary file in the target's folder, fsync, then rename. A crash
-leaves either the old file or none, never half of one."""
+leaves either the old file or none, never half of one; the temporary file a killed writer left (its name holds
+the writer's pid) is removed by the next write to the same path. A full disk is one line, nothing partial left."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,10 @@ def current_umask() -> int:
     return mask
 
 
+# Errors of a write that did not fit: the device is full, a quota or the file-size limit was reached.
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder for a writer that wants a file name (e.g. a
@@ -28,16 +35,60 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     folder = path.resolve().parent
     if not folder.is_dir():
         raise TrtcError("output folder does not exist", where=str(path), hint="create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    remove_stale_temporaries(folder, path.name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _write_error(exc, path) from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make artifacts private to their writer
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except OSError as exc:
+        _unlink(tmp)
+        if exc.errno in NO_SPACE:
+            raise _write_error(exc, path) from None
         raise
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _write_error(exc: OSError, path: Path) -> TrtcError:
+    if exc.errno in NO_SPACE:
+        return TrtcError(f"no space to write it ({exc.strerror}); nothing was written", where=str(path),
+                         hint="free space on that device or write elsewhere")
+    return TrtcError(f"cannot write it ({exc.strerror})", where=str(path))
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Remove the temporary files of writes to `folder/name` whose writer process is gone (killed
+    mid-write); a live writer's file is left alone."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[^.]+\.tmp")
+    try:
+        entries = [e for e in os.scandir(folder) if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        pid = int(pattern.fullmatch(entry.name)[1])
+        if pid != os.getpid() and not _alive(pid):
+            _unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager

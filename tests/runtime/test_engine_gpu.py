@@ -156,7 +156,7 @@ def test_data_dependent_output_shape(backend, tmp_path):
             "inputs": [{"name": "x", "dtype": "float", "shape": [-1]}],
             "outputs": [{"name": "idx", "dtype": index_dtype, "shape": [1, -1]}],
             "profiles": [{"x": [[1], [8], [64]]}]}
-    with EngineRunner(plan, side, backend) as runner:
+    with EngineRunner(plan, side, backend, trust_plan=True) as runner:  # a hand-written sidecar
         for x in (np.array([0, 1, 0, 2], np.float32), np.zeros(5, np.float32), np.arange(64, dtype=np.float32)):
             out = runner.run({"x": x})
             np.testing.assert_array_equal(out["idx"], np.array(np.nonzero(x)))

@@ -20,10 +20,12 @@ from trtc.cli.options import echo_json, input_options, json_option, to_feed_opti
 @click.option("--include-transfers", is_flag=True, help="Engines: time host<->device copies too.")
 @click.option("--runtime-cache", type=click.Path(path_type=Path),
               help="TensorRT-RTX: file of JIT-compiled kernels reused across runs.")
+@click.option("--trust-plan", is_flag=True,
+              help="Engines: deserialize the plan even when its sidecar does not record its bytes (built elsewhere).")
 @tolerance_options
 @json_option
 def run(artifact: Path, inputs, seed, ranges, shapes, output, warmup, iterations, duration, cuda_graph,
-        include_transfers, runtime_cache, atol, rtol, as_json) -> None:
+        include_transfers, runtime_cache, trust_plan, atol, rtol, as_json) -> None:
     """Run a .plan on the GPU, or an .onnx/.trtir on the CPU reference (onnxruntime, then onnx.reference).
 
     An --input .npz may hold expected outputs too (keyed by output name, as the corpus files and
@@ -40,10 +42,12 @@ def run(artifact: Path, inputs, seed, ranges, shapes, output, warmup, iterations
     if artifact.suffix in PLAN_SUFFIXES:
         report = run_engine_file(artifact, feeds, warmup=warmup,
                                  iterations=iterations, duration=duration, cuda_graph=cuda_graph,
-                                 include_transfers=include_transfers, runtime_cache=runtime_cache)
+                                 include_transfers=include_transfers, runtime_cache=runtime_cache,
+                                 trust_plan=trust_plan)
     else:
-        if runtime_cache or cuda_graph or duration or include_transfers:
-            raise TrtcError("--runtime-cache/--cuda-graph/--duration/--include-transfers apply to engines (.plan)",
+        if runtime_cache or cuda_graph or duration or include_transfers or trust_plan:
+            raise TrtcError("--runtime-cache/--cuda-graph/--duration/--include-transfers/--trust-plan apply to "
+                            "engines (.plan)",
                             where=str(artifact))
         report = run_reference_file(artifact, feeds, warmup=warmup, iterations=iterations)
     outputs, given = report.pop("_arrays"), report.pop("_feeds")

@@ -3,9 +3,12 @@ the sidecar that describes the plan, and the content-addressed engine cache."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -162,7 +165,8 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         "ir_content_hash": meta.get("content_hash"), "source": meta.get("source"),
         "build_options": options.key_fields(), "network_layers": lowered.network.num_layers,
         "layer_types": layer_type_counts(lowered.network),
-        "plan_bytes": len(plan_bytes), "build_seconds": round(time.perf_counter() - start, 3),
+        "plan_bytes": len(plan_bytes), "plan_sha256": hashlib.sha256(plan_bytes).hexdigest(),
+        "build_seconds": round(time.perf_counter() - start, 3),
         "warnings": lowered.logger.warnings[-20:],
     }
     return BuildResult(plan_bytes, sidecar, cached=False, layers=listing)
@@ -186,17 +190,54 @@ def write_plan(result: BuildResult, output: Path) -> Path:
 def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions, *,
                  cache_dir: Path | None, where: str = "",
                  progress: Callable[[str], None] | None = None) -> BuildResult:
-    """`build_engine`, reusing an engine built before from the same IR, options and backend."""
+    """`build_engine`, reusing an engine built before from the same IR, options and backend.
+
+    One build per key: a lock file per entry makes concurrent builds of one engine (CI jobs sharing
+    a home directory) wait for the first and reuse its engine. An entry is used only when its plan's
+    SHA-256 is the one its sidecar records; a truncated or mismatched entry is rebuilt, and said."""
     content_hash = meta.get("content_hash")
     if cache_dir is None or not content_hash or options.list_layers:
         return build_engine(model, meta, backend, options, where=where, progress=progress)
     key = cache_key(content_hash, options, backend)
     plan_path, side_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"
-    if plan_path.exists() and side_path.exists():
-        return BuildResult(plan_path.read_bytes(), json.loads(side_path.read_text()), cached=True)
-    result = build_engine(model, meta, backend, options, where=where, progress=progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(plan_path, result.plan)
-    write_atomic(side_path, (json.dumps(result.sidecar, indent=1, sort_keys=True) + "\n").encode())
-    return result
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrtcError(f"cannot create the engine cache ({exc.strerror})", where=str(cache_dir),
+                        hint="give another --cache-dir, or --no-cache") from None
+    with _entry_lock(cache_dir / f"{key}.lock"):
+        cached = _cached_entry(plan_path, side_path)
+        if cached is not None:
+            return cached
+        result = build_engine(model, meta, backend, options, where=where, progress=progress)
+        write_atomic(plan_path, result.plan)
+        write_atomic(side_path, (json.dumps(result.sidecar, indent=1, sort_keys=True) + "\n").encode())
+        return result
 
+
+@contextlib.contextmanager
+def _entry_lock(path: Path):
+    """An exclusive lock on one cache entry (released by the OS if the process dies)."""
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cached_entry(plan_path: Path, side_path: Path) -> BuildResult | None:
+    """The entry when it is whole: the sidecar parses and the plan's SHA-256 is the one it records."""
+    if not (plan_path.exists() and side_path.exists()):
+        return None
+    plan = plan_path.read_bytes()
+    try:
+        sidecar = json.loads(side_path.read_text())
+        recorded = sidecar["plan_sha256"]
+    except (ValueError, KeyError, TypeError):
+        recorded = None
+    if recorded == hashlib.sha256(plan).hexdigest():
+        return BuildResult(plan, sidecar, cached=True)
+    logging.getLogger("trtc").warning("engine cache entry %s does not match its record (truncated or changed); "
+                                      "rebuilding it", plan_path.name)
+    return None

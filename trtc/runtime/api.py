@@ -11,7 +11,7 @@ from trtc.errors import TrtcError
 from trtc.loading import open_model
 from trtc.reference.feeds import FeedOptions, frozen_inputs, load_feeds, model_inputs, model_outputs, validate_feeds
 from trtc.reference.runner import InputRejected, ReferenceRunner, summarize, time_runs
-from trtc.runtime.sidecar import read_sidecar, sidecar_inputs
+from trtc.runtime.sidecar import read_sidecar, sidecar_inputs, verify_plan_bytes
 
 if TYPE_CHECKING:
     from trtc.reference.feeds import GeneratedInput
@@ -70,12 +70,13 @@ def engine_opt_shapes(sidecar: Mapping[str, Any], shapes: Mapping[str, tuple[int
 def run_engine_file(path: Path, feeds: FeedOptions | None = None, *, warmup: int = 0, iterations: int = 0,
                     duration: float | None = None,
                     cuda_graph: bool = False, include_transfers: bool = False,
-                    runtime_cache: Path | None = None) -> dict[str, Any]:
-    """Validate the inputs against the sidecar, then (only then) touch the GPU."""
+                    runtime_cache: Path | None = None, trust_plan: bool = False) -> dict[str, Any]:
+    """Validate the plan's bytes and the inputs against the sidecar, then (only then) touch the GPU."""
     from trtc.lower.backend import load_backend
     from trtc.runtime.engine import EngineRunner, no_gpu_reason, validate_engine_feeds
 
     sidecar = read_sidecar(path)
+    verify_plan_bytes(path.read_bytes(), sidecar, str(path), trust=trust_plan)
     feeds = feeds or FeedOptions()
     feeds = dataclasses.replace(feeds, shapes=engine_opt_shapes(sidecar, feeds.shapes))
     given = load_feeds(sidecar_inputs(sidecar), feeds, outputs=[o["name"] for o in sidecar["outputs"]])
@@ -86,7 +87,7 @@ def run_engine_file(path: Path, feeds: FeedOptions | None = None, *, warmup: int
         trtir = Path(sidecar["source"]["path"]).with_suffix(".trtir").name if sidecar.get("source") else "model.trtir"
         raise TrtcError(f"cannot run a TensorRT engine here: {reason}", where=str(path),
                         hint=f"run the CPU reference instead: trtc run {trtir}")
-    with EngineRunner(path, sidecar, load_backend(sidecar["backend"]), runtime_cache) as runner:
+    with EngineRunner(path, sidecar, load_backend(sidecar["backend"]), runtime_cache, trust_plan=trust_plan) as runner:
         outputs = runner.run(arrays)
         timing = None
         if iterations or duration:

@@ -23,7 +23,7 @@ from trtc.lower.backend import RTX_TARGETS, Backend
 from trtc.reference.feeds import check_feed_dtype, check_feed_names
 from trtc.reference.runner import latency_summary
 from trtc.runtime import cuda
-from trtc.runtime.sidecar import EngineTensorSpec, dims_text, sidecar_specs
+from trtc.runtime.sidecar import EngineTensorSpec, dims_text, sidecar_specs, verify_plan_bytes
 
 Shape = tuple[int, ...]
 DEFAULT_ITERATIONS = 100
@@ -248,12 +248,14 @@ class EngineRunner:
     """
 
     def __init__(self, plan_path: str | Path, sidecar: Mapping[str, Any], backend: Backend,
-                 runtime_cache: str | Path | None = None, *, device: int = 0, where: str | None = None):
+                 runtime_cache: str | Path | None = None, *, device: int = 0, where: str | None = None,
+                 trust_plan: bool = False):
         self.plan_path = Path(plan_path)
         self.sidecar = sidecar
         self.backend = backend
         self.where = where if where is not None else str(plan_path)
         self.runtime_cache_path = Path(runtime_cache) if runtime_cache else None
+        self.trust_plan = trust_plan
         self.runtime_cache_loaded = False
         self.runtime_cache_note: str | None = None
         self.profile: int | None = None
@@ -298,6 +300,7 @@ class EngineRunner:
         self._logger = RecordingLogger(trt)
         self._runtime = trt.Runtime(self._logger)
         data = self.plan_path.read_bytes()
+        verify_plan_bytes(data, self.sidecar, self.where, trust=self.trust_plan)  # the bytes deserialized, checked
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise TrtcError(self._load_failure(data), where=self.where)

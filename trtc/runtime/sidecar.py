@@ -80,6 +80,24 @@ def read_sidecar(plan: str | Path) -> dict[str, Any]:
     return data
 
 
+def verify_plan_bytes(data: bytes, sidecar: Mapping[str, Any], where: str, *, trust: bool = False) -> None:
+    """Deserializing a plan runs TensorRT's parser on its bytes: only bytes whose SHA-256 is the one
+    the sidecar records (the engine trtc built) are deserialized, unless the user trusts the plan."""
+    import hashlib
+
+    if trust:
+        return
+    recorded = sidecar.get("plan_sha256")
+    if recorded is None:
+        raise TrtcError("the sidecar records no SHA-256 of the engine (built by an older trtc, or elsewhere)",
+                        where=where, hint="rebuild it with `trtc build`, or pass --trust-plan if you trust the file")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != recorded:
+        raise TrtcError(f"the engine's bytes differ from those its sidecar records (SHA-256 {actual[:12]}..., "
+                        f"recorded {recorded[:12]}...): changed, truncated or from elsewhere", where=where,
+                        hint="rebuild it with `trtc build`, or pass --trust-plan if you trust the file")
+
+
 def dims_text(dims: Sequence[int]) -> str:
     """1x?x128: -1 dims shown as ?."""
     return "x".join("?" if d < 0 else str(d) for d in dims)
