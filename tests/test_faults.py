@@ -134,3 +134,38 @@ def test_a_plan_whose_bytes_differ_from_its_sidecar_is_not_deserialized(model, t
     assert "SHA-256" not in trusted.stderr
     if os.environ.get("CUDA_VISIBLE_DEVICES") is None and trusted.returncode == 2:
         assert "cannot run a TensorRT engine here" in trusted.stderr or "GPU" in trusted.stderr
+
+
+def _relu_model(tmp_path: Path) -> Path:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1024])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_an_input_of_2_to_the_40_elements_is_refused_before_allocation(tmp_path):
+    model = _relu_model(tmp_path)
+    proc = run_trtc("run", model, "--shape", "x=1073741824x1024")  # 2**40 elements, 4 TiB of float32
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "generating x 1073741824x1024" in proc.stderr and "above the" in proc.stderr
+    assert "--max-memory" in proc.stderr
+    # A file whose header declares 2**40 elements (and holds 64 bytes) is refused by its header.
+    with open(tmp_path / "huge.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 30, 1024)})
+        f.write(bytes(64))
+    proc = run_trtc("run", model, "--input", tmp_path / "huge.npy")
+    assert proc.returncode == 2 and "its arrays would take 4096 GiB" in proc.stderr, proc.stderr
+    # The limit is the user's to set.
+    env_limited = subprocess.run([sys.executable, "-m", "trtc", "run", str(model), "--shape", "x=64x1024"], cwd=REPO,
+                                 capture_output=True, text=True, env={**os.environ, "TRTC_MAX_MEMORY": "64K"})
+    assert env_limited.returncode == 2 and "above the 0.0625 MiB inputs may take" in env_limited.stderr
+    assert run_trtc("run", model, "--shape", "x=4x1024").returncode == 0
+
+
+def test_npz_files_are_never_unpickled(tmp_path):
+    model = _relu_model(tmp_path)
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object))
+    proc = run_trtc("run", model, "--input", tmp_path / "objects.npz")
+    assert proc.returncode == 2 and "without pickle" in proc.stderr, proc.stderr

@@ -4,6 +4,8 @@ and validating them before anything runs. Shared by the CPU reference and engine
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -159,17 +161,67 @@ def parse_ranges(args: Sequence[str]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _load_array_file(path: Path, option: str) -> dict[str, np.ndarray] | np.ndarray:
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, option: str) -> int:
+    """Bytes from `8G`, `512M`, `1.5g`, `4096`."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)i?[bB]?\s*", text)
+    if not m or float(m[1]) <= 0:
+        raise TrtcError(f"expected a size such as 8G, 512M or 4096, got {text!r}", where=option)
+    return int(float(m[1]) * _SIZE_UNITS[m[2].lower()])
+
+
+def memory_limit(options: FeedOptions | None = None) -> int:
+    """What inputs may take: `--max-memory`, else $TRTC_MAX_MEMORY, else half the machine's RAM."""
+    if options is not None and options.max_memory is not None:
+        return options.max_memory
+    if os.environ.get("TRTC_MAX_MEMORY"):
+        return parse_size(os.environ["TRTC_MAX_MEMORY"], "TRTC_MAX_MEMORY")
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.4g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.4g} MiB"
+
+
+def _declared_arrays(path: Path) -> list[tuple[str, int]]:
+    """(name, bytes) of each array an .npy/.npz declares in its headers, read without its data."""
+    def header_bytes(f) -> int:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        return math.prod(shape) * dtype.itemsize
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            out = []
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    out.append((info.filename.removesuffix(".npy"), header_bytes(member)))
+            return out
+    with open(path, "rb") as f:
+        return [(path.name, header_bytes(f))]
+
+
+def _load_array_file(path: Path, option: str, limit: int | None = None) -> dict[str, np.ndarray] | np.ndarray:
     if not path.is_file():
         raise TrtcError("input file not found", where=f"{option} {path}")
     try:
+        if limit is not None:  # a header may declare more than the file holds: checked before any allocation
+            declared = _declared_arrays(path)
+            if sum(n for _, n in declared) > limit:
+                big = ", ".join(f"{name} {_gib(n)}" for name, n in declared if n > limit // 8) or "its arrays"
+                raise TrtcError(f"its arrays would take {_gib(sum(n for _, n in declared))} ({big}), above the "
+                                f"{_gib(limit)} inputs may take (raise it with --max-memory or TRTC_MAX_MEMORY if "
+                                "the machine has the memory)", where=str(path))
         data = np.load(path, allow_pickle=False)  # never unpickle user files
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:  # an .npz's members are read here: their errors are the file's too
+                return {k: data[k] for k in data.files}
+        return data
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # not an array file, or a cut-off one
         raise TrtcError(f"cannot read as .npy/.npz without pickle ({exc})", where=str(path)) from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            return {k: data[k] for k in data.files}
-    return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +233,8 @@ class FileArray:
     source: str
 
 
-def read_files(args: Sequence[str], specs: Sequence[TensorSpec]) -> tuple[list[FileArray], list[str]]:
+def read_files(args: Sequence[str], specs: Sequence[TensorSpec],
+               limit: int | None = None) -> tuple[list[FileArray], list[str]]:
     """Every array of `--input x.npy` (single-input models), `--input NAME=x.npy` and
     `--input all.npz`, in order, and the problems met (unreadable files, unnamed arrays), so
     the caller can report them together with its own."""
@@ -190,7 +243,7 @@ def read_files(args: Sequence[str], specs: Sequence[TensorSpec]) -> tuple[list[F
     for arg in args:
         name, _, file = arg.rpartition("=") if "=" in arg else ("", "", arg)
         try:
-            data = _load_array_file(Path(file), "--input")
+            data = _load_array_file(Path(file), "--input", limit)
         except TrtcError as exc:  # said with the other problems, located by the file alone
             problems.append(f"{file}: {exc.message}")
             continue
@@ -374,12 +427,16 @@ class FeedOptions:
     ranges: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     generate: tuple[str, ...] = ()
+    max_memory: int | None = None  # bytes the inputs may take; None: memory_limit()'s default
 
     @classmethod
     def from_cli(cls, inputs: Sequence[str] = (), seed: int = 0, ranges: Sequence[str] = (),
-                 shapes: Sequence[str] = (), generate: Sequence[str] = ()) -> FeedOptions:
-        """From the `--input/--seed/--range/--shape/--generate` strings; every malformed one is an error here."""
-        return cls(tuple(inputs), seed, parse_ranges(ranges), parse_shapes(shapes), tuple(generate))
+                 shapes: Sequence[str] = (), generate: Sequence[str] = (),
+                 max_memory: str | None = None) -> FeedOptions:
+        """From the `--input/--seed/--range/--shape/--generate/--max-memory` strings; every malformed
+        one is an error here."""
+        return cls(tuple(inputs), seed, parse_ranges(ranges), parse_shapes(shapes), tuple(generate),
+                   parse_size(max_memory, "--max-memory") if max_memory is not None else None)
 
     def with_seed(self, seed: int) -> FeedOptions:
         return dataclasses.replace(self, seed=seed)
@@ -428,7 +485,8 @@ def load_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None,
     names = [s.name for s in specs]
     output_names = list(outputs or ())
     frozen = {k: v for k, v in (frozen or {}).items() if k not in names}
-    given, problems = read_files(options.files, specs)
+    limit = memory_limit(options)
+    given, problems = read_files(options.files, specs, limit)
     unused: dict[str, str] = {}
     for entry in [e for e in given if e.name in frozen]:
         given.remove(entry)
@@ -500,12 +558,19 @@ def load_feeds(specs: Sequence[TensorSpec], options: FeedOptions | None = None,
                 f"whose value trtc will not make up: give it with --input {spec.name}=FILE.npy, draw it with "
                 f"--range {spec.name}=LOW:HIGH, or freeze it when parsing (trtc parse MODEL --freeze "
                 f"{spec.name}=VALUE)")
+    shapes = {} if problems else {spec.name: resolve_shape(spec, options.shapes, dim_values, batch) for spec in to_make}
+    # Generated arrays are drawn in float64/int64 first: that is the peak, checked before any allocation.
+    needed = {name: math.prod(shape) * 8 for name, shape in shapes.items()}
+    if sum(needed.values()) > limit:
+        listed = ", ".join(f"{name} {'x'.join(map(str, shapes[name]))} ({_gib(n)})" for name, n in needed.items())
+        problems.append(f"generating {listed} would take {_gib(sum(needed.values()))}, above the {_gib(limit)} "
+                        "inputs may take; give smaller --shape values, or raise --max-memory (TRTC_MAX_MEMORY)")
     if problems:
         raise TrtcError("; ".join(problems), where="--input" if options.files else None)
     rng = np.random.default_rng(options.seed)
     generated = []
     for spec in to_make:  # in the model's order, one generator: the same seed gives the same data
-        shape = resolve_shape(spec, options.shapes, dim_values, batch)
+        shape = shapes[spec.name]
         value_range = options.ranges.get(spec.name)
         arrays[spec.name] = generate_input(spec, shape, rng, value_range)
         generated.append(GeneratedInput(spec.name, str(spec.dtype), tuple(int(d) for d in shape),
