@@ -26,15 +26,17 @@ from trtc.ir import Artifact
 from trtc.ir.artifact import model_content_hash
 from trtc.loading import open_model
 from trtc.lower.build import BuildOptions, BuildResult
-from trtc.lower.profiles import opt_shapes
+from trtc.lower.profiles import ProfileSpec, opt_shapes
 from trtc.passes import PassContext
 from trtc.passes.pipeline import OptimizeReport, optimized_meta, select_passes
+from trtc.passes.static_kv_cache import LlmOptions
 from trtc.precision.rules import PrecisionOptions
 from trtc.reference.feeds import FeedOptions, frozen_inputs, load_feeds, make_feeds, model_inputs, validate_feeds
 
 Progress = Callable[[str], None] | None
 
-__all__ = ["BuildOptions", "FeedOptions", "OptimizeOptions", "PrecisionOptions", "build", "calibration_feeds",
+__all__ = ["BuildOptions", "FeedOptions", "LlmOptions", "OptimizeOptions", "PrecisionOptions", "build",
+           "calibration_feeds",
            "compile_model", "open_model", "optimize", "prepare_for_lowering", "support"]
 
 
@@ -48,13 +50,15 @@ class OptimizeOptions:
     fold_max_mb: float = 64.0
     verify: bool = False
     precision: PrecisionOptions | None = None
+    llm: LlmOptions | None = None  # --llm: the decoder's growing KV cache made static (static-kv-cache)
 
     def record(self) -> dict[str, Any]:
         """What identifies this stage's work (calibration files by content)."""
         from trtc.precision.api import precision_record
 
         return {"passes": [p.name for p in select_passes(self.passes, self.disable)], "fold_max_mb": self.fold_max_mb,
-                "precision": precision_record(self.precision) if self.precision else None}
+                "precision": precision_record(self.precision) if self.precision else None,
+                **({"llm": self.llm.record()} if self.llm else {})}
 
 
 @dataclasses.dataclass
@@ -91,9 +95,16 @@ def optimize(artifact: Artifact, options: OptimizeOptions = OptimizeOptions(), f
         verify_feeds = load_feeds(specs, feeds, [v.name for v in artifact.model.graph.outputs],
                                   frozen=frozen_inputs(artifact.model, artifact.meta)).arrays
         validate_feeds(specs, verify_feeds, where=str(artifact.path or "model"))
-    report = run_passes(artifact.model, passes=chosen, ctx=PassContext(fold_max_bytes=int(options.fold_max_mb * 2**20)),
-                        verify_feeds=verify_feeds, after_pass=after_pass, progress=progress)
+    ctx = PassContext(fold_max_bytes=int(options.fold_max_mb * 2**20), llm=options.llm)
+    report = run_passes(artifact.model, passes=chosen, ctx=ctx, verify_feeds=verify_feeds, after_pass=after_pass,
+                        progress=progress)
+    llm = None
+    if options.llm:
+        report, llm = _make_static(artifact, chosen, ctx, verify_feeds, after_pass, progress, report)
+        feeds = dataclasses.replace(feeds, shapes={**_opt_shapes(llm["profiles"][0]["shapes"]), **feeds.shapes})
     meta = optimized_meta(artifact.meta, report, {"verify": options.verify, **options.record()})
+    if llm or artifact.meta.get("llm"):  # made here, or carried over from an --llm artifact
+        meta["llm"] = llm or artifact.meta["llm"]
     precision = None
     if options.precision:
         from trtc.precision.api import run_precision
@@ -102,8 +113,80 @@ def optimize(artifact: Artifact, options: OptimizeOptions = OptimizeOptions(), f
             progress("precision: observing calibration data")
         artifact.meta = meta
         precision = meta["precision"] = run_precision(artifact, options.precision, feeds)
+        _type_caches(artifact)
     artifact.meta = meta
     return OptimizeResult(report, precision)
+
+
+def _type_caches(artifact: Artifact) -> None:
+    """An --llm artifact typed for fp16/bf16 keeps its KV cache in that type, in and out (written in place)."""
+    from trtc.passes.static_kv_cache import cache_layout, low_precision_caches
+
+    if artifact.meta.get("llm") and low_precision_caches(artifact.model):
+        artifact.meta["llm"] = {**artifact.meta["llm"], **cache_layout(artifact.model)}
+
+
+def _make_static(artifact: Artifact, chosen, ctx: PassContext, verify_feeds: Mapping[str, Any] | None,
+                 after_pass: Callable[[str, ir.Model], None] | None, progress: Progress,
+                 report: OptimizeReport) -> tuple[OptimizeReport, dict[str, Any]]:
+    """--llm: the static-kv-cache pass after the passes that fuse the attentions it rewrites, then those passes
+    again to clean up. Under --verify, the static model is run on the verify inputs moved into its cache and
+    must reproduce the model before it (the logits and each present in the slots it fills)."""
+    from trtc.passes import PASSES
+    from trtc.passes.pipeline import optimize as run_passes
+    from trtc.passes.static_kv_cache import cache_layout, llm_profiles
+
+    before = artifact.model.clone() if verify_feeds is not None else None
+    before_inputs = list(artifact.model.graph.inputs)
+    static = run_passes(artifact.model, passes=[PASSES["static-kv-cache"], *chosen], ctx=ctx, after_pass=after_pass,
+                        progress=progress)
+    layout = cache_layout(artifact.model)
+    if layout is None:
+        raise TrtcError("--llm: the model has no growing KV cache (present = Concat(past input, new) on the "
+                        "sequence axis) to make static", where=str(artifact.path or "model"))
+    if before is not None:
+        check_static(before, artifact.model, layout, verify_feeds)
+    merged = OptimizeReport(report.runs + static.runs, report.nodes_before, static.nodes_after,
+                            report.iterations + static.iterations, report.seconds + static.seconds, report.verified)
+    llm = {**ctx.llm.record(), **layout,
+           "dropped_inputs": [v.name for v in before_inputs if v.name not in layout["inputs"]]}
+    llm["profiles"] = llm_profiles(llm, ctx.llm.max_batch)
+    return merged, llm
+
+
+def check_static(before: ir.Model, after: ir.Model, layout: Mapping[str, Any], feeds: Mapping[str, Any]) -> None:
+    """The static model on `feeds` moved into its cache reproduces `before` on `feeds` (CheckFailed if not):
+    the logits and every present over the slots it fills, within 1e-5 of each output's largest magnitude."""
+    import numpy as np
+
+    from trtc.errors import CheckFailed
+    from trtc.passes.static_kv_cache import to_static_feeds
+    from trtc.reference.runner import ReferenceRunner
+
+    want = ReferenceRunner(before).run(feeds)
+    got = ReferenceRunner(after).run(to_static_feeds(layout, feeds), validate=False)
+    for name, expected in want.items():
+        actual = np.asarray(got[name])
+        if actual.shape != expected.shape:  # a present: the slots the run filled
+            actual = actual[:, :, :expected.shape[2]]
+        error = float(np.max(np.abs(actual - expected), initial=0.0))
+        bound = 1e-5 * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+        if not error <= bound:
+            raise CheckFailed(f"pass 'static-kv-cache' changed output {name!r}: max abs error {error:.3g} exceeds "
+                              f"{bound:.3g}", hint="rerun without --llm and report the model")
+
+
+def _opt_shapes(profile: Mapping[str, tuple]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(rng[1]) for name, rng in profile.items()}
+
+
+def llm_build_options(options: BuildOptions, meta: Mapping[str, Any]) -> BuildOptions:
+    """An --llm artifact builds with its prefill and decode profiles unless profiles are given."""
+    if options.profiles or not meta.get("llm"):
+        return options
+    return dataclasses.replace(options, profiles=[
+        ProfileSpec({k: tuple(map(tuple, r)) for k, r in p["shapes"].items()}, f"--llm {p['name']} profile")
+        for p in meta["llm"]["profiles"]])
 
 
 def prepare_for_lowering(artifact: Artifact, options: BuildOptions | None = None, *,
@@ -123,7 +206,8 @@ def prepare_for_lowering(artifact: Artifact, options: BuildOptions | None = None
         if progress:
             progress("precision: observing calibration data")
         artifact.meta["precision"] = run_precision(artifact, optimize_options.precision,
-                                                   calibration_feeds(feeds, options))
+                                                   calibration_feeds(feeds, llm_build_options(options, artifact.meta)))
+        _type_caches(artifact)
     if (from_onnx or wants_typing) and hash_content:
         artifact.meta["content_hash"] = model_content_hash(artifact.model)
     return artifact
@@ -137,6 +221,7 @@ def build(artifact: Artifact, output: str | Path, options: BuildOptions | None =
 
     options = options or BuildOptions()
     prepare_for_lowering(artifact, options, optimize_options=optimize_options, feeds=feeds, progress=progress)
+    options = llm_build_options(options, artifact.meta)
     return build_artifact(artifact, Path(output), options, cache=cache, cache_dir=cache_dir, progress=progress)
 
 
@@ -205,6 +290,7 @@ def _compile_build(optimized: Path, header: Mapping[str, Any], out: Path, option
 
     from trtc.ir import load_artifact
 
+    options = llm_build_options(options, header)
     side = Path(f"{out}.json")
     if out.exists() and side.exists():
         sidecar = json.loads(side.read_text())
@@ -233,6 +319,35 @@ def _compile_compare(parsed: Path, optimized: Path, feeds: FeedOptions) -> dict[
         candidate.close()
     outputs = {name: error_metrics(np.asarray(want[name]), np.asarray(got[name]))
                for name in want if isinstance(want[name], np.ndarray) and want[name].dtype.kind == "f"}
+    return {"runs_on": candidate.how, "outputs": outputs}
+
+
+def _compile_compare_llm(parsed: Path, optimized: Path, layout: Mapping[str, Any], feeds: FeedOptions
+                         ) -> dict[str, Any]:
+    """--llm: the parsed model with its growing cache against the static one, on a prefill of random ids and one
+    decode step after it (batch 2, or 1 for --max-batch 1): the logits, and each present over the slots filled."""
+    import numpy as np
+
+    from trtc.compare import executable_for
+    from trtc.passes.static_kv_cache import growing_feeds, to_static_feeds
+    from trtc.reference.metrics import error_metrics
+
+    reference, candidate = executable_for(parsed), executable_for(optimized)
+    batch, seq = min(2, layout["max_batch"]), max(1, min(8, layout["max_seq"] // 2))
+    outputs: dict[str, Any] = {}
+    try:
+        grown = growing_feeds(reference.inputs, batch, seq, feeds.seed)
+        for step in ("prefill", "decode"):
+            want = reference.run(grown)
+            got = candidate.run(to_static_feeds(layout, grown))
+            for name, expected in want.items():
+                actual = np.asarray(got[name])[:, :, :np.asarray(expected).shape[2]] if name != "logits" \
+                    else np.asarray(got[name])
+                outputs[f"{step}:{name}"] = error_metrics(np.asarray(expected), actual)
+            grown = growing_feeds(reference.inputs, batch, 1, feeds.seed + 1, presents=want)
+    finally:
+        reference.close()
+        candidate.close()
     return {"runs_on": candidate.how, "outputs": outputs}
 
 
@@ -273,8 +388,12 @@ def compile_model(model: str | Path, outdir: str | Path, *, optimize_options: Op
                       feeds, progress)
     sidecar = timed("build", _compile_build, paths["optimize"], optimized, paths["build"], build_options,
                     cache=cache, cache_dir=cache_dir, progress=progress)
-    comparison = timed("compare", _compile_compare, paths["parse"], paths["optimize"],
-                       feeds.with_seed(feeds.seed + 1000))
+    if optimized.get("llm"):
+        comparison = timed("compare", _compile_compare_llm, paths["parse"], paths["optimize"], optimized["llm"],
+                           feeds.with_seed(feeds.seed + 1000))
+    else:
+        comparison = timed("compare", _compile_compare, paths["parse"], paths["optimize"],
+                           feeds.with_seed(feeds.seed + 1000))
     opt = optimized["optimize"]
     report = {
         "model": str(model), "trtc_version": __version__, "stages": stages,

@@ -13,11 +13,13 @@ from trtc.cli.options import (
     freeze_option,
     input_options,
     json_option,
+    llm_options,
     precision_options,
     progress_line,
     support_text,
     to_build_options,
     to_feed_options,
+    to_llm_options,
     to_precision_options,
 )
 
@@ -90,6 +92,7 @@ def _list_passes(ctx: click.Context, _param: click.Parameter, value: bool) -> No
 @click.option("--dump-after", metavar="PASS", multiple=True,
               help="Write the graph text after PASS to OUTPUT.after-PASS.txt.")
 @precision_options
+@llm_options
 @json_option
 def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, inputs, seed, ranges, shapes,
              fold_max_mb, report_path, dump_after, as_json, **flags) -> None:
@@ -105,7 +108,7 @@ def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, i
     from trtc.precision.api import precision_summary_text
 
     options = OptimizeOptions(passes=_names(pass_list), disable=tuple(_names(disable) or ()), verify=verify,
-                              precision=to_precision_options(flags),
+                              precision=to_precision_options(flags), llm=to_llm_options(flags),
                               **({"fold_max_mb": fold_max_mb} if fold_max_mb is not None else {}))
     feeds = to_feed_options(inputs, seed, ranges, shapes)
     select_passes(options.passes, options.disable)
@@ -161,6 +164,7 @@ def _report_table(report) -> str:
                    "dtype and shape) as JSON to FILE; '-' prints them (with --json, as 'layers').")
 @freeze_option
 @precision_options
+@llm_options
 @input_options
 @json_option
 def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, seed, ranges, shapes, as_json,
@@ -176,7 +180,7 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
 
     options = to_build_options(flags)
     options.list_layers = dump_layers is not None
-    optimize_options = OptimizeOptions(precision=to_precision_options(flags))
+    optimize_options = OptimizeOptions(precision=to_precision_options(flags), llm=to_llm_options(flags))
     feeds = to_feed_options(inputs, seed, ranges, shapes)
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
@@ -222,6 +226,7 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
 @build_options
 @freeze_option
 @precision_options
+@llm_options
 @input_options
 @json_option
 def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes, as_json, no_cache, cache_dir,
@@ -231,7 +236,7 @@ def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes,
     from trtc.pipeline import OptimizeOptions, compile_model
 
     build_opts = to_build_options(flags)
-    optimize_options = OptimizeOptions(precision=to_precision_options(flags))
+    optimize_options = OptimizeOptions(precision=to_precision_options(flags), llm=to_llm_options(flags))
     feeds = to_feed_options(inputs, seed, ranges, shapes)
     progress = None if as_json else progress_line()
     report = compile_model(model, outdir, optimize_options=optimize_options, build_options=build_opts, feeds=feeds,

@@ -77,6 +77,38 @@ def precision_options(fn):
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
 
+def llm_options(fn):
+    """--llm/--max-seq/--max-batch: a decoder's growing KV cache made static (optimize, build, compile)."""
+    decorators = [
+        click.option("--llm", is_flag=True,
+                     help="Decoder LLM: make its growing KV cache a static, in-place one (cache inputs "
+                          "[B, kv_heads, MAX_SEQ, head_dim] their outputs alias, a write_indices input) and build "
+                          "prefill and decode profiles."),
+        click.option("--max-seq", type=click.IntRange(min=1), metavar="N",
+                     help="With --llm: cache slots per row (prompt plus generated tokens)."),
+        click.option("--max-batch", type=click.IntRange(min=1), metavar="B",
+                     help="With --llm: the largest batch the engine's profiles take (default 8)."),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
+def to_llm_options(kwargs: dict[str, Any]):
+    """LlmOptions from --llm/--max-seq/--max-batch (None without --llm); the flags are removed from `kwargs`."""
+    from trtc.errors import TrtcError
+    from trtc.passes.static_kv_cache import LlmOptions
+
+    llm, max_seq, max_batch = (kwargs.pop(k) for k in ("llm", "max_seq", "max_batch"))
+    if not llm:
+        if max_seq is not None or max_batch is not None:
+            raise TrtcError("--max-seq and --max-batch size the static KV cache of --llm", where="--max-seq",
+                            hint="add --llm")
+        return None
+    if max_seq is None:
+        raise TrtcError("the static KV cache needs a size", where="--llm", hint="give --max-seq N (prompt plus "
+                        "generated tokens per row)")
+    return LlmOptions(max_seq=max_seq, **({"max_batch": max_batch} if max_batch is not None else {}))
+
+
 def freeze_option(fn):
     """--freeze NAME=VALUES: graph inputs made constants when an .onnx is parsed."""
     return click.option("--freeze", "freeze", multiple=True, metavar="NAME=VALUES",

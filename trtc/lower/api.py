@@ -19,6 +19,8 @@ def build_artifact(artifact: Artifact, output: Path, options: BuildOptions, *, c
     result = cached_build(artifact.model, artifact.meta, backend, options,
                           cache_dir=(cache_dir or default_cache_dir()) if cache else None, where=where,
                           progress=progress)
+    if artifact.meta.get("llm"):  # the static KV cache's layout, its profiles by name
+        result.sidecar["llm"] = artifact.meta["llm"]
     write_plan(result, output)
     return result
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
+
+if TYPE_CHECKING:
+    from trtc.passes.static_kv_cache import LlmOptions
 
 
 @dataclasses.dataclass
@@ -19,6 +23,7 @@ class PassContext:
 
     fold_max_bytes: int = 64 << 20  # largest tensor constant folding may create
     model_weight_bytes: int = 0  # the model's weights before optimizing (folding budget)
+    llm: LlmOptions | None = None  # --llm: the static KV cache's size (static-kv-cache)
 
 
 PassFn = Callable[[ir.Model, PassContext], dict[str, int]]
@@ -38,6 +43,7 @@ class PassInfo:
 #   40 fold-batchnorm
 #   41 fold-pad-into-conv   45 batchnorm-to-affine (not default)
 #   50 fuse-layer-norm   55 fuse-rms-norm    60 fuse-gelu     70 fuse-attention
+#   72 static-kv-cache (not default: --llm)
 #   75 fuse-rotary       80 matmul-add-to-gemm                90 cse
 #   95 dead-code        100 infer-shapes
 PASSES: dict[str, PassInfo] = {}

@@ -94,7 +94,9 @@ def lower_attention(ctx, node):
              and node.inputs[V].dtype == node.inputs[Q].dtype
              and same_dim(node.inputs[K].shape[-1], node.inputs[V].shape[-1])
              and not widened_from_low_precision(node))
-    if fused:
+    if fused and masks.key_value_lengths_only():
+        y, scores = lengths_attention(ctx, node, q, k, v), None
+    elif fused:
         y, scores = fused_attention(ctx, q, k, v, masks), None
     else:
         y, scores = decomposed_attention(ctx, node, q, k, v, masks, softcap, precision, dtype)
@@ -120,6 +122,18 @@ def fused_attention(ctx, q, k, v, masks):
     if masks.needs_guard:
         y = zero_rows(ctx, masks.fully_masked_rows(), y)
     return y
+
+
+def lengths_attention(ctx, node, q, k, v):
+    """IAttention over per-row key lengths (nonpad_kv_seqlen as key_value_lengths, int32), causal aligned to
+    each row's last key (LOWER_RIGHT: query s attends keys <= nonpad_kv_seqlen - Sq + s, as opset 24 says):
+    a static KV cache's attention, with no mask tensor."""
+    trt = ctx.trt
+    causal = trt.CausalMaskKind.LOWER_RIGHT if node.attributes.get_int("is_causal", 0) else trt.CausalMaskKind.NONE
+    layer = ctx.check(ctx.network.add_attention_v2(q, k, v, trt.AttentionNormalizationOp.SOFTMAX, causal))
+    layer.decomposable = True  # fp32/bf16 with a KV cache have no dedicated kernel
+    layer.key_value_lengths = ctx.cast(ctx.tensor(node.inputs[NONPAD]), trt.int32)
+    return layer.get_output(0)
 
 
 def decomposed_attention(ctx, node, q, k, v, masks, softcap, precision, dtype):
@@ -178,6 +192,12 @@ class AttentionMasks:
         masks_nothing = given(node.inputs, MASK) and _masks_nothing(ctx.const(node.inputs[MASK]))
         self.needs_guard = (given(node.inputs, MASK) and not masks_nothing) or self.nonpad is not None \
             or self.left >= 0 or self.right >= 0
+
+    def key_value_lengths_only(self) -> bool:
+        """nonpad_kv_seqlen (with is_causal or not) is the only constraint and there is no past cache: IAttention
+        takes it as key_value_lengths."""
+        return self.nonpad is not None and self.bias is None and self.allowed is None and self.left < 0 \
+            and self.right < 0 and not given(self.node.inputs, PAST_KEY)
 
     def causal_kind(self):
         """A CausalMaskKind when is_causal is the only constraint and IAttention's alignment matches."""

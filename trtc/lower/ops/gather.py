@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 
 from trtc.lower.ops._shape_math import ShapeMath, constant, tensor_of, wrap_negative
 from trtc.lower.ops.generate import iota
@@ -128,9 +129,15 @@ def _sequence_axis(node) -> str | None:
                                                    attribute_in("mode", ("linear", "circular"), "linear"),
                                                    Constraint("sequence axis is not the batch dim", _sequence_axis)])
 def lower_tensor_scatter(ctx, node):
-    """TensorScatter(past_cache, update, write_indices, axis, mode) -> IScatterLayer in ELEMENT mode
-    along the sequence axis: update's position s of batch b goes to write_indices[b] + s (modulo
-    max_sequence_length when circular), those indices broadcast to update's shape by a stride-0 slice."""
+    """TensorScatter(past_cache, update, write_indices, axis, mode) -> IKVCacheUpdateLayer for an in-place
+    KV cache (`kv_cache_update_fits`), else IScatterLayer in ELEMENT mode along the sequence axis: update's
+    position s of batch b goes to write_indices[b] + s (modulo max_sequence_length when circular), those
+    indices broadcast to update's shape by a stride-0 slice."""
+    if kv_cache_update_fits(node) is None:
+        write_indices = ctx.cast(ctx.tensor(node.inputs[2]), ctx.trt.int32)  # the layer takes int32 only
+        layer = ctx.check(ctx.network.add_kv_cache_update(ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1]),
+                                                          write_indices, ctx.trt.KVCacheMode.LINEAR))
+        return [layer.get_output(0)]
     past, update = ctx.tensor(node.inputs[0]), ctx.tensor(node.inputs[1])
     rank = ctx.rank(past)
     axis = ctx.axis(node.attributes.get_int("axis", -2), rank)
@@ -147,6 +154,27 @@ def lower_tensor_scatter(ctx, node):
     layer = ctx.check(ctx.network.add_scatter(past, indices, update, ctx.trt.ScatterMode.ELEMENT))
     layer.axis = axis
     return [layer.get_output(0)]
+
+
+KV_CACHE_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def kv_cache_update_fits(node: ir.Node) -> str | None:
+    """Why TensorScatter is not an in-place KV cache update for IKVCacheUpdateLayer (None: it is): a
+    [B, H, Smax, D] float graph input with a static Smax, written linearly on axis 2 at given write indices
+    into the graph output that aliases it (TensorRT binds both to one buffer)."""
+    cache, update = node.inputs[0], node.inputs[1]
+    write = node.inputs[2] if len(node.inputs) > 2 else None
+    shape = cache.shape.dims if cache.shape is not None else ()
+    if not cache.is_graph_input() or not node.outputs[0].is_graph_output() or write is None:
+        return "not a graph input scattered into a graph output at given write indices"
+    if len(shape) != 4 or node.attributes.get_int("axis", -2) % 4 != 2 or not isinstance(shape[2], int):
+        return "not [batch, heads, static max_seq, head_dim] written along axis 2"
+    if node.attributes.get_string("mode", "linear") != "linear" or cache.dtype not in KV_CACHE_TYPES:
+        return "circular, or not a float cache"
+    if update.shape is None or len(update.shape) != 4:
+        return "the update is not 4-D"
+    return None
 
 
 NON_ZERO_ON_RTX = ("TensorRT-RTX has no NonZero implementation (its data-dependent output size needs full "

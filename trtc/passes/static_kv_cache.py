@@ -1,0 +1,411 @@
+"""A static, in-place KV cache for decoder LLMs (`optimize --llm --max-seq N`; not in the default pipeline).
+
+Before (layer i; new keys/values k, v [B, Hkv, S, D]; cache inputs [B, Hkv, P, D]; attention_mask [B, P+S]):
+    present.i.key   = Concat(past_key_values.i.key, k, axis=2)                      the same for value
+    y = Attention(q, repeat(present.i.key), repeat(present.i.value), causal_mask)    repeat: GQA's
+                                                                                     Unsqueeze/Expand/Reshape
+After (cache inputs [B, Hkv, Smax, D], Smax = --max-seq; write_indices int64 [B]):
+    present.i.key   = TensorScatter(past_key_values.i.key, k, write_indices, axis=2)  same shape as the cache
+    y = Attention(q, present.i.key, present.i.value, nonpad_kv_seqlen=write_indices + S, is_causal=1)
+
+`write_indices[b]` is the number of tokens row b already holds in the cache: its S new tokens are written at
+write_indices[b] .. write_indices[b] + S - 1 and attend, causally, to the cache up to there (opset 24's
+per-row lower-right causal mask). The attention mask the export built from `attention_mask` is replaced, so
+that input goes: a row's valid length is its write index + S, and a batch of prompts of different lengths is
+right-padded (pads after a row's last token are overwritten by its next step). Left padding cannot be
+expressed. The mask must be proven to be the plain causal mask: the pass evaluates its computation with an
+all-ones attention_mask at a few (batch, seq, past) sizes, the last with past = Smax - seq, so a sliding
+window or a bidirectional mask is refused, as is any cache layout, attention form or leftover reader of the
+cache's length it does not recognise (one line naming the node). `to_static_feeds` turns a growing-cache run
+into the static model's inputs; `cache_layout` reads the rewritten model's cache back (the artifact's meta).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from trtc.errors import TrtcError
+from trtc.ir.dims import dims, same_dim
+from trtc.ir.rewrite import is_op, remove_if_dead, replace_with, require_opset
+from trtc.passes._evaluate import EvaluationError, evaluate
+from trtc.passes.attention_heads import remove_dead_cone
+from trtc.passes.fuse_attention import peel_repeat
+from trtc.passes.registry import PassContext, register_pass
+
+STATIC_CACHE_OPSET = 24  # TensorScatter, Attention's nonpad_kv_seqlen
+WRITE_INDICES = "write_indices"
+MASK_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what the mask's computation may read
+Q, K, V, MASK, PAST_KEY, PAST_VALUE, NONPAD = range(7)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlmOptions:
+    """`--llm`: the static cache's capacity. max_seq: cache slots per row (prompt + generated tokens);
+    max_batch: the largest batch the engine's profiles take."""
+
+    max_seq: int
+    max_batch: int = 8
+
+    def record(self) -> dict[str, int]:
+        return {"max_seq": self.max_seq, "max_batch": self.max_batch}
+
+
+@dataclasses.dataclass
+class CacheLayer:
+    attention: ir.Node
+    concats: tuple[ir.Node, ir.Node]  # key, value: Concat(past input, new, axis=2) -> present output
+    repeat_nodes: list[ir.Node]
+    mask: ir.Value
+
+
+def growing_cache(value: ir.Value) -> ir.Node | None:
+    """The Concat(past graph input [B, H, P, D], new, axis=2) that makes `value`, a graph output."""
+    node = value.producer()
+    if not is_op(node, "Concat") or len(node.inputs) != 2 or not value.is_graph_output():
+        return None
+    past = node.inputs[0]
+    rank = len(dims(past) or ())
+    if not past.is_graph_input() or rank != 4 or node.attributes.get_int("axis", 0) % rank != 2:
+        return None
+    return node
+
+
+def cache_concats(graph: ir.Graph) -> list[ir.Node]:
+    """Every growing cache of the graph, in graph order."""
+    return [n for n in graph if is_op(n, "Concat") and growing_cache(n.outputs[0]) is n]
+
+
+def match_layer(attention: ir.Node) -> CacheLayer | str:
+    """The cache layer `attention` reads, or why it is not one the pass can make static."""
+    inputs = list(attention.inputs) + [None] * (7 - len(attention.inputs))
+    if any(v is not None and v.name for v in inputs[PAST_KEY:]):
+        return "Attention already takes past_key/past_value or nonpad_kv_seqlen"
+    if len(dims(inputs[Q]) or ()) != 4:
+        return "Attention's query is not 4-D [batch, heads, seq, head_dim]"
+    if attention.attributes.get_float("softcap", 0.0) or any(v.uses() for v in attention.outputs[1:]):
+        return "Attention uses softcap or returns its scores"
+    if attention.attributes.get_int("is_causal", 0):
+        return "is_causal on a concatenated cache is aligned to the first key (upper left)"
+    repeats = [peel_repeat(inputs[i]) for i in (K, V)]
+    kv = [r[0] if r else inputs[i] for r, i in zip(repeats, (K, V))]
+    if (repeats[0] is None) != (repeats[1] is None) or (repeats[0] and repeats[0][1] != repeats[1][1]):
+        return "keys and values are repeated over the heads differently"
+    concats = [growing_cache(v) for v in kv]
+    if None in concats:
+        return "keys or values are not Concat(past graph input, new, axis=2) returned as a graph output"
+    for concat in concats:
+        past, new = concat.inputs
+        if not all(isinstance(d, int) for d in (dims(past)[1], dims(past)[3])) \
+                or not (same_dim(dims(new)[1], dims(past)[1]) and same_dim(dims(new)[3], dims(past)[3])):
+            return f"cache {past.name} has no static [heads, head_dim] matching its update"
+    if inputs[MASK] is None or not inputs[MASK].name:
+        return "Attention has no mask (the pass replaces the export's causal mask)"
+    return CacheLayer(attention, tuple(concats), [n for r in repeats if r for n in r[2]], inputs[MASK])
+
+
+def reads_cache(attention: ir.Node, present: ir.Value) -> bool:
+    """`attention` takes `present` as its keys or values (repeated over the heads or not)."""
+    return any(v is present or ((r := peel_repeat(v)) is not None and r[0] is present)
+               for v in attention.inputs[K:V + 1] if v is not None)
+
+
+# ---- the mask's proof --------------------------------------------------------------------------------
+
+def mask_cone(graph: ir.Graph, values: list[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]:
+    """The nodes computing `values` (graph order) and the graph inputs they read."""
+    nodes, inputs, pending = set(), set(), list(values)
+    while pending:
+        value = pending.pop()
+        node = value.producer()
+        if node is None:
+            if value.is_graph_input():
+                inputs.add(value)
+            continue
+        if node not in nodes:
+            nodes.add(node)
+            pending += [v for v in node.inputs if v is not None]
+    return [n for n in graph if n in nodes], sorted(inputs, key=lambda v: v.name)
+
+
+def mask_feeds(inputs: list[ir.Value], caches: Mapping[str, ir.Value], batch: int, seq: int, past: int
+               ) -> dict[str, np.ndarray] | str:
+    """Inputs of the mask's computation for one (batch, seq, past): attention_mask all ones, positions
+    past .. past + seq - 1, zero ids and caches; a string names an input the pass cannot fill."""
+    feeds = {}
+    for value in inputs:
+        dtype = value.dtype.numpy()
+        if value.name in caches:
+            _, heads, _, head_dim = dims(value)
+            feeds[value.name] = np.zeros((batch, heads, past, head_dim), dtype)
+        elif value.name == "attention_mask":
+            feeds[value.name] = np.ones((batch, past + seq), dtype)
+        elif value.name == "position_ids":
+            feeds[value.name] = np.broadcast_to(np.arange(past, past + seq, dtype=dtype), (batch, seq)).copy()
+        elif value.name == "input_ids":
+            feeds[value.name] = np.zeros((batch, seq), dtype)
+        else:
+            return f"the attention mask reads input {value.name!r}, which the static cache has no value for"
+    return feeds
+
+
+def is_causal_mask(mask: np.ndarray, seq: int, past: int) -> bool:
+    """`mask` (bool, or additive float) allows key j to query s exactly when j <= past + s."""
+    if mask.ndim < 2 or mask.shape[-2:] != (seq, past + seq):
+        return False
+    allowed = np.arange(past + seq)[None, :] <= past + np.arange(seq)[:, None]
+    if mask.dtype == np.bool_:
+        return bool(np.all(mask == allowed))
+    if mask.dtype.kind != "f":
+        return False
+    lowest = float(np.finfo(mask.dtype).min) / 2
+    return bool(np.all(np.where(allowed, mask == 0, mask <= lowest)))
+
+
+def prove_causal(model: ir.Model, layers: list[CacheLayer], max_seq: int) -> None:
+    """Raise naming the Attention whose mask is not the plain causal one at some size."""
+    masks = list(dict.fromkeys(layer.mask for layer in layers))
+    nodes, inputs = mask_cone(model.graph, masks)
+    caches = {c.inputs[0].name: c.inputs[0] for layer in layers for c in layer.concats}
+    readers = {m: next(layer.attention for layer in layers if layer.mask is m) for m in masks}
+    for batch, seq, past in sorted({(2, 5, 0), (1, 1, 6), (2, 3, max(max_seq - 3, 0))}):
+        feeds = mask_feeds(inputs, caches, batch, seq, past)
+        if isinstance(feeds, str):
+            raise TrtcError(f"node {readers[masks[0]].name!r} (Attention): {feeds}", where="--llm")
+        try:
+            results = evaluate(nodes, masks, model.opset_imports, feeds=feeds)
+        except EvaluationError as exc:
+            raise TrtcError(f"node {readers[masks[0]].name!r} (Attention): its mask could not be evaluated "
+                            f"({exc})", where="--llm") from None
+        for mask, result in zip(masks, results, strict=True):
+            if not is_causal_mask(np.asarray(result), seq, past):
+                raise TrtcError(f"node {readers[mask].name!r} (Attention): its mask is not the causal mask over "
+                                f"the cache (batch {batch}, {seq} new and {past} cached tokens; a sliding window "
+                                "or another mask the static cache cannot express)", where="--llm")
+
+
+# ---- the rewrite -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Shared:
+    """What every layer of one run reads: the write indices input and the per-row key lengths."""
+
+    write_indices: ir.Value
+    kv_lengths: ir.Value | None = None
+
+
+def make_static(graph: ir.Graph, layer: CacheLayer, shared: Shared, max_seq: int) -> None:
+    """Rewrite one layer: its caches to TensorScatter on [B, Hkv, Smax, D], its attention to per-row lengths."""
+    attention = layer.attention
+    name = attention.name or "attention"
+    presents, first_new = [], layer.concats[0].inputs[1]
+    for concat in layer.concats:
+        past, new = concat.inputs
+        batch, heads, _, head_dim = dims(past)
+        past.shape = ir.Shape([batch, heads, max_seq, head_dim])
+        scatter = ir.node("TensorScatter", [past, new, shared.write_indices], {"axis": 2},
+                          name=f"{concat.name or past.name}_update")
+        scatter.outputs[0].type, scatter.outputs[0].shape = past.type, past.shape
+        replace_with(graph, concat, [scatter], [concat.outputs[0]], scatter.outputs, dead=[concat])
+        presents.append(scatter.outputs[0])
+    new_nodes = []
+    if shared.kv_lengths is None:  # write index + S, S the update's sequence length (every layer's)
+        seq = ir.node("Shape", [first_new], {"start": 2, "end": 3}, name=f"{name}_new_tokens")
+        lengths = ir.node("Add", [shared.write_indices, seq.outputs[0]], name=f"{name}_kv_lengths")
+        seq.outputs[0].type, seq.outputs[0].shape = ir.TensorType(ir.DataType.INT64), ir.Shape([1])
+        lengths.outputs[0].type = ir.TensorType(ir.DataType.INT64)
+        lengths.outputs[0].shape = shared.write_indices.shape
+        new_nodes += [seq, lengths]
+        shared.kv_lengths = lengths.outputs[0]
+    attributes = {k: a.value for k, a in attention.attributes.items() if k != "is_causal"} | {"is_causal": 1}
+    static = ir.node("Attention", [attention.inputs[Q], *presents, None, None, None, shared.kv_lengths],
+                     attributes, name=name)
+    static.outputs[0].type, static.outputs[0].shape = attention.outputs[0].type, attention.outputs[0].shape
+    new_nodes.append(static)
+    shape_inputs = [v for n in layer.repeat_nodes for v in n.inputs[1:] if v is not None]  # their target shapes
+    replace_with(graph, attention, new_nodes, attention.outputs[:1], static.outputs[:1],
+                 dead=[attention, *layer.repeat_nodes])
+    remove_dead_cone(graph, [layer.mask, *shape_inputs])
+
+
+def check_cache_readers(graph: ir.Graph, caches: list[ir.Value]) -> None:
+    """What still reads a cache input besides its update must not read its length (now Smax, not P)."""
+    for cache in caches:
+        for use in cache.uses():
+            node = use.node
+            if is_op(node, "TensorScatter") and use.idx == 0:
+                continue
+            start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", 4)
+            if is_op(node, "Shape") and 2 not in range(4)[start:end]:
+                continue
+            raise TrtcError(f"node {node.name!r} ({node.op_type}) reads cache {cache.name!r} (its length would be "
+                            "the static cache's, not the tokens cached)", where="--llm")
+
+
+def drop_unread_inputs(graph: ir.Graph, before: list[ir.Value]) -> list[str]:
+    """Remove the graph inputs the rewrite left unread (attention_mask); their names."""
+    dropped = [v for v in before if not v.uses() and not v.is_graph_output()]
+    for value in dropped:
+        graph.inputs.remove(value)
+    return [v.name for v in dropped]
+
+
+@register_pass("static-kv-cache", order=72, default=False)
+def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
+    """Growing KV cache (Concat) -> static in-place cache (TensorScatter) with per-row causal Attention (--llm)."""
+    graph = model.graph
+    concats = cache_concats(graph)
+    if not concats:
+        return {}
+    if ctx.llm is None:
+        raise TrtcError("pass 'static-kv-cache' needs the cache's size", where="--passes",
+                        hint="run it through --llm --max-seq N")
+    layers, reasons = [], {}
+    for node in [n for n in graph if is_op(n, "Attention")]:
+        found = match_layer(node)
+        if isinstance(found, str):
+            reasons[node] = found
+        else:
+            layers.append(found)
+    covered = {c for layer in layers for c in layer.concats}
+    for concat in concats:
+        if concat not in covered:
+            readers = [n for n in reasons if reads_cache(n, concat.outputs[0])]
+            why = reasons[readers[0]] if readers else "no Attention reads it (is fuse-attention disabled?)"
+            raise TrtcError(f"node {concat.name!r} (Concat) grows cache {concat.inputs[0].name!r}: {why}",
+                            where="--llm", hint="the static cache takes LLaMA/Qwen2/GPT-2-style causal decoders")
+    prove_causal(model, layers, ctx.llm.max_seq)
+    before = [v for v in graph.inputs if v.uses()]
+    caches = [c.inputs[0] for c in concats]
+    batch = dims(concats[0].inputs[0])[0]
+    write_indices = ir.Value(name=WRITE_INDICES, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([batch]))
+    graph.inputs.append(write_indices)
+    shared = Shared(write_indices)
+    for layer in layers:
+        make_static(graph, layer, shared, ctx.llm.max_seq)
+    check_cache_readers(graph, caches)
+    dropped = drop_unread_inputs(graph, before)
+    require_opset(model, STATIC_CACHE_OPSET)
+    model.ir_version = max(model.ir_version or 0, onnx.helper.find_min_ir_version_for(
+        [onnx.helper.make_opsetid("", STATIC_CACHE_OPSET)]))
+    return {"static-cache-layers": len(layers), "caches": 2 * len(layers), "inputs-dropped": len(dropped)}
+
+
+def low_precision_caches(model: ir.Model) -> int:
+    """After the precision pass: a cache the attention reads in fp16/bf16 is stored in it too, so that the
+    engine writes it in place (IKVCacheUpdateLayer aliases the cache input to its output). Rewrites
+        present = Cast(TensorScatter(Cast(cache, to=low), new, w), to=float)      cache: float input
+    into    present = TensorScatter(cache, new, w)                                cache: low input and output
+    and returns how many caches it retyped."""
+    graph, retyped = model.graph, 0
+    for node in [n for n in graph if is_op(n, "TensorScatter")]:
+        cast_in = node.inputs[0].producer()
+        users = [u.node for u in node.outputs[0].uses()]
+        casts_out = [u for u in users if is_op(u, "Cast") and u.outputs[0].is_graph_output()]
+        if not is_op(cast_in, "Cast") or not cast_in.inputs[0].is_graph_input() or len(casts_out) != 1 \
+                or casts_out[0].outputs[0].uses() or cast_in.inputs[0].dtype != ir.DataType.FLOAT:
+            continue
+        cache, present = cast_in.inputs[0], casts_out[0].outputs[0]
+        cache.type = ir.TensorType(node.outputs[0].dtype)
+        cast_in.outputs[0].replace_all_uses_with(cache)
+        index = list(graph.outputs).index(present)
+        name, present.name = present.name, None
+        graph.outputs[index] = node.outputs[0]
+        node.outputs[0].name = name
+        remove_if_dead(graph, [casts_out[0], cast_in])
+        retyped += 1
+    return retyped
+
+
+# ---- the rewritten model's cache, and feeds for it -----------------------------------------------------
+
+def cache_layout(model: ir.Model) -> dict[str, Any] | None:
+    """The static cache of a rewritten model (None when it has none): the cache inputs with the outputs that
+    alias them, their [batch, heads, Smax, head_dim] and dtype, and the write-index input."""
+    caches = []
+    for node in model.graph:
+        if is_op(node, "TensorScatter") and node.inputs[0].is_graph_input() and node.outputs[0].is_graph_output():
+            cache = node.inputs[0]
+            caches.append({"input": cache.name, "output": node.outputs[0].name,
+                           "dtype": np.dtype(cache.dtype.numpy()).name,
+                           "shape": [d if isinstance(d, int) else str(d) for d in dims(cache)]})
+    if not caches:
+        return None
+    index = next(v for v in model.graph.inputs if v.name == WRITE_INDICES)
+    return {"caches": caches, "max_seq": caches[0]["shape"][2],
+            "write_indices": {"name": index.name, "dtype": "int64", "shape": [str(dims(index)[0])],
+                              "meaning": "per row: tokens already in the cache; the new tokens are written there "
+                                         "and attend to cache slots [0, write_indices + seq)"},
+            "inputs": {v.name: [d if isinstance(d, int) else str(d) for d in dims(v)] for v in model.graph.inputs
+                       if not v.is_initializer()}}
+
+
+def llm_profiles(layout: Mapping[str, Any], max_batch: int) -> list[dict[str, Any]]:
+    """The engine's two optimization profiles, in this order: prefill (batch 1..max_batch, seq 1..Smax, OPT
+    Smax/2) and decode (seq 1), each {"name", "shapes": {input: (MIN, OPT, MAX)}}. The cache's batch symbol is
+    the batch; every other symbolic dim is the new tokens' seq."""
+    batch, max_seq = layout["caches"][0]["shape"][0], layout["max_seq"]
+    profiles = []
+    for kind, seq in (("prefill", (1, max(1, max_seq // 2), max_seq)), ("decode", (1, 1, 1))):
+        shapes = {}
+        for name, shape in layout["inputs"].items():
+            ranges = [(d, d, d) if isinstance(d, int) else (1, max_batch, max_batch) if d == batch else seq
+                      for d in shape]
+            shapes[name] = tuple(tuple(r[i] for r in ranges) for i in range(3))
+        profiles.append({"name": kind, "shapes": shapes})
+    return profiles
+
+
+def to_static_feeds(layout: Mapping[str, Any], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The static model's inputs for a growing-cache run (`feeds`: past [B, H, P, D], attention_mask all ones
+    [B, P+S]): each past written at slots 0..P-1 of a zero cache, write_indices = P."""
+    caches = {c["input"]: c for c in layout["caches"]}
+    mask = feeds.get("attention_mask")
+    if mask is not None and not np.all(mask == 1):
+        raise TrtcError("the static cache has no padding mask: attention_mask must be all ones", where="--llm")
+    static, past = {}, 0
+    for name in layout["inputs"]:  # in the static model's order
+        if name in caches:
+            grown = np.asarray(feeds[name])
+            past = grown.shape[2]
+            dtype = np.dtype(getattr(ml_dtypes, caches[name]["dtype"], caches[name]["dtype"]))
+            cache = np.zeros((grown.shape[0], grown.shape[1], layout["max_seq"], grown.shape[3]), dtype)
+            cache[:, :, :past] = grown
+            static[name] = cache
+        elif name != WRITE_INDICES:
+            static[name] = np.asarray(feeds[name])
+    batch = next(iter(static.values())).shape[0]
+    static[WRITE_INDICES] = np.full((batch,), past, np.int64)
+    return static
+
+
+def growing_feeds(specs: list, batch: int, seq: int, seed: int = 0,
+                  presents: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Inputs of the growing-cache model (`specs`: its TensorSpecs) for `seq` new tokens per row after
+    `presents` (a run's outputs by name, their presents becoming the past; None: an empty cache): random ids
+    in [0, vocab), attention_mask all ones, positions past .. past + seq - 1."""
+    rng = np.random.default_rng(seed)
+    pasts = {spec.name: (presents or {}).get(spec.name.replace("past_key_values", "present")) for spec in specs}
+    past = next((p.shape[2] for p in pasts.values() if p is not None), 0)
+    feeds = {}
+    for spec in specs:
+        if spec.name == "input_ids":
+            feeds[spec.name] = rng.integers(0, spec.index_bound or 2, (batch, seq)).astype(spec.dtype)
+        elif spec.name == "attention_mask":
+            feeds[spec.name] = np.ones((batch, past + seq), spec.dtype)
+        elif spec.name == "position_ids":
+            feeds[spec.name] = np.broadcast_to(np.arange(past, past + seq), (batch, seq)).astype(spec.dtype)
+        elif pasts[spec.name] is not None:
+            feeds[spec.name] = pasts[spec.name]
+        elif spec.shape is not None and len(spec.shape) == 4 and isinstance(spec.shape[1], int):
+            feeds[spec.name] = np.zeros((batch, spec.shape[1], 0, spec.shape[3]), spec.dtype)
+        else:
+            raise TrtcError(f"input {spec.name!r} is neither input_ids, attention_mask, position_ids nor a "
+                            "cache", where="--llm")
+    return feeds
