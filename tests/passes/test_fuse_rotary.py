@@ -55,7 +55,17 @@ def rope_model(*, halves: str = "split", positions: str = "range", tables: str =
         dtype = onnx.TensorProto.INT32 if positions.endswith("int32") else onnx.TensorProto.INT64
         inputs.append(vi("pos", shape, dtype))
     unsqueeze = "axes_2" if positions == "batch-axis2" else "axes_1"  # [B, S, D] -> [B, 1, S, D]
+    if positions == "batch-computed":  # torch dynamo: f = positions x inverse frequencies, cos = Cos(f|f)
+        inits["inv_freq"] = (1.0 / (10000 ** (np.arange(0, D, 2) / D))).astype(np.float32)
+        nodes += [helper.make_node("Unsqueeze", ["pos", "axes_2"], ["pos_3d"]),
+                  helper.make_node("Cast", ["pos_3d"], ["pos_float"], to=onnx.TensorProto.FLOAT),
+                  helper.make_node("Mul", ["pos_float", "inv_freq"], ["angles"]),
+                  helper.make_node("Concat", ["angles", "angles"], ["both"], axis=-1)]
     for name in ("cos", "sin"):
+        if positions == "batch-computed":
+            nodes += [helper.make_node(name.title(), ["both"], [f"{name}_rows"]),
+                      helper.make_node("Unsqueeze", [f"{name}_rows", unsqueeze], [name])]
+            continue
         nodes.append(helper.make_node("Gather", [f"{name}_table", "pos"], [name if positions == "range" else
                                                                           f"{name}_rows"]))
         if positions != "range":
@@ -127,6 +137,17 @@ def test_position_ids_from_the_inputs(positions, expected):
     assert check_pass(model, "fuse-rotary", feeds_for(model), **TOL) == {"rotary": 1}
     assert ops(model) == expected
     assert rotary(model).inputs[3].dtype == ir.DataType.INT64
+
+
+def test_angles_computed_per_position_become_its_caches():
+    """cos = Unsqueeze(Cos(Concat(f, f)), [1]), f [B, S, D/2] (torch's dynamo exports): RotaryEmbedding takes
+    Cos(f) and Sin(f) as [B, S, D/2] caches, without position ids (as the opset-23 exports do)."""
+    model = rope_model(positions="batch-computed")
+    assert why_not(rope_node(model)) is None
+    assert check_pass(model, "fuse-rotary", feeds_for(model), **TOL) == {"rotary": 1}
+    node = rotary(model)
+    assert len(node.inputs) == 3 and [v.producer().op_type for v in node.inputs[1:]] == ["Cos", "Sin"]
+    assert ops(model) == ["Unsqueeze", "Cast", "Mul", "Cos", "Sin", "RotaryEmbedding"]
 
 
 def test_heads_of_a_3d_input_rotate_in_the_3d_form():

@@ -1,12 +1,14 @@
 """Fuse rotary position embedding (the rotate_half form) into ONNX RotaryEmbedding (opset 23).
 
-Before (x [B, H, S, D]; cos/sin tables [P, D] whose two halves are equal, as rotate_half models build them):
+Before (x [B, H, S, D]; cos/sin tables [P, D] whose two halves are equal, as rotate_half models build them,
+or computed per position: cos = Unsqueeze(Cos(Concat(f, f, axis=-1)), [1]) with angles f [B, S, D/2]):
     x1, x2 = Split(x, [D/2, D/2], axis=-1)      or Slice(x, 0:D/2) and Slice(x, D/2:) on the last axis
     cos = Gather(cos_table, pos, axis=0)        pos [S], [1, S] or [B, S]; an Unsqueeze may line it up with x
     y = Add(Mul(x, cos), Mul(Concat(Neg(x2), x1, axis=-1), sin))     either operand order
 After:
     y = RotaryEmbedding(x, cos_table[:, :D/2], sin_table[:, :D/2], position_ids, interleaved=0)
     (position_ids = pos, or pos expanded to [B, S] when it is shared across the batch)
+    y = RotaryEmbedding(x, Cos(f), Sin(f), interleaved=0)              computed angles: [B, S, D/2] caches
 When only the rotation reads x = Transpose(Reshape(x3 [B, S, H*D], [B, S, H, D]), [0, 2, 1, 3]), x3 is
 rotated instead (RotaryEmbedding's 3-D form, num_heads=H) and split into heads as x was, so that
 fuse-attention can take the 3-D Attention form around it.
@@ -130,10 +132,36 @@ def rotate_half(value: ir.Value) -> tuple[ir.Value, list[ir.Node]] | None:
 
 
 @dataclasses.dataclass
+class ComputedAngles:
+    """cos or sin computed per position rather than looked up: Unsqueeze(Cos|Sin(Concat(f, f, axis=-1)), [1])
+    with the angles f [B, S, D/2] (positions times inverse frequencies, as torch's dynamo exports build them)."""
+
+    angles: ir.Value
+    nodes: list[ir.Node]
+
+
+def computed_angles(value: ir.Value, op_type: str, x_dims: tuple) -> ComputedAngles | None:
+    """`value` [B, 1, S, D] as Unsqueeze(op_type(Concat(f, f, axis=-1)), [1]), f [B, S, D/2] lined up with x."""
+    unsqueeze = producer_of(value, "Unsqueeze")
+    trig = producer_of(unsqueeze.inputs[0], op_type) if unsqueeze else None
+    concat = producer_of(trig.inputs[0], "Concat") if trig else None
+    if concat is None or len(concat.inputs) != 2 or concat.inputs[0] is not concat.inputs[1]:
+        return None
+    axes, angles = const_array(unsqueeze.inputs[1]), concat.inputs[0]
+    f_dims = dims(angles)
+    if axes is None or np.ravel(axes).tolist() != [1] or f_dims is None or len(f_dims) != 3 \
+            or not last_axis(concat, 3) or not isinstance(x_dims[3], int):
+        return None
+    if not (same_dim(f_dims[0], x_dims[0]) and same_dim(f_dims[1], x_dims[2]) and f_dims[2] * 2 == x_dims[3]):
+        return None
+    return ComputedAngles(angles, [unsqueeze, trig, concat])
+
+
+@dataclasses.dataclass
 class RotaryMatch:
     x: ir.Value
-    cos: TableLookup
-    sin: TableLookup
+    cos: TableLookup | ComputedAngles
+    sin: TableLookup | ComputedAngles
     output: ir.Value
     nodes: list[ir.Node]  # consumers first: the Add anchors the rewrite
 
@@ -152,12 +180,28 @@ def match_rotary(add: ir.Node) -> RotaryMatch | str:
                 continue
             x, rotate_nodes = found
             cos = cos_mul.inputs[1] if cos_mul.inputs[0] is x else cos_mul.inputs[0]
+            nodes = [add, cos_mul, sin_mul, *rotate_nodes]
+            angles = computed(x, cos, sin, [cos_term, sin_term])
+            if angles is not None:
+                return RotaryMatch(x, *angles, add.outputs[0], nodes)
             reason = check_tables(x, cos, sin, [cos_term, sin_term])
             if reason:
                 return reason
-            nodes = [add, cos_mul, sin_mul, *rotate_nodes]
             return RotaryMatch(x, table_lookup(cos), table_lookup(sin), add.outputs[0], nodes)
     return "not Add(Mul(x, cos), Mul(Concat(Neg(x2), x1), sin)) of x's halves"
+
+
+def computed(x: ir.Value, cos: ir.Value, sin: ir.Value, products: list[ir.Value]
+             ) -> tuple[ComputedAngles, ComputedAngles] | None:
+    """cos and sin as Cos and Sin of the same angles f [B, S, D/2], each half of x's head_dim seeing f."""
+    x_dims = dims(x)
+    if x_dims is None or len(x_dims) != 4 or \
+            any(dims(p) is None or not all(map(same_dim, dims(p), x_dims)) for p in products):
+        return None
+    found = computed_angles(cos, "Cos", x_dims), computed_angles(sin, "Sin", x_dims)
+    if None in found or found[0].angles is not found[1].angles or x.dtype != found[0].angles.dtype:
+        return None
+    return found
 
 
 def check_tables(x: ir.Value, cos: ir.Value, sin: ir.Value, products: list[ir.Value]) -> str | None:
@@ -202,6 +246,21 @@ class Shared:
 
     halves: dict[ir.Value, ir.Value] = dataclasses.field(default_factory=dict)
     positions: dict[tuple, ir.Value] = dataclasses.field(default_factory=dict)
+    computed: dict[tuple[ir.Value, str], ir.Node] = dataclasses.field(default_factory=dict)  # Cos/Sin of angles
+
+
+def angle_caches(match: RotaryMatch, shared: Shared, name: str) -> tuple[list[ir.Node], list[ir.Value]]:
+    """(new nodes, [Cos(f), Sin(f)]): RotaryEmbedding's [B, S, D/2] caches of computed angles, made once."""
+    new_nodes, caches = [], []
+    for op_type in ("Cos", "Sin"):
+        key = (match.cos.angles, op_type)
+        if key not in shared.computed:
+            node = ir.node(op_type, [match.cos.angles], name=f"{name}_{op_type.lower()}")
+            node.outputs[0].type, node.outputs[0].shape = match.cos.angles.type, match.cos.angles.shape
+            shared.computed[key] = node
+            new_nodes.append(node)
+        caches.append(shared.computed[key].outputs[0])
+    return new_nodes, caches
 
 
 def half_table(graph: ir.Graph, table: ir.Value, shared: Shared) -> ir.Value:
@@ -242,16 +301,23 @@ def position_ids(match: RotaryMatch, x: ir.Value, batch_seq: tuple[int, int], sh
 
 def fuse(graph: ir.Graph, match: RotaryMatch, shared: Shared) -> None:
     name = match.nodes[0].name or "rotary"
-    caches = [half_table(graph, lookup.table, shared) for lookup in (match.cos, match.sin)]
+    angles = isinstance(match.cos, ComputedAngles)
+    if angles:  # per-position caches [B, S, D/2], no position ids
+        new_nodes, caches = angle_caches(match, shared, name)
+    else:
+        new_nodes, caches = [], [half_table(graph, lookup.table, shared) for lookup in (match.cos, match.sin)]
     split = heads_split(match)
     if split is None:
-        new_nodes, positions = position_ids(match, match.x, (0, 2), shared, name)
-        new_nodes.append(ir.node("RotaryEmbedding", [match.x, *caches, positions], {"interleaved": 0}, name=name))
+        lookup_nodes, positions = ([], None) if angles else position_ids(match, match.x, (0, 2), shared, name)
+        new_nodes += lookup_nodes
+        new_nodes.append(ir.node("RotaryEmbedding", [match.x, *caches, *([positions] if positions else [])],
+                                 {"interleaved": 0}, name=name))
     else:  # x = heads of x3 [B, S, H*D]: rotate x3 (the 3-D form) and split the result as x was
         x3, heads, (_, reshape) = split
-        new_nodes, positions = position_ids(match, x3, (0, 1), shared, name)
-        rotated = ir.node("RotaryEmbedding", [x3, *caches, positions], {"interleaved": 0, "num_heads": heads},
-                          name=name)
+        lookup_nodes, positions = ([], None) if angles else position_ids(match, x3, (0, 1), shared, name)
+        new_nodes += lookup_nodes
+        rotated = ir.node("RotaryEmbedding", [x3, *caches, *([positions] if positions else [])],
+                          {"interleaved": 0, "num_heads": heads}, name=name)
         heads4 = ir.node("Reshape", [rotated.outputs[0], reshape.inputs[1]],
                          {"allowzero": reshape.attributes.get_int("allowzero", 0)}, name=f"{name}_heads")
         for node, like in ((rotated, x3), (heads4, reshape.outputs[0])):  # shapes for the attention fusion
