@@ -386,7 +386,7 @@ def _cast_output(graph: ir.Graph, value: ir.Value, counts: dict[str, int]) -> ir
     """Cast a low-precision graph output back to fp32 under its own name."""
     name = value.name
     value.name = f"{name}__low"
-    cast = ir.node("Cast", [value], {"to": FLOAT}, name=f"{name}__to_float")
+    cast = ir.node("Cast", [value], {"to": FLOAT}, name=f"{name}__output_to_float")
     cast.outputs[0].name = name
     cast.outputs[0].type = ir.TensorType(FLOAT)  # new object: types may be shared
     cast.outputs[0].shape = value.shape
