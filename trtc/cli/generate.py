@@ -84,16 +84,18 @@ def generate(artifact: Path, prompt_ids: tuple[str, ...], prompts: tuple[str, ..
     click.echo(_summary(result), err=True)
 
 
-def _parse_ids(text: str) -> list[int]:
+def _parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
+    """Token ids written 1,2,3 (or space-separated), as `option` takes them (compare --llm's too)."""
     from trtc.errors import TrtcError
 
+    what = "prompt" if option == "--prompt-ids" else "continuation"
     tokens = [t for t in re.split(r"[,\s]+", text.strip()) if t]
     if not tokens:
-        raise TrtcError("the prompt is empty (no token ids)", where="--prompt-ids")
+        raise TrtcError(f"the {what} is empty (no token ids)", where=option)
     try:
         return [int(t) for t in tokens]
     except ValueError:
-        raise TrtcError(f"{text!r} is not a list of token ids like 1,2,3", where="--prompt-ids") from None
+        raise TrtcError(f"{text!r} is not a list of token ids like 1,2,3", where=option) from None
 
 
 def _tokenizer(path: Path | None, genai: Any, need: bool):
