@@ -120,7 +120,8 @@ def optimize(artifact: Artifact, options: OptimizeOptions = OptimizeOptions(), f
 
 def _type_caches(artifact: Artifact) -> None:
     """An --llm artifact typed for fp16/bf16 keeps its KV cache in that type, in and out (written in place)."""
-    from trtc.passes.static_kv_cache import cache_layout, low_precision_caches
+    from trtc.passes.kv_cache_io import cache_layout
+    from trtc.passes.static_kv_cache import low_precision_caches
 
     if artifact.meta.get("llm") and low_precision_caches(artifact.model):
         artifact.meta["llm"] = {**artifact.meta["llm"], **cache_layout(artifact.model)}
@@ -133,8 +134,8 @@ def _make_static(artifact: Artifact, chosen, ctx: PassContext, verify_feeds: Map
     again to clean up. Under --verify, the static model is run on the verify inputs moved into its cache and
     must reproduce the model before it (the logits and each present in the slots it fills)."""
     from trtc.passes import PASSES
+    from trtc.passes.kv_cache_io import cache_layout, llm_profiles
     from trtc.passes.pipeline import optimize as run_passes
-    from trtc.passes.static_kv_cache import cache_layout, llm_profiles
 
     before = artifact.model.clone() if verify_feeds is not None else None
     before_inputs = list(artifact.model.graph.inputs)
@@ -160,7 +161,7 @@ def check_static(before: ir.Model, after: ir.Model, layout: Mapping[str, Any], f
     import numpy as np
 
     from trtc.errors import CheckFailed
-    from trtc.passes.static_kv_cache import to_static_feeds
+    from trtc.passes.kv_cache_io import to_static_feeds
     from trtc.reference.runner import ReferenceRunner
 
     want = ReferenceRunner(before).run(feeds)
@@ -197,6 +198,11 @@ def prepare_for_lowering(artifact: Artifact, options: BuildOptions | None = None
     `build --dry-run` and `inspect --support` check this model, so they judge what the build lowers."""
     options, feeds = options or BuildOptions(), feeds or FeedOptions()
     from_onnx = artifact.meta.get("content_hash") is None  # parsed on the fly, never saved
+    made = artifact.meta.get("llm")
+    if optimize_options.llm and not from_onnx and (not made or made["max_seq"] != optimize_options.llm.max_seq):
+        raise TrtcError("--llm applies when a model is optimized; this artifact was optimized " +
+                        (f"with --max-seq {made['max_seq']}" if made else "without it"), where=str(artifact.path),
+                        hint="run `trtc optimize --llm --max-seq N` on the .onnx, or build the .onnx")
     wants_typing = optimize_options.precision is not None and not artifact.meta.get("precision")
     if from_onnx:
         optimize(artifact, optimize_options, calibration_feeds(feeds, options), progress=progress)
@@ -329,7 +335,7 @@ def _compile_compare_llm(parsed: Path, optimized: Path, layout: Mapping[str, Any
     import numpy as np
 
     from trtc.compare import executable_for
-    from trtc.passes.static_kv_cache import growing_feeds, to_static_feeds
+    from trtc.passes.kv_cache_io import growing_feeds, to_static_feeds
     from trtc.reference.metrics import error_metrics
 
     reference, candidate = executable_for(parsed), executable_for(optimized)

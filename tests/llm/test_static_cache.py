@@ -18,8 +18,9 @@ from onnx import TensorProto, helper
 from trtc.errors import TrtcError
 from trtc.ir.rewrite import is_op
 from trtc.passes import PASSES, PassContext
+from trtc.passes.kv_cache_io import cache_layout, to_static_feeds
 from trtc.passes.pipeline import optimize as run_passes
-from trtc.passes.static_kv_cache import LlmOptions, cache_concats, cache_layout, to_static_feeds
+from trtc.passes.static_kv_cache import LlmOptions, cache_concats
 from trtc.pipeline import OptimizeOptions, open_model, optimize
 from trtc.reference.runner import ReferenceRunner
 
@@ -143,6 +144,13 @@ def test_llm_needs_max_seq(capsys, tmp_path):
     result = trtc_in_process(capsys, "build", LLM / "llama-dynamo-op18.onnx", "-o", tmp_path / "x.plan",
                              "--max-seq", "64")
     one_error_line(result, "--max-seq", "add --llm")
+
+
+def test_build_llm_of_an_artifact_optimized_without_it_is_refused(capsys, tmp_path):
+    artifact = tmp_path / "plain.trtir"
+    assert trtc_in_process(capsys, "optimize", LLM / "gpt2-dynamo-op18.onnx", "-o", artifact)[0] == 0
+    result = trtc_in_process(capsys, "build", artifact, "-o", tmp_path / "x.plan", "--llm", "--max-seq", "64")
+    one_error_line(result, "--llm applies when a model is optimized", "optimized without it")
 
 
 def test_a_model_without_a_growing_cache_is_refused(capsys, tmp_path):

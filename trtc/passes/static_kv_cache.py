@@ -16,32 +16,27 @@ right-padded (pads after a row's last token are overwritten by its next step). L
 expressed. The mask must be proven to be the plain causal mask: the pass evaluates its computation with an
 all-ones attention_mask at a few (batch, seq, past) sizes, the last with past = Smax - seq, so a sliding
 window or a bidirectional mask is refused, as is any cache layout, attention form or leftover reader of the
-cache's length it does not recognise (one line naming the node). `to_static_feeds` turns a growing-cache run
-into the static model's inputs; `cache_layout` reads the rewritten model's cache back (the artifact's meta).
+cache's length it does not recognise (one line naming the node); see causal_mask.py. kv_cache_io.py reads the
+rewritten model's cache back (the artifact's meta) and turns a growing-cache run into its inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
 
-import ml_dtypes
-import numpy as np
 import onnx
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.ir.dims import dims, same_dim
 from trtc.ir.rewrite import is_op, remove_if_dead, replace_with, require_opset
-from trtc.passes._evaluate import EvaluationError, evaluate
 from trtc.passes.attention_heads import remove_dead_cone
+from trtc.passes.causal_mask import prove_causal
 from trtc.passes.fuse_attention import peel_repeat
+from trtc.passes.kv_cache_io import WRITE_INDICES
 from trtc.passes.registry import PassContext, register_pass
 
 STATIC_CACHE_OPSET = 24  # TensorScatter, Attention's nonpad_kv_seqlen
-WRITE_INDICES = "write_indices"
-MASK_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what the mask's computation may read
 Q, K, V, MASK, PAST_KEY, PAST_VALUE, NONPAD = range(7)
 
 
@@ -116,80 +111,6 @@ def reads_cache(attention: ir.Node, present: ir.Value) -> bool:
                for v in attention.inputs[K:V + 1] if v is not None)
 
 
-# ---- the mask's proof --------------------------------------------------------------------------------
-
-def mask_cone(graph: ir.Graph, values: list[ir.Value]) -> tuple[list[ir.Node], list[ir.Value]]:
-    """The nodes computing `values` (graph order) and the graph inputs they read."""
-    nodes, inputs, pending = set(), set(), list(values)
-    while pending:
-        value = pending.pop()
-        node = value.producer()
-        if node is None:
-            if value.is_graph_input():
-                inputs.add(value)
-            continue
-        if node not in nodes:
-            nodes.add(node)
-            pending += [v for v in node.inputs if v is not None]
-    return [n for n in graph if n in nodes], sorted(inputs, key=lambda v: v.name)
-
-
-def mask_feeds(inputs: list[ir.Value], caches: Mapping[str, ir.Value], batch: int, seq: int, past: int
-               ) -> dict[str, np.ndarray] | str:
-    """Inputs of the mask's computation for one (batch, seq, past): attention_mask all ones, positions
-    past .. past + seq - 1, zero ids and caches; a string names an input the pass cannot fill."""
-    feeds = {}
-    for value in inputs:
-        dtype = value.dtype.numpy()
-        if value.name in caches:
-            _, heads, _, head_dim = dims(value)
-            feeds[value.name] = np.zeros((batch, heads, past, head_dim), dtype)
-        elif value.name == "attention_mask":
-            feeds[value.name] = np.ones((batch, past + seq), dtype)
-        elif value.name == "position_ids":
-            feeds[value.name] = np.broadcast_to(np.arange(past, past + seq, dtype=dtype), (batch, seq)).copy()
-        elif value.name == "input_ids":
-            feeds[value.name] = np.zeros((batch, seq), dtype)
-        else:
-            return f"the attention mask reads input {value.name!r}, which the static cache has no value for"
-    return feeds
-
-
-def is_causal_mask(mask: np.ndarray, seq: int, past: int) -> bool:
-    """`mask` (bool, or additive float) allows key j to query s exactly when j <= past + s."""
-    if mask.ndim < 2 or mask.shape[-2:] != (seq, past + seq):
-        return False
-    allowed = np.arange(past + seq)[None, :] <= past + np.arange(seq)[:, None]
-    if mask.dtype == np.bool_:
-        return bool(np.all(mask == allowed))
-    if mask.dtype.kind != "f":
-        return False
-    lowest = float(np.finfo(mask.dtype).min) / 2
-    return bool(np.all(np.where(allowed, mask == 0, mask <= lowest)))
-
-
-def prove_causal(model: ir.Model, layers: list[CacheLayer], max_seq: int) -> None:
-    """Raise naming the Attention whose mask is not the plain causal one at some size."""
-    masks = list(dict.fromkeys(layer.mask for layer in layers))
-    nodes, inputs = mask_cone(model.graph, masks)
-    caches = {c.inputs[0].name: c.inputs[0] for layer in layers for c in layer.concats}
-    readers = {m: next(layer.attention for layer in layers if layer.mask is m) for m in masks}
-    for batch, seq, past in sorted({(2, 5, 0), (1, 1, 6), (2, 3, max(max_seq - 3, 0))}):
-        feeds = mask_feeds(inputs, caches, batch, seq, past)
-        if isinstance(feeds, str):
-            raise TrtcError(f"node {readers[masks[0]].name!r} (Attention): {feeds}", where="--llm")
-        try:
-            results = evaluate(nodes, masks, model.opset_imports, feeds=feeds)
-        except EvaluationError as exc:
-            raise TrtcError(f"node {readers[masks[0]].name!r} (Attention): its mask could not be evaluated "
-                            f"({exc})", where="--llm") from None
-        for mask, result in zip(masks, results, strict=True):
-            if not is_causal_mask(np.asarray(result), seq, past):
-                raise TrtcError(f"node {readers[mask].name!r} (Attention): its mask is not the causal mask over "
-                                f"the cache (batch {batch}, {seq} new and {past} cached tokens; a sliding window "
-                                "or another mask the static cache cannot express)", where="--llm")
-
-
 # ---- the rewrite -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -235,11 +156,13 @@ def make_static(graph: ir.Graph, layer: CacheLayer, shared: Shared, max_seq: int
 
 
 def check_cache_readers(graph: ir.Graph, caches: list[ir.Value]) -> None:
-    """What still reads a cache input besides its update must not read its length (now Smax, not P)."""
-    for cache in caches:
+    """What still reads a cache input or its update besides the update and the attentions must not read its
+    length (now Smax, not the tokens cached)."""
+    presents = [u.node.outputs[0] for c in caches for u in c.uses() if is_op(u.node, "TensorScatter")]
+    for cache in caches + presents:
         for use in cache.uses():
             node = use.node
-            if is_op(node, "TensorScatter") and use.idx == 0:
+            if (is_op(node, "TensorScatter") and use.idx == 0) or (is_op(node, "Attention") and use.idx in (K, V)):
                 continue
             start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", 4)
             if is_op(node, "Shape") and 2 not in range(4)[start:end]:
@@ -280,7 +203,8 @@ def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
             why = reasons[readers[0]] if readers else "no Attention reads it (is fuse-attention disabled?)"
             raise TrtcError(f"node {concat.name!r} (Concat) grows cache {concat.inputs[0].name!r}: {why}",
                             where="--llm", hint="the static cache takes LLaMA/Qwen2/GPT-2-style causal decoders")
-    prove_causal(model, layers, ctx.llm.max_seq)
+    prove_causal(model, {layer.mask: layer.attention for layer in layers},
+                 {c.inputs[0].name: c.inputs[0] for layer in layers for c in layer.concats}, ctx.llm.max_seq)
     before = [v for v in graph.inputs if v.uses()]
     caches = [c.inputs[0] for c in concats]
     batch = dims(concats[0].inputs[0])[0]
@@ -323,89 +247,3 @@ def low_precision_caches(model: ir.Model) -> int:
     return retyped
 
 
-# ---- the rewritten model's cache, and feeds for it -----------------------------------------------------
-
-def cache_layout(model: ir.Model) -> dict[str, Any] | None:
-    """The static cache of a rewritten model (None when it has none): the cache inputs with the outputs that
-    alias them, their [batch, heads, Smax, head_dim] and dtype, and the write-index input."""
-    caches = []
-    for node in model.graph:
-        if is_op(node, "TensorScatter") and node.inputs[0].is_graph_input() and node.outputs[0].is_graph_output():
-            cache = node.inputs[0]
-            caches.append({"input": cache.name, "output": node.outputs[0].name,
-                           "dtype": np.dtype(cache.dtype.numpy()).name,
-                           "shape": [d if isinstance(d, int) else str(d) for d in dims(cache)]})
-    if not caches:
-        return None
-    index = next(v for v in model.graph.inputs if v.name == WRITE_INDICES)
-    return {"caches": caches, "max_seq": caches[0]["shape"][2],
-            "write_indices": {"name": index.name, "dtype": "int64", "shape": [str(dims(index)[0])],
-                              "meaning": "per row: tokens already in the cache; the new tokens are written there "
-                                         "and attend to cache slots [0, write_indices + seq)"},
-            "inputs": {v.name: [d if isinstance(d, int) else str(d) for d in dims(v)] for v in model.graph.inputs
-                       if not v.is_initializer()}}
-
-
-def llm_profiles(layout: Mapping[str, Any], max_batch: int) -> list[dict[str, Any]]:
-    """The engine's two optimization profiles, in this order: prefill (batch 1..max_batch, seq 1..Smax, OPT
-    Smax/2) and decode (seq 1), each {"name", "shapes": {input: (MIN, OPT, MAX)}}. The cache's batch symbol is
-    the batch; every other symbolic dim is the new tokens' seq."""
-    batch, max_seq = layout["caches"][0]["shape"][0], layout["max_seq"]
-    profiles = []
-    for kind, seq in (("prefill", (1, max(1, max_seq // 2), max_seq)), ("decode", (1, 1, 1))):
-        shapes = {}
-        for name, shape in layout["inputs"].items():
-            ranges = [(d, d, d) if isinstance(d, int) else (1, max_batch, max_batch) if d == batch else seq
-                      for d in shape]
-            shapes[name] = tuple(tuple(r[i] for r in ranges) for i in range(3))
-        profiles.append({"name": kind, "shapes": shapes})
-    return profiles
-
-
-def to_static_feeds(layout: Mapping[str, Any], feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The static model's inputs for a growing-cache run (`feeds`: past [B, H, P, D], attention_mask all ones
-    [B, P+S]): each past written at slots 0..P-1 of a zero cache, write_indices = P."""
-    caches = {c["input"]: c for c in layout["caches"]}
-    mask = feeds.get("attention_mask")
-    if mask is not None and not np.all(mask == 1):
-        raise TrtcError("the static cache has no padding mask: attention_mask must be all ones", where="--llm")
-    static, past = {}, 0
-    for name in layout["inputs"]:  # in the static model's order
-        if name in caches:
-            grown = np.asarray(feeds[name])
-            past = grown.shape[2]
-            dtype = np.dtype(getattr(ml_dtypes, caches[name]["dtype"], caches[name]["dtype"]))
-            cache = np.zeros((grown.shape[0], grown.shape[1], layout["max_seq"], grown.shape[3]), dtype)
-            cache[:, :, :past] = grown
-            static[name] = cache
-        elif name != WRITE_INDICES:
-            static[name] = np.asarray(feeds[name])
-    batch = next(iter(static.values())).shape[0]
-    static[WRITE_INDICES] = np.full((batch,), past, np.int64)
-    return static
-
-
-def growing_feeds(specs: list, batch: int, seq: int, seed: int = 0,
-                  presents: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Inputs of the growing-cache model (`specs`: its TensorSpecs) for `seq` new tokens per row after
-    `presents` (a run's outputs by name, their presents becoming the past; None: an empty cache): random ids
-    in [0, vocab), attention_mask all ones, positions past .. past + seq - 1."""
-    rng = np.random.default_rng(seed)
-    pasts = {spec.name: (presents or {}).get(spec.name.replace("past_key_values", "present")) for spec in specs}
-    past = next((p.shape[2] for p in pasts.values() if p is not None), 0)
-    feeds = {}
-    for spec in specs:
-        if spec.name == "input_ids":
-            feeds[spec.name] = rng.integers(0, spec.index_bound or 2, (batch, seq)).astype(spec.dtype)
-        elif spec.name == "attention_mask":
-            feeds[spec.name] = np.ones((batch, past + seq), spec.dtype)
-        elif spec.name == "position_ids":
-            feeds[spec.name] = np.broadcast_to(np.arange(past, past + seq), (batch, seq)).astype(spec.dtype)
-        elif pasts[spec.name] is not None:
-            feeds[spec.name] = pasts[spec.name]
-        elif spec.shape is not None and len(spec.shape) == 4 and isinstance(spec.shape[1], int):
-            feeds[spec.name] = np.zeros((batch, spec.shape[1], 0, spec.shape[3]), spec.dtype)
-        else:
-            raise TrtcError(f"input {spec.name!r} is neither input_ids, attention_mask, position_ids nor a "
-                            "cache", where="--llm")
-    return feeds
