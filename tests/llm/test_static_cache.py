@@ -118,6 +118,13 @@ def test_greedy_loop_reproduces_hf_generate(static_models, name):
     np.testing.assert_array_equal(np.stack(tokens, 1), want)
 
 
+def test_a_run_longer_than_the_cache_is_refused(static_models):
+    layout = static_models["llama-dynamo-op18"].meta["llm"]
+    feeds = cases("llama-dynamo-op18", "dec_in")  # 7 cached + 1 new
+    with pytest.raises(TrtcError, match="holds 7 tokens and 1 come: more than the static cache's 7"):
+        to_static_feeds({**layout, "max_seq": 7}, feeds)
+
+
 def test_the_pass_is_idempotent(static_models):
     model = static_models["llama-dynamo-op23"].model.clone()
     ctx = PassContext(llm=LlmOptions(max_seq=MAX_SEQ))

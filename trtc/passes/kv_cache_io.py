@@ -67,6 +67,10 @@ def to_static_feeds(layout: Mapping[str, Any], feeds: Mapping[str, np.ndarray]) 
         if name in caches:
             grown = np.asarray(feeds[name])
             past = grown.shape[2]
+            seq = np.shape(feeds["input_ids"])[1] if "input_ids" in feeds else 0
+            if past + seq > layout["max_seq"]:
+                raise TrtcError(f"input {name!r} holds {past} tokens and {seq} come: more than the static "
+                                f"cache's {layout['max_seq']}", where="--llm", hint="raise --max-seq")
             dtype = np.dtype(getattr(ml_dtypes, caches[name]["dtype"], caches[name]["dtype"]))
             cache = np.zeros((grown.shape[0], grown.shape[1], layout["max_seq"], grown.shape[3]), dtype)
             cache[:, :, :past] = grown
