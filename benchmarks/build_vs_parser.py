@@ -48,7 +48,10 @@ if tool == "trtc":
         npz = Path(path).with_suffix(".npz")  # the model's reference inputs calibrate where it has them
         if npz.is_file():
             with np.load(npz) as data:
-                feeds = {v.name: data[v.name] for v in artifact.model.graph.inputs if v.name in data.files}
+                names = [v.name for v in artifact.model.graph.inputs]
+                # The LLM corpus keys its cases (`in:input_ids`): the prefill case calibrates.
+                prefix = "" if any(n in data.files for n in names) else "in:"
+                feeds = {n: data[prefix + n] for n in names if prefix + n in data.files}
         else:
             shapes = {k: v[1] for k, v in profile.items()}
             feeds = make_feeds(model_inputs(artifact.model), FeedOptions(shapes=shapes))
@@ -127,7 +130,19 @@ def run(tool: str, model, profile: dict, fp16: bool) -> dict:
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
         return {"error": tail[:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "error" in result and (why := _builder_error(proc.stderr)):
+        result["error"] += f" ({why})"
+    return result
+
+
+def _builder_error(log: str) -> str | None:
+    """The builder's last error line (TensorRT logs them as `[E] ...` or `Internal Error: ...`), shortened."""
+    lines = [line for line in log.splitlines() if "[E]" in line or "Error" in line]
+    if not lines:
+        return None
+    text = lines[-1].split("[E]", 1)[-1].strip()
+    return text.split(". ", 1)[0][:160]
 
 
 def _table(models: list, fp16: bool, goal: float) -> list[str]:
