@@ -161,17 +161,15 @@ def check_static(before: ir.Model, after: ir.Model, layout: Mapping[str, Any], f
     import numpy as np
 
     from trtc.errors import CheckFailed
-    from trtc.passes.kv_cache_io import to_static_feeds
+    from trtc.passes.kv_cache_io import comparable, to_static_feeds
     from trtc.reference.runner import ReferenceRunner
 
     if "attention_mask" in feeds:  # the static model has no padding: both run without (generated masks are 0/1)
         feeds = {**feeds, "attention_mask": np.ones_like(feeds["attention_mask"])}
     want = ReferenceRunner(before).run(feeds)
     got = ReferenceRunner(after).run(to_static_feeds(layout, feeds), validate=False)
-    for name, expected in want.items():
-        actual = np.asarray(got[name])
-        if actual.shape != expected.shape:  # a present: the slots the run filled
-            actual = actual[:, :, :expected.shape[2]]
+    for name in want:
+        expected, actual = comparable(want[name], got[name])
         error = float(np.max(np.abs(actual - expected), initial=0.0))
         bound = 1e-5 * max(1.0, float(np.max(np.abs(expected), initial=0.0)))
         if not error <= bound:
@@ -334,10 +332,9 @@ def _compile_compare_llm(parsed: Path, optimized: Path, layout: Mapping[str, Any
                          ) -> dict[str, Any]:
     """--llm: the parsed model with its growing cache against the static one, on a prefill of random ids and one
     decode step after it (batch 2, or 1 for --max-batch 1): the logits, and each present over the slots filled."""
-    import numpy as np
 
     from trtc.compare import executable_for
-    from trtc.passes.kv_cache_io import growing_feeds, to_static_feeds
+    from trtc.passes.kv_cache_io import comparable, growing_feeds, to_static_feeds
     from trtc.reference.metrics import error_metrics
 
     reference, candidate = executable_for(parsed), executable_for(optimized)
@@ -348,10 +345,8 @@ def _compile_compare_llm(parsed: Path, optimized: Path, layout: Mapping[str, Any
         for step in ("prefill", "decode"):
             want = reference.run(grown)
             got = candidate.run(to_static_feeds(layout, grown))
-            for name, expected in want.items():
-                actual = np.asarray(got[name])[:, :, :np.asarray(expected).shape[2]] if name != "logits" \
-                    else np.asarray(got[name])
-                outputs[f"{step}:{name}"] = error_metrics(np.asarray(expected), actual)
+            for name in want:
+                outputs[f"{step}:{name}"] = error_metrics(*comparable(want[name], got[name]))
             grown = growing_feeds(reference.inputs, batch, 1, feeds.seed + 1, presents=want)
     finally:
         reference.close()

@@ -76,7 +76,7 @@ def test_the_graph_is_static(static_models, name):
     assert decode["shapes"]["input_ids"] == ((1, 1), (4, 1), (4, 1))
     assert decode["shapes"]["past_key_values.1.value"] == ((1, heads, MAX_SEQ, 16), (4, heads, MAX_SEQ, 16),
                                                            (4, heads, MAX_SEQ, 16))
-    assert artifact.meta["optimize"]["options"]["llm"] == {"max_seq": MAX_SEQ, "max_batch": 4}
+    assert artifact.meta["optimize"]["options"]["llm"] == {"max_seq": MAX_SEQ, "max_batch": 4, "last_logits": False}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,6 +116,20 @@ def test_greedy_loop_reproduces_hf_generate(static_models, name):
         feeds.update({c["input"]: out[c["output"]] for c in layout["caches"]})
         written, ids = written + seq, tokens[-1][:, None]
     np.testing.assert_array_equal(np.stack(tokens, 1), want)
+
+
+@pytest.mark.parametrize("name", ["gpt2-dynamo-op18", "llama-dynamo-op23"])
+def test_last_logits_are_the_last_tokens(name):
+    """--last-logits: logits [B, 1, vocab] (the head on each row's last token), equal to the export's last."""
+    artifact = open_model(LLM / f"{name}.onnx")
+    report = optimize(artifact, OptimizeOptions(llm=LlmOptions(max_seq=MAX_SEQ, last_logits=True))).report
+    assert report.totals()["static-kv-cache"]["rewrites"]["last-token-logits"] == 1
+    logits = next(v for v in artifact.model.graph.outputs if v.name == "logits")
+    assert logits.shape[1] == 1 and artifact.meta["llm"]["last_logits"] is True
+    runner = ReferenceRunner(artifact.model)
+    for case in ("in", "dec_in"):
+        got = runner.run(to_static_feeds(artifact.meta["llm"], cases(name, case)))["logits"]
+        np.testing.assert_allclose(got, cases(name, case.replace("in", "out"))["logits"][:, -1:], atol=1e-5)
 
 
 def test_a_run_longer_than_the_cache_is_refused(static_models):

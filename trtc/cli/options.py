@@ -88,6 +88,9 @@ def llm_options(fn):
                      help="With --llm: cache slots per row (prompt plus generated tokens)."),
         click.option("--max-batch", type=click.IntRange(min=1), metavar="B",
                      help="With --llm: the largest batch the engine's profiles take (default 8)."),
+        click.option("--last-logits", is_flag=True,
+                     help="With --llm: logits [B, 1, vocab] of each row's last token only (the LM head runs "
+                          "once per row)."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
@@ -97,16 +100,16 @@ def to_llm_options(kwargs: dict[str, Any]):
     from trtc.errors import TrtcError
     from trtc.passes.static_kv_cache import LlmOptions
 
-    llm, max_seq, max_batch = (kwargs.pop(k) for k in ("llm", "max_seq", "max_batch"))
+    llm, max_seq, max_batch, last = (kwargs.pop(k) for k in ("llm", "max_seq", "max_batch", "last_logits"))
     if not llm:
-        if max_seq is not None or max_batch is not None:
-            raise TrtcError("--max-seq and --max-batch size the static KV cache of --llm", where="--max-seq",
-                            hint="add --llm")
+        if max_seq is not None or max_batch is not None or last:
+            raise TrtcError("--max-seq, --max-batch and --last-logits shape the static KV cache of --llm",
+                            where="--max-seq", hint="add --llm")
         return None
     if max_seq is None:
         raise TrtcError("the static KV cache needs a size", where="--llm", hint="give --max-seq N (prompt plus "
                         "generated tokens per row)")
-    return LlmOptions(max_seq=max_seq, **({"max_batch": max_batch} if max_batch is not None else {}))
+    return LlmOptions(max_seq=max_seq, last_logits=last, **({"max_batch": max_batch} if max_batch is not None else {}))
 
 
 def freeze_option(fn):

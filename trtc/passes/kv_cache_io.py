@@ -106,3 +106,14 @@ def growing_feeds(specs: list, batch: int, seq: int, seed: int = 0,
             raise TrtcError(f"input {spec.name!r} is neither input_ids, attention_mask, position_ids nor a "
                             "cache", where="--llm")
     return feeds
+
+
+def comparable(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An output of the growing-cache model and the static model's, cut to what both hold: a present over the
+    slots the run filled, logits at the last token when the static model returns only that one."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if actual.ndim == 4 and actual.shape[2] != expected.shape[2]:
+        return expected, actual[:, :, :expected.shape[2]]
+    if actual.ndim == 3 and actual.shape[1] == 1 != expected.shape[1]:
+        return expected[:, -1:], actual
+    return expected, actual

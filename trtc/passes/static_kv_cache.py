@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
 from trtc.ir.dims import dims, same_dim
-from trtc.ir.rewrite import is_op, remove_if_dead, replace_with, require_opset
+from trtc.ir.rewrite import add_constant, is_op, remove_if_dead, replace_with, require_opset
 from trtc.passes.attention_heads import remove_dead_cone
 from trtc.passes.causal_mask import prove_causal
 from trtc.passes.fuse_attention import peel_repeat
@@ -47,9 +48,10 @@ class LlmOptions:
 
     max_seq: int
     max_batch: int = 8
+    last_logits: bool = False  # logits [B, 1, vocab] for each row's last token only (`last_token_logits`)
 
-    def record(self) -> dict[str, int]:
-        return {"max_seq": self.max_seq, "max_batch": self.max_batch}
+    def record(self) -> dict[str, int | bool]:
+        return {"max_seq": self.max_seq, "max_batch": self.max_batch, "last_logits": self.last_logits}
 
 
 @dataclasses.dataclass
@@ -179,13 +181,33 @@ def drop_unread_inputs(graph: ir.Graph, before: list[ir.Value]) -> list[str]:
     return [v.name for v in dropped]
 
 
+def last_token_logits(graph: ir.Graph) -> bool:
+    """logits = MatMul(h [B, S, H], W) -> MatMul(Gather(h, [-1], axis=1), W) [B, 1, vocab]: the head (H x vocab per
+    token, the largest matrix of a small model) runs on each row's last token only. False when the graph
+    output `logits` is not made so, or is already [B, 1, vocab]."""
+    logits = next((v for v in graph.outputs if v.name == "logits"), None)
+    head = logits.producer() if logits is not None else None
+    hidden = head.inputs[0] if is_op(head, "MatMul") else None
+    if hidden is None or head.inputs[1].const_value is None or len(dims(hidden) or ()) != 3 or dims(hidden)[1] == 1:
+        return False
+    index = add_constant(graph, np.array([-1], np.int64), "last_token_index")
+    last = ir.node("Gather", [hidden, index], {"axis": 1}, name="last_token")  # cheaper to lower than a Slice
+    last.outputs[0].type = hidden.type
+    last.outputs[0].shape = ir.Shape([dims(hidden)[0], 1, dims(hidden)[2]])
+    graph.insert_before(head, last)
+    head.replace_input_with(0, last.outputs[0])
+    logits.shape = ir.Shape([dims(logits)[0], 1, dims(logits)[2]])
+    return True
+
+
 @register_pass("static-kv-cache", order=72, default=False)
 def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Growing KV cache (Concat) -> static in-place cache (TensorScatter) with per-row causal Attention (--llm)."""
     graph = model.graph
     concats = cache_concats(graph)
     if not concats:
-        return {}
+        last = ctx.llm is not None and ctx.llm.last_logits and cache_layout_made(graph) and last_token_logits(graph)
+        return {"last-token-logits": 1} if last else {}
     if ctx.llm is None:
         raise TrtcError("pass 'static-kv-cache' needs the cache's size", where="--passes",
                         hint="run it through --llm --max-seq N")
@@ -218,7 +240,14 @@ def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     require_opset(model, STATIC_CACHE_OPSET)
     model.ir_version = max(model.ir_version or 0, onnx.helper.find_min_ir_version_for(
         [onnx.helper.make_opsetid("", STATIC_CACHE_OPSET)]))
-    return {"static-cache-layers": len(layers), "caches": 2 * len(layers), "inputs-dropped": len(dropped)}
+    last = ctx.llm.last_logits and last_token_logits(graph)
+    return {"static-cache-layers": len(layers), "caches": 2 * len(layers), "inputs-dropped": len(dropped),
+            "last-token-logits": int(last)}
+
+
+def cache_layout_made(graph: ir.Graph) -> bool:
+    """The graph has a static cache already (the pass ran before)."""
+    return any(is_op(n, "TensorScatter") and n.inputs[0].is_graph_input() for n in graph)
 
 
 def low_precision_caches(model: ir.Model) -> int:
