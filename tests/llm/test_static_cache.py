@@ -11,6 +11,7 @@ import importlib.util
 import json
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
@@ -187,6 +188,18 @@ def test_a_cache_no_attention_reads_is_refused():
         optimize(artifact, OptimizeOptions(disable=("fuse-attention",), llm=LlmOptions(max_seq=MAX_SEQ)))
     assert "(Concat) grows cache 'past_key_values.0.key'" in error.value.one_line()
     assert "no Attention reads it" in error.value.one_line()
+
+
+def test_an_input_sized_by_the_cached_tokens_left_read_is_refused(tmp_path):
+    """attention_mask read for something else than the mask (here a sum as an extra output): no profile could
+    size it, so the model is refused naming the reader."""
+    proto = onnx.load(LLM / "llama-dynamo-op23.onnx")
+    proto.graph.node.append(helper.make_node("ReduceSum", ["attention_mask"], ["tokens"], name="count_tokens"))
+    proto.graph.output.append(helper.make_tensor_value_info("tokens", TensorProto.INT64, None))
+    onnx.save(proto, tmp_path / "model.onnx")
+    with pytest.raises(TrtcError) as error:
+        optimize(open_model(tmp_path / "model.onnx"), OptimizeOptions(llm=LlmOptions(max_seq=MAX_SEQ)))
+    assert "node 'count_tokens' (ReduceSum) still reads input 'attention_mask'" in error.value.one_line()
 
 
 def padding_only_model() -> ir.Model:

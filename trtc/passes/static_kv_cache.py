@@ -173,6 +173,18 @@ def check_cache_readers(graph: ir.Graph, caches: list[ir.Value]) -> None:
                             "the static cache's, not the tokens cached)", where="--llm")
 
 
+def check_inputs_left(graph: ir.Graph, allowed: tuple) -> None:
+    """An input still read after the rewrite may vary only in the batch and the new tokens (`allowed` dims): one
+    sized by the cached tokens too (attention_mask read for positions) has no size the two profiles could give."""
+    for value in graph.inputs:
+        if value.uses() and any(not isinstance(d, int) and not any(same_dim(d, a) for a in allowed)
+                                for d in dims(value) or ()):
+            node = value.uses()[0].node
+            raise TrtcError(f"node {node.name!r} ({node.op_type}) still reads input {value.name!r}, whose length "
+                            "counts the cached tokens too", where="--llm",
+                            hint="the static cache takes exports whose positions come from position_ids")
+
+
 def drop_unread_inputs(graph: ir.Graph, before: list[ir.Value]) -> list[str]:
     """Remove the graph inputs the rewrite left unread (attention_mask); their names."""
     dropped = [v for v in before if not v.uses() and not v.is_graph_output()]
@@ -229,7 +241,7 @@ def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
                  {c.inputs[0].name: c.inputs[0] for layer in layers for c in layer.concats}, ctx.llm.max_seq)
     before = [v for v in graph.inputs if v.uses()]
     caches = [c.inputs[0] for c in concats]
-    batch = dims(concats[0].inputs[0])[0]
+    batch, seq = dims(concats[0].inputs[0])[0], dims(concats[0].inputs[1])[2]  # seq: the new tokens'
     write_indices = ir.Value(name=WRITE_INDICES, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([batch]))
     graph.inputs.append(write_indices)
     shared = Shared(write_indices)
@@ -237,6 +249,7 @@ def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
         make_static(graph, layer, shared, ctx.llm.max_seq)
     check_cache_readers(graph, caches)
     dropped = drop_unread_inputs(graph, before)
+    check_inputs_left(graph, (batch, seq))
     require_opset(model, STATIC_CACHE_OPSET)
     model.ir_version = max(model.ir_version or 0, onnx.helper.find_min_ir_version_for(
         [onnx.helper.make_opsetid("", STATIC_CACHE_OPSET)]))
