@@ -4,7 +4,7 @@ export (build_vs_parser's contenders, each build in a fresh process), the KV cac
 token, and CPU tokens/s of trtc's generation loop against onnxruntime-genai on the genai export.
 
     python benchmarks/llm.py [--filter NAME] [--fp16] [--prompt-tokens 16] [--new-tokens 64]
-                             [--repeats 20] [--build-repeats 3] [--write]
+                             [--repeats 20] [--build-repeats 5] [--write]
 
 Builds: one profile for every model and both sides, batch 1..4, new tokens 1..128 (OPT 1: a
 decode step), cached tokens 0..positions-1 (OPT 64); median of --build-repeats fresh processes.
@@ -14,9 +14,10 @@ the parser has no fp16 flag. A side that cannot build a model gets the reason in
 Generation: the same seeded random prompt for every model and both sides, greedy, at most
 --new-tokens new tokens, stopping at the model's eos (as onnxruntime-genai does), batch 1; one
 warm-up run, then the median wall time of --repeats runs (prefill included) gives tokens/s. trtc
-runs its generate loop over the export as written on its CPU reference (onnxruntime with graph
-optimizations off, growing past/present tensors); onnxruntime-genai its own loop (optimized graph,
-a shared past/present buffer). Both must produce the same tokens ("same tokens" says whether they do).
+runs its generate loop on its CPU reference (onnxruntime with graph optimizations off, growing
+past/present tensors) over the export as written, and over the graph trtc's optimizer makes of it
+(fused RMSNorm/rotary/attention: the ops its engine gets); onnxruntime-genai runs its own loop
+(optimized graph, a shared past/present buffer). Both must produce the same tokens ("same tokens").
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -99,35 +101,43 @@ def build_median(tool: str, model: SimpleNamespace, profile: dict, fp16: bool, r
     return {"seconds": statistics.median(r["seconds"] for r in runs), "layers": runs[0]["layers"]}
 
 
-def timed(run, repeats: int) -> tuple[float, list[int]]:
-    """(median seconds of `repeats` runs after one warm-up, the tokens of the last run)."""
-    run()
-    times, tokens = [], []
+def timed(runs: dict[str, Callable[[], list[int]]], repeats: int) -> dict[str, dict[str, Any]]:
+    """Each contender's median seconds over `repeats` rounds (after one warm-up each), the contenders
+    taking turns within a round so that all see the same machine; the tokens of the last run."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    tokens: dict[str, list[int]] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        tokens = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), tokens
+        for key, run in runs.items():
+            start = time.perf_counter()
+            tokens[key] = run()
+            times[key].append(time.perf_counter() - start)
+    results = {}
+    for key in runs:
+        seconds = statistics.median(times[key])
+        results[key] = {"seconds": seconds, "tokens": tokens[key], "tokens_per_s": len(tokens[key]) / seconds}
+    return results
 
 
-def trtc_generation(model: SimpleNamespace, prompt: list[int], new: int, repeats: int) -> dict[str, Any]:
-    from trtc.llm.decoder import open_decoder
-    from trtc.llm.generate import GenerateOptions, generate
+def trtc_decoder(model: SimpleNamespace, optimized: bool):
+    """trtc's decoder over the export as written, or (`optimized`) over trtc's parsed and optimized graph."""
+    from trtc.llm.decoder import open_decoder, reference_decoder
 
-    decoder = open_decoder(model.generate_path)
-    options = GenerateOptions(max_new_tokens=new, stop_tokens=model.eos)
-    try:
-        seconds, tokens = timed(lambda: generate(decoder, [prompt], options).rows[0].ids, repeats)
-    finally:
-        decoder.close()
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": len(tokens) / seconds, "executor": decoder.executor}
+    if not optimized:
+        return open_decoder(model.generate_path)
+    from trtc.frontend import parse_onnx
+    from trtc.passes.pipeline import optimize
+
+    artifact = parse_onnx(model.path)
+    optimize(artifact.model)
+    return reference_decoder(artifact.model, where=str(model.path))
 
 
-def genai_generation(model: SimpleNamespace, prompt: list[int], new: int, repeats: int) -> dict[str, Any]:
-    try:
-        import onnxruntime_genai as og
-    except ImportError:
-        return {"error": "onnxruntime-genai is not installed (pip install -c requirements.lock -e '.[bench]')"}
+def genai_runner(model: SimpleNamespace, prompt: list[int], new: int) -> Callable[[], list[int]]:
+    """onnxruntime-genai's own greedy loop on the folder: the new tokens."""
+    import onnxruntime_genai as og
+
     genai_model = og.Model(str(model.generate_path))
 
     def run() -> list[int]:
@@ -139,9 +149,38 @@ def genai_generation(model: SimpleNamespace, prompt: list[int], new: int, repeat
             generator.generate_next_token()
         return [int(t) for t in generator.get_sequence(0)[len(prompt):]]
 
-    seconds, tokens = timed(run, repeats)
-    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": len(tokens) / seconds,
-            "executor": f"onnxruntime-genai {og.__version__}"}
+    return run
+
+
+def generation(model: SimpleNamespace, prompt: list[int], new: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """tokens/s of trtc's loop (export, optimized graph) and, on a genai folder, onnxruntime-genai's;
+    a contender that cannot start says why."""
+    from trtc.errors import TrtcError
+    from trtc.llm.generate import GenerateOptions, generate
+
+    options = GenerateOptions(max_new_tokens=new, stop_tokens=model.eos)
+    runs: dict[str, Callable[[], list[int]]] = {}
+    failed: dict[str, dict[str, Any]] = {}
+    decoders = []
+    for key, optimized in (("trtc_gen", False), ("trtc_opt_gen", True)):
+        try:
+            decoder = trtc_decoder(model, optimized)
+        except TrtcError as exc:
+            failed[key] = {"error": exc.one_line()}
+            continue
+        decoders.append(decoder)
+        runs[key] = lambda decoder=decoder: generate(decoder, [prompt], options).rows[0].ids
+    if model.genai:
+        try:
+            runs["genai_gen"] = genai_runner(model, prompt, new)
+        except ImportError:
+            failed["genai_gen"] = {"error": "onnxruntime-genai is not installed (pip install -c requirements.lock "
+                                            "-e '.[bench]')"}
+    try:
+        return {**timed(runs, repeats), **failed}
+    finally:
+        for decoder in decoders:
+            decoder.close()
 
 
 def _short(error: str, model: SimpleNamespace) -> str:
@@ -176,13 +215,19 @@ def build_table(rows: list[tuple[SimpleNamespace, dict]], fp16: bool) -> list[st
                     f"({len(both)}): trtc {ours:.2f}s, parser {theirs:.2f}s, ratio {ratio}; layers {layers}."]
 
 
-def generation_table(rows: list[tuple[SimpleNamespace, dict]], new: int) -> list[str]:
-    lines = ["| model | KV bytes/token | trtc tokens/s | onnxruntime-genai tokens/s | trtc / genai | same tokens |",
-             "|---|---|---|---|---|---|"]
+def _rate_cell(result: dict[str, Any], model: SimpleNamespace, same_as: list[int] | None = None) -> str:
+    if "tokens_per_s" not in result:
+        return f"failed: {_short(result['error'], model)}"
+    differs = same_as is not None and result["tokens"] != same_as
+    return f"{result['tokens_per_s']:.0f} ({len(result['tokens'])} tokens{', other tokens' if differs else ''})"
+
+
+def generation_table(rows: list[tuple[SimpleNamespace, dict]]) -> list[str]:
+    lines = ["| model | KV bytes/token | trtc tokens/s (export) | trtc tokens/s (optimized) | onnxruntime-genai "
+             "tokens/s | trtc / genai | same tokens |", "|---|---|---|---|---|---|---|"]
     for model, r in rows:
         ours, theirs = r["trtc_gen"], r.get("genai_gen")
-        mine = f"{ours['tokens_per_s']:.0f} ({len(ours['tokens'])} tokens)" if "tokens_per_s" in ours \
-            else f"failed: {_short(ours['error'], model)}"
+        mine = _rate_cell(ours, model) + " | " + _rate_cell(r["trtc_opt_gen"], model, ours.get("tokens"))
         if theirs is None:
             cells = ["- (no genai export)", "-", "-"]
         elif "tokens_per_s" not in theirs:
@@ -196,8 +241,6 @@ def generation_table(rows: list[tuple[SimpleNamespace, dict]], new: int) -> list
 
 
 def measure(model: SimpleNamespace, args: argparse.Namespace, prompt: list[int]) -> dict[str, Any]:
-    from trtc.errors import TrtcError
-
     spec = decoder_spec(model)
     profile = build_profile(spec)
     row: dict[str, Any] = {"cache_bytes": cache_bytes_per_token(spec)}
@@ -205,13 +248,23 @@ def measure(model: SimpleNamespace, args: argparse.Namespace, prompt: list[int])
         if fp16 and not args.fp16:
             continue
         row[key] = build_median(tool, model, profile, fp16, args.build_repeats)
-    try:
-        row["trtc_gen"] = trtc_generation(model, prompt, args.new_tokens, args.repeats)
-    except TrtcError as exc:
-        row["trtc_gen"] = {"error": exc.one_line()[:160]}
-    if model.genai:
-        row["genai_gen"] = genai_generation(model, prompt, args.new_tokens, args.repeats)
+    row.update(generation(model, prompt, args.new_tokens, args.repeats))
     return row
+
+
+def trtc_provenance() -> str:
+    """`trtc at COMMIT` (and whether trtc/ has uncommitted changes), or where trtc was imported from."""
+    import trtc
+
+    where = Path(trtc.__file__).resolve().parents[1]
+    if where != REPO:
+        return f"trtc from {where}"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    dirty = " with uncommitted changes under trtc/" if git("status", "--porcelain", "--", "trtc") else ""
+    return f"trtc at {git('rev-parse', '--short', 'HEAD') or '?'}{dirty}"
 
 
 def main() -> int:
@@ -221,7 +274,7 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20, help="Timed generations per side (after one warm-up).")
-    ap.add_argument("--build-repeats", type=int, default=3, help="Builds per side and model (median).")
+    ap.add_argument("--build-repeats", type=int, default=5, help="Builds per side and model (median).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", action="store_true", help="Write the section of benchmarks/RESULTS.md.")
     args = ap.parse_args()
@@ -237,9 +290,8 @@ def main() -> int:
         rows.append((model, row))
         print(model.name, {k: {kk: vv for kk, vv in v.items() if kk != "tokens"} if isinstance(v, dict) else v
                            for k, v in row.items()}, flush=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    lines = [f"TensorRT-RTX, no GPU; trtc at {commit or '?'}. Builds: one profile for both sides (batch "
+    provenance = trtc_provenance()
+    lines = [f"TensorRT-RTX, no GPU; {provenance}. Builds: one profile for both sides (batch "
              f"1..{MAX_BATCH}, new tokens 1..{MAX_NEW} OPT 1, cached tokens 0..positions-1 OPT {OPT_PAST}), trtc fp32"
              f"{' and fp16' if args.fp16 else ''} through the library against TensorRT-RTX's ONNX parser on the "
              f"same export (parser: fp32), median of {args.build_repeats} fresh processes each; layers: the network "
@@ -247,9 +299,10 @@ def main() -> int:
              f"Generation on the CPU: one seeded random prompt of {args.prompt_tokens} tokens, greedy, up to "
              f"{args.new_tokens} new tokens, stop at eos, batch 1; median of {args.repeats} runs after a warm-up "
              "(prefill included). trtc: its generate loop on its CPU reference (onnxruntime, graph optimizations "
-             "off, growing past/present) over the export as written; onnxruntime-genai: its own loop on the genai "
-             "folder. KV bytes/token: 2 x layers x kv_heads x head_dim x cache dtype bytes (DecoderSpec).", "",
-             *generation_table(rows, args.new_tokens)]
+             "off, growing past/present) over the export as written and over trtc's optimized graph of it; "
+             "onnxruntime-genai: its own loop on the genai folder. KV bytes/token: 2 x layers x kv_heads x head_dim "
+             "x cache dtype bytes (DecoderSpec).", "",
+             *generation_table(rows)]
     text = "\n".join(lines)
     print(text)
     if args.write:
