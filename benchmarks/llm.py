@@ -4,7 +4,7 @@ export (build_vs_parser's contenders, each build in a fresh process), the KV cac
 token, and CPU tokens/s of trtc's generation loop against onnxruntime-genai on the genai export.
 
     python benchmarks/llm.py [--filter NAME] [--fp16] [--prompt-tokens 16] [--new-tokens 64]
-                             [--repeats 20] [--build-repeats 5] [--write]
+                             [--repeats 50] [--build-repeats 5] [--write]
 
 Builds: one profile for every model and both sides, batch 1..4, new tokens 1..128 (OPT 1: a
 decode step), cached tokens 0..positions-1 (OPT 64); median of --build-repeats fresh processes.
@@ -253,18 +253,20 @@ def measure(model: SimpleNamespace, args: argparse.Namespace, prompt: list[int])
 
 
 def trtc_provenance() -> str:
-    """`trtc at COMMIT` (and whether trtc/ has uncommitted changes), or where trtc was imported from."""
+    """`trtc at COMMIT` of the checkout trtc was imported from (a worktree of a commit: PYTHONPATH=DIR),
+    and whether its trtc/ has uncommitted changes; else where it came from."""
     import trtc
 
     where = Path(trtc.__file__).resolve().parents[1]
-    if where != REPO:
-        return f"trtc from {where}"
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True).stdout.strip()
 
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return f"trtc from {where}"
     dirty = " with uncommitted changes under trtc/" if git("status", "--porcelain", "--", "trtc") else ""
-    return f"trtc at {git('rev-parse', '--short', 'HEAD') or '?'}{dirty}"
+    return f"trtc at {commit}{dirty}"
 
 
 def main() -> int:
@@ -273,7 +275,7 @@ def main() -> int:
     ap.add_argument("--fp16", action="store_true", help="Also build trtc's fp16 network.")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=20, help="Timed generations per side (after one warm-up).")
+    ap.add_argument("--repeats", type=int, default=50, help="Timed generations per side (after one warm-up).")
     ap.add_argument("--build-repeats", type=int, default=5, help="Builds per side and model (median).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", action="store_true", help="Write the section of benchmarks/RESULTS.md.")
