@@ -161,6 +161,9 @@ def test_an_input_of_2_to_the_40_elements_is_refused_before_allocation(tmp_path)
     env_limited = subprocess.run([sys.executable, "-m", "trtc", "run", str(model), "--shape", "x=64x1024"], cwd=REPO,
                                  capture_output=True, text=True, env={**os.environ, "TRTC_MAX_MEMORY": "64K"})
     assert env_limited.returncode == 2 and "above the 0.0625 MiB inputs may take" in env_limited.stderr
+    flag_limited = run_trtc("run", model, "--shape", "x=64x1024", "--max-memory", "128K")
+    assert flag_limited.returncode == 2 and "above the 0.125 MiB inputs may take" in flag_limited.stderr
+    assert "--max-memory: expected a size" in run_trtc("run", model, "--max-memory", "lots").stderr
     assert run_trtc("run", model, "--shape", "x=4x1024").returncode == 0
 
 

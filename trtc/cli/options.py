@@ -29,6 +29,9 @@ def input_options(fn):
         click.option("--generate", multiple=True, metavar="NAME", expose_value=False, callback=_keep_generate,
                      help="Generate this input although --input is given (repeatable); without any --input "
                           "every input is generated."),
+        click.option("--max-memory", metavar="SIZE", expose_value=False, callback=_keep_max_memory,
+                     help="Memory the inputs may take, e.g. 8G (default: $TRTC_MAX_MEMORY, else half the RAM); "
+                          "larger inputs are refused before anything is allocated."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
@@ -39,6 +42,14 @@ GENERATE = "trtc.generate"
 
 def _keep_generate(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
     ctx.meta[GENERATE] = tuple(value)
+
+
+# ctx.meta key holding --max-memory (kept out of the command signatures as --generate is).
+MAX_MEMORY = "trtc.max_memory"
+
+
+def _keep_max_memory(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[MAX_MEMORY] = value
 
 
 def tolerance_options(fn):
@@ -183,14 +194,15 @@ def build_options(fn):
 
 def to_feed_options(inputs: Sequence[str], seed: int, ranges: Sequence[str], shapes: Sequence[str],
                     generate: Sequence[str] | None = None):
-    """The --input/--seed/--range/--shape/--generate strings as one FeedOptions, parsed (and checked)
-    once; `generate` None: the --generate names of the running command."""
+    """The --input/--seed/--range/--shape/--generate/--max-memory strings as one FeedOptions, parsed
+    (and checked) once; `generate` None: the --generate names of the running command."""
     from trtc.reference.feeds import FeedOptions
 
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
     if generate is None:
-        ctx = click.get_current_context(silent=True)
-        generate = ctx.meta.get(GENERATE, ()) if ctx is not None else ()
-    return FeedOptions.from_cli(inputs, seed, ranges, shapes, generate)
+        generate = meta.get(GENERATE, ())
+    return FeedOptions.from_cli(inputs, seed, ranges, shapes, generate, meta.get(MAX_MEMORY))
 
 
 PRECISION_FLAGS = ("fp16", "bf16", "calib", "calib_samples", "keep_fp32", "keep_fp32_op", "force_fp16", "cast_io",
