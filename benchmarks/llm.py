@@ -31,9 +31,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from trtc.llm.decoder import Decoder, DecoderSpec
 
 REPO = Path(__file__).resolve().parents[1]
 LLM = REPO.parent / "shared" / "models" / "llm"
@@ -57,7 +60,7 @@ def models(filter_text: str = "") -> list[SimpleNamespace]:
     return found
 
 
-def decoder_spec(model: SimpleNamespace):
+def decoder_spec(model: SimpleNamespace) -> DecoderSpec:
     """The model's DecoderSpec, read as trtc generate reads it (genai's config for its names and dims)."""
     import onnx_ir as ir
 
@@ -68,7 +71,7 @@ def decoder_spec(model: SimpleNamespace):
     return DecoderSpec.from_model(ir.load(model_file), genai, str(model_file))
 
 
-def build_profile(spec) -> dict[str, list[list[int]]]:
+def build_profile(spec: DecoderSpec) -> dict[str, list[list[int]]]:
     """{input: [min, opt, max]} for one profile covering prefill and decode."""
     positions = spec.max_positions or 256
     new = [[1, 1], [1, 1], [MAX_BATCH, MAX_NEW]]
@@ -83,7 +86,7 @@ def build_profile(spec) -> dict[str, list[list[int]]]:
     return profile
 
 
-def cache_bytes_per_token(spec) -> int:
+def cache_bytes_per_token(spec: DecoderSpec) -> int:
     """Key and value, every layer: 2 x layers x kv_heads x head_dim x the cache dtype's bytes."""
     return 2 * spec.layers * spec.kv_heads * spec.head_dim * np.dtype(spec.cache_dtype).itemsize
 
@@ -120,7 +123,7 @@ def timed(runs: dict[str, Callable[[], list[int]]], repeats: int) -> dict[str, d
     return results
 
 
-def trtc_decoder(model: SimpleNamespace, optimized: bool):
+def trtc_decoder(model: SimpleNamespace, optimized: bool) -> Decoder:
     """trtc's decoder over the export as written, or (`optimized`) over trtc's parsed and optimized graph."""
     from trtc.llm.decoder import open_decoder, reference_decoder
 
