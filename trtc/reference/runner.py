@@ -151,8 +151,10 @@ class ReferenceRunner:
     The model must not change while the runner is in use (`onnx.reference`, the fallback,
     serializes it when first needed)."""
 
-    def __init__(self, model: ir.Model, *, threads: int | None = None, fetch: Sequence[ir.Value] = ()):
-        """`fetch`: intermediate values of the main graph to return beside the outputs."""
+    def __init__(self, model: ir.Model, *, threads: int | None = None, fetch: Sequence[ir.Value] = (),
+                 spin: bool = True):
+        """`fetch`: intermediate values of the main graph to return beside the outputs. `spin=False`:
+        onnxruntime's idle threads sleep instead of busy-waiting (a server's model between requests)."""
         self._model = model
         self._weights: dict[str, ort.OrtValue] = {}
         self._evaluator: onnx.reference.ReferenceEvaluator | None = None
@@ -172,6 +174,8 @@ class ReferenceRunner:
         options.log_severity_level = 4  # its errors come back as exceptions (and a fallback): no raw log lines
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             proto, weights = ort_model(model, self._fetch)
             options.add_external_initializers(list(weights), list(weights.values()))

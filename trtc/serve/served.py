@@ -58,7 +58,9 @@ class ServedModel:
         from trtc.ir import load_artifact
         from trtc.reference.runner import ReferenceRunner
 
-        self._reference = ReferenceRunner(load_artifact(self.version_dir / reference).model)
+        # Between requests a served model waits: onnxruntime's spinning threads would take a core
+        # from the server and the other instances meanwhile.
+        self._reference = ReferenceRunner(load_artifact(self.version_dir / reference).model, spin=False)
         return f"CPU reference ({self._reference.backend})" + (f": {reason}" if engine else "")
 
     def _run(self, feeds: Feeds) -> dict[str, np.ndarray]:
