@@ -267,10 +267,11 @@ def test_a_model_that_is_not_a_decoder(capsys):
                    "not a decoder trtc can drive: no 'logits' output (outputs: y)")
 
 
-def test_an_engine_is_refused(tmp_path, capsys):
+def test_an_engine_without_its_sidecar_is_refused(tmp_path, capsys):
+    """Engines generate on the GPU (tests/llm/test_generate_static.py); one without a sidecar is one line."""
     (tmp_path / "model.plan").write_bytes(b"\0")
     one_error_line(trtc_in_process(capsys, "generate", tmp_path / "model.plan", "--prompt-ids", "1"),
-                   "generation on a GPU engine is not implemented in this build")
+                   "no sidecar model.plan.json beside the engine")
 
 
 def test_an_empty_prompt_in_the_library():

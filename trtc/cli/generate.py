@@ -1,4 +1,5 @@
-"""`trtc generate`: token generation with an LLM decoder on the CPU reference, streamed."""
+"""`trtc generate`: token generation with an LLM decoder, streamed: the CPU reference for an .onnx,
+.trtir or genai folder, the GPU for an engine built with --llm; one loop and one sampler for all."""
 
 from __future__ import annotations
 
@@ -33,16 +34,19 @@ _SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p")
 @click.option("--stop-token", "stop_tokens", multiple=True, type=int, metavar="ID",
               help="A token id that ends a row, kept in its output (repeatable; default: a genai folder's eos).")
 @click.option("--pad-id", type=int, help="Token id at pad positions (default: a genai folder's, else 0).")
+@click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
+              help="An engine's decode step replayed from a CUDA graph.")
 @json_option
 def generate(artifact: Path, prompt_ids: tuple[str, ...], prompts: tuple[str, ...], tokenizer: Path | None,
              max_new_tokens: int | None, temperature: float | None, top_k: int | None, top_p: float | None,
              min_p: float | None, repetition_penalty: float | None, seed: int | None, stop_tokens: tuple[int, ...],
-             pad_id: int | None, as_json: bool) -> None:
-    """Generate tokens after prompts with a decoder-only LLM: an .onnx (as exported) or .trtir on the
-    CPU reference, or an onnxruntime-genai folder (genai_config.json + model; its search settings are
-    the defaults). Greedy unless --temperature, --top-k, --top-p or --min-p is given (or the genai
-    config samples). Tokens stream as they come for one prompt; a batch prints each row at the end.
-    A summary (tokens, time to first token, tokens/s, executor) goes to stderr."""
+             pad_id: int | None, cuda_graph: bool, as_json: bool) -> None:
+    """Generate tokens after prompts with a decoder-only LLM: an .onnx (as exported), a .trtir (one
+    optimized with --llm runs its static cache) or an onnxruntime-genai folder (genai_config.json +
+    model; its search settings are the defaults) on the CPU reference, or an engine built with --llm
+    (.plan) on the GPU, its KV cache kept on the device. Greedy unless --temperature, --top-k, --top-p
+    or --min-p is given (or the genai config samples). Tokens stream as they come for one prompt; a
+    batch prints each row at the end. A summary (tokens, time to first token, tokens/s, executor) goes to stderr."""
     from trtc.errors import TrtcError
     from trtc.llm.decoder import open_decoder
     from trtc.llm.generate import GenerateOptions
@@ -53,7 +57,7 @@ def generate(artifact: Path, prompt_ids: tuple[str, ...], prompts: tuple[str, ..
     if not (prompt_ids or prompts):
         raise TrtcError("no prompt given", hint="give --prompt-ids 1,2,3 or --prompt TEXT with --tokenizer")
     rows = [_parse_ids(text) for text in prompt_ids]
-    decoder = open_decoder(artifact)
+    decoder = open_decoder(artifact, cuda_graph=cuda_graph)
     try:
         genai = decoder.genai
         search = genai.search if genai else {}

@@ -7,9 +7,13 @@ Exporters write the same contract in two spellings:
   onnxruntime-genai: the same roles named by genai_config.json templates (`past_key_values.%d.key`),
       no position_ids (com.microsoft GroupQueryAttention derives positions from the mask), and
       head_dim a symbolic `kv_cache_dim` that the config's head_size fills in.
+The static form `trtc optimize --llm --max-seq N` writes (caches [batch, kv_heads, Smax, head_dim]
+updated in place at `write_indices`, no attention_mask) is recognised from the artifact's `llm`
+record, else from the graph (`DecoderSpec.static`).
 `DecoderSpec.from_model` reads the roles off the graph (never a table of known files) and refuses
-in one line what it cannot drive. `Decoder` runs one step through a `Step` callable, the seam where
-an executor plugs in: the CPU reference here, a GPU engine later."""
+in one line what it cannot drive. `Decoder` runs the steps through an executor: a `Step` callable
+(the CPU reference), or for the static form a `CacheExecutor` that keeps the cache itself (a GPU
+engine, trtc/llm/engine.py); `Decoder.start` gives the generation loop its cache (trtc/llm/cache.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.llm.cache import CacheExecutor, GrowingRun, HostCache, Run, StaticRun, StaticSpec
 from trtc.llm.genai import GenaiConfig, find_genai
 
 # One step of an executor: feeds by input name -> outputs by output name.
@@ -44,8 +49,10 @@ class DecoderSpec:
     `past`/`present`: (key, value) names per layer, in layer order. `padding`: where a shorter
     prompt's pads go in a batch: "left" (HF generate; position_ids say where the tokens are) or
     "right" (valid tokens first: com.microsoft GroupQueryAttention reads sum(mask) - 1 as a row's
-    last position and has no notion of left pads). `max_positions`: the most positions the model
-    can address, where the graph or config says (`max_positions_from` says how), else None."""
+    last position and has no notion of left pads; the static cache, whose pads are overwritten).
+    `max_positions`: the most positions the model can address, where the graph or config says
+    (`max_positions_from` says how), else None. `static`: the static cache's form, None for a
+    growing cache."""
 
     input_ids: str
     logits: str
@@ -63,6 +70,7 @@ class DecoderSpec:
     padding: str = "left"
     max_positions: int | None = None
     max_positions_from: str | None = None
+    static: StaticSpec | None = None
 
     @property
     def layers(self) -> int:
@@ -73,12 +81,15 @@ class DecoderSpec:
         return {"layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
                 "cache_dtype": str(self.cache_dtype), "vocab": self.vocab, "padding": self.padding,
                 "position_ids": self.position_ids is not None, "attention_mask": self.attention_mask is not None,
-                "max_positions": self.max_positions, "max_positions_from": self.max_positions_from}
+                "max_positions": self.max_positions, "max_positions_from": self.max_positions_from,
+                "static_cache": self.static.as_dict() if self.static else None}
 
     @classmethod
-    def from_model(cls, model: ir.Model, genai: GenaiConfig | None = None, where: str | None = None) -> DecoderSpec:
-        """The spec of `model`'s graph; genai's names and dims where it has a config. A one-line
-        TrtcError naming what is missing when it is not a decoder trtc can drive."""
+    def from_model(cls, model: ir.Model, genai: GenaiConfig | None = None, where: str | None = None,
+                   llm: Mapping[str, Any] | None = None) -> DecoderSpec:
+        """The spec of `model`'s graph; genai's names and dims where it has a config; `llm`: the
+        static cache's record (an artifact's meta["llm"], a sidecar's), else read off the graph.
+        A one-line TrtcError naming what is missing when it is not a decoder trtc can drive."""
         names = genai.names if genai else {}
         inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer()}
         outputs = {v.name: v for v in model.graph.outputs}
@@ -94,11 +105,14 @@ class DecoderSpec:
         present = _cache_names(outputs, _templates(names, "present") or _PRESENT_FORMS)
         mask_name = names.get("attention_mask", "attention_mask")
         position_name = names.get("position_ids", "position_ids")
-        known = {ids_name, mask_name, position_name, *past.values()}
+        static = _static_spec(model, llm, inputs, outputs[logits_name], ids_name, where)
+        known = {ids_name, mask_name, position_name, *past.values(), *([static.write_indices] if static else [])}
         if unknown := [n for n in inputs if n not in known]:
             raise TrtcError(f"not a decoder trtc can drive: inputs it cannot feed: {', '.join(unknown)}", where=where,
                             hint=_CONTRACT)
         layers = _pair_layers(past, present, where)
+        if static:
+            _check_aliases(layers, llm or _graph_layout(model), where)
         if genai and genai.layers is not None and genai.layers != len(layers):
             raise TrtcError(f"the graph has {len(layers)} cache layers, genai_config.json says "
                             f"num_hidden_layers={genai.layers}", where=where)
@@ -117,8 +131,39 @@ class DecoderSpec:
                    ids_dtype=_np_dtype(inputs[ids_name]), attention_mask=mask.name if mask else None,
                    mask_dtype=_np_dtype(mask) if mask else None, position_ids=position.name if position else None,
                    position_dtype=_np_dtype(position) if position else None, vocab=vocab,
-                   padding="right" if _has_op(model, "com.microsoft", "GroupQueryAttention") else "left",
-                   max_positions=max_positions, max_positions_from=max_from)
+                   padding="right" if static or _has_op(model, "com.microsoft", "GroupQueryAttention") else "left",
+                   max_positions=max_positions, max_positions_from=max_from, static=static)
+
+
+def _graph_layout(model: ir.Model) -> dict[str, Any] | None:
+    """The static cache the graph holds (TensorScatter into a cache input returned as its present)."""
+    from trtc.passes.kv_cache_io import cache_layout
+
+    return cache_layout(model)
+
+
+def _static_spec(model: ir.Model, llm: Mapping[str, Any] | None, inputs: Mapping[str, ir.Value],
+                 logits: ir.Value, ids_name: str, where: str | None) -> StaticSpec | None:
+    """The static cache's form from `llm` or the graph; None for a growing cache."""
+    layout = llm or _graph_layout(model)
+    if not layout:
+        return None
+    name = layout["write_indices"]["name"]
+    if name not in inputs:
+        raise TrtcError(f"the static cache's write index input {name!r} is not an input of the model", where=where)
+    seq = logits.shape[1] if logits.shape is not None and len(logits.shape) == 3 else None
+    return StaticSpec.from_llm(layout, ids_name, _np_dtype(inputs[name]), seq)
+
+
+def _check_aliases(layers: Sequence[tuple[tuple[str, str], tuple[str, str]]], layout: Mapping[str, Any] | None,
+                   where: str | None) -> None:
+    """Each present is the update of its own past, as the static cache's record pairs them."""
+    recorded = {c["input"]: c["output"] for c in (layout or {}).get("caches", ())}
+    for pasts, presents in layers:
+        for past, present in zip(pasts, presents):
+            if recorded.get(past) != present:
+                raise TrtcError(f"the static cache's record pairs cache input {past!r} with "
+                                f"{recorded.get(past)!r}, the names with {present!r}", where=where)
 
 
 def _listed(values: Iterable[str]) -> str:
@@ -244,18 +289,31 @@ def _max_positions(model: ir.Model, position: ir.Value | None,
 
 
 class Decoder:
-    """One step of a decoder through an executor's `Step`: (input_ids [B, S], attention_mask
-    [B, total], position_ids [B, S], past) -> (logits [B, S, V], presents), past and presents as
-    [key, value] per layer, in the spec's order."""
+    """A decoder and its executor. A growing cache runs one step through a `Step`: (input_ids [B, S],
+    attention_mask [B, total], position_ids [B, S], past) -> (logits [B, S, V], presents), past and
+    presents as [key, value] per layer, in the spec's order. A static cache stays with its
+    `CacheExecutor` (`cache`; the `Step` kept in host arrays when none is given). `start` gives the
+    generation loop the cache of one generation, either form."""
 
-    def __init__(self, spec: DecoderSpec, step: Step, *, executor: str, where: str | None = None,
-                 genai: GenaiConfig | None = None, close: Callable[[], None] | None = None):
+    def __init__(self, spec: DecoderSpec, step: Step | None, *, executor: str, where: str | None = None,
+                 genai: GenaiConfig | None = None, close: Callable[[], None] | None = None,
+                 cache: CacheExecutor | None = None):
+        if step is None and (spec.static is None or cache is None):
+            raise ValueError("a Decoder needs a Step, or for a static cache a CacheExecutor")
         self.spec = spec
         self.executor = executor
         self.where = where
         self.genai = genai
         self._step = step
         self._close = close
+        self.cache = cache if cache is not None or spec.static is None else HostCache(spec, step)
+
+    def start(self, rows: list[list[int]], new_tokens: Sequence[int], pad_id: int = 0) -> Run:
+        """The cache of one generation of `rows` (token ids, lengths may differ), each to be followed by
+        up to `new_tokens` tokens; what the cache cannot hold is refused here, before any step runs."""
+        if self.spec.static is not None:
+            return StaticRun(self.spec, self.cache, rows, new_tokens, pad_id, self.where)
+        return GrowingRun(self, rows, pad_id)
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         """The cache of no tokens: [batch, kv_heads, 0, head_dim] per key and value."""
@@ -267,6 +325,9 @@ class Decoder:
         """The step's inputs by name, in the model's dtypes; inputs the model lacks are left out
         (None is fine for those)."""
         spec = self.spec
+        if spec.static is not None or self._step is None:
+            raise TrtcError("a static-cache decoder keeps its cache with the executor: run it through start()",
+                            where=self.where)
         feeds = {spec.input_ids: np.asarray(input_ids, spec.ids_dtype)}
         if spec.attention_mask:
             feeds[spec.attention_mask] = np.asarray(attention_mask, spec.mask_dtype)
@@ -289,11 +350,13 @@ class Decoder:
             self._close = None
 
 
-def reference_decoder(model: ir.Model, *, genai: GenaiConfig | None = None, where: str | None = None) -> Decoder:
-    """A Decoder running `model` on the CPU reference (onnxruntime, onnx.reference as its fallback)."""
+def reference_decoder(model: ir.Model, *, genai: GenaiConfig | None = None, where: str | None = None,
+                      llm: Mapping[str, Any] | None = None) -> Decoder:
+    """A Decoder running `model` on the CPU reference (onnxruntime, onnx.reference as its fallback);
+    `llm`: the static cache's record of an --llm artifact (else the graph says whether it has one)."""
     from trtc.reference.runner import InputRejected, ReferenceRunner
 
-    spec = DecoderSpec.from_model(model, genai, where)
+    spec = DecoderSpec.from_model(model, genai, where, llm)
     runner = ReferenceRunner(model)
 
     def step(feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -308,9 +371,10 @@ def reference_decoder(model: ir.Model, *, genai: GenaiConfig | None = None, wher
     return Decoder(spec, step, executor=executor, where=where, genai=genai, close=runner.close)
 
 
-def open_decoder(path: str | Path) -> Decoder:
-    """A Decoder for an .onnx (the file as exported), a .trtir or an onnxruntime-genai folder, on the
-    CPU reference. GPU engines (.plan) are refused: their loop is not in this build."""
+def open_decoder(path: str | Path, *, cuda_graph: bool = True) -> Decoder:
+    """A Decoder for an .onnx (the file as exported), a .trtir (an --llm one with its static cache) or
+    an onnxruntime-genai folder, on the CPU reference; for an engine (.plan) built with --llm, on the
+    GPU (trtc/llm/engine.py; `cuda_graph`: replay its decode step from a CUDA graph)."""
     from trtc.loading import artifact_kind
     from trtc.runtime.sidecar import PLAN_SUFFIXES
 
@@ -318,17 +382,20 @@ def open_decoder(path: str | Path) -> Decoder:
     if not path.exists():
         raise TrtcError("file not found", where=str(path))
     if path.suffix in PLAN_SUFFIXES:
-        raise TrtcError("generation on a GPU engine is not implemented in this build", where=str(path),
-                        hint="generate on the .onnx or .trtir (CPU reference)")
+        from trtc.llm.engine import engine_decoder
+
+        return engine_decoder(path, cuda_graph=cuda_graph)
     model_file, genai = find_genai(path)
     where = str(model_file)
+    llm = None
     if artifact_kind(model_file) == "trtir":
         from trtc.ir import load_artifact
 
-        model = load_artifact(model_file).model
+        artifact = load_artifact(model_file)
+        model, llm = artifact.model, artifact.meta.get("llm")
     else:
         model = _load_onnx(model_file)
-    return reference_decoder(model, genai=genai, where=where)
+    return reference_decoder(model, genai=genai, where=where, llm=llm)
 
 
 def _load_onnx(path: Path) -> ir.Model:

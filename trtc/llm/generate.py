@@ -1,12 +1,14 @@
-"""The generation loop: one for every executor (a `Decoder` wraps whichever runs the steps).
+"""The generation loop: one for every executor and both cache forms (a `Decoder` wraps whichever
+runs the steps; `Decoder.start` gives the cache of one generation, trtc/llm/cache.py).
 
-A batch of prompts of different lengths is padded to one width with the pad id, attention mask 0
-at the pads: on the left for HF-style decoders (position_ids = cumsum(mask) - 1 and 1 at the
-pads, as HF generate writes them), on the right where the model reads a row's last position
-from the mask (`DecoderSpec.padding`). The prefill runs the prompts with an empty cache; then one
-token per step, the presents fed back as past and the mask one column longer. A row stops at a
-stop token (kept, as HF keeps eos) or its token budget; finished rows feed the pad id until
-every row is done, their outputs ignored."""
+A batch of prompts of different lengths is padded to one width with the pad id. A growing cache
+masks the pads (attention mask 0): on the left for HF-style decoders (position_ids = cumsum(mask) - 1
+and 1 at the pads, as HF generate writes them), on the right where the model reads a row's last
+position from the mask (`DecoderSpec.padding`). A static cache (--llm) right-pads and keeps each
+row's length, where its next token is written. The prefill runs the prompts; each row's next-token
+logits are read at its own last prompt token; then one token per step. A row stops at a stop token
+(kept, as HF keeps eos) or its token budget; finished rows feed the pad id until every row is
+done, their outputs ignored."""
 
 from __future__ import annotations
 
@@ -133,38 +135,6 @@ def _budgets(decoder: Decoder, rows: list[list[int]], options: GenerateOptions) 
     return budgets
 
 
-class _Batch:
-    """The padded batch as it grows: ids of the prefill, then the attention mask and positions of
-    each step. Finished rows feed a pad that the mask hides, their positions left where they were."""
-
-    def __init__(self, padding: str, rows: list[list[int]], pad_id: int):
-        self.padding = padding
-        self.valid = np.array([len(r) for r in rows])
-        width = int(self.valid.max())
-        self.ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        for i, row in enumerate(rows):
-            if padding == "left":
-                self.ids[i, width - len(row):] = row
-            else:
-                self.ids[i, : len(row)] = row
-        columns = np.arange(width)[None, :]
-        left = columns >= width - self.valid[:, None]
-        self.mask = (left if padding == "left" else columns < self.valid[:, None]).astype(np.int64)
-        # HF generate's position_ids: cumsum(mask) - 1, and 1 at the pads.
-        self.positions = np.where(self.mask, np.cumsum(self.mask, axis=1) - 1, 1)
-        # Where each row's next-token logits are in the prefill's output.
-        self.last = np.full(len(rows), width - 1) if padding == "left" else self.valid - 1
-
-    def advance(self, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(attention mask, position_ids) for one more token per row; rows not `active` are masked."""
-        self.valid = self.valid + active
-        if self.padding == "left":
-            self.mask = np.concatenate([self.mask, active[:, None].astype(np.int64)], axis=1)
-        else:
-            self.mask = (np.arange(self.mask.shape[1] + 1)[None, :] < self.valid[:, None]).astype(np.int64)
-        return self.mask, (self.valid - 1)[:, None]
-
-
 @dataclasses.dataclass
 class _Rows:
     """Each row's new tokens and why it finished (None while it runs)."""
@@ -198,19 +168,14 @@ def generate(decoder: Decoder, prompts: Sequence[Sequence[int]], options: Genera
     """Generate up to `options.max_new_tokens` tokens after each prompt (token ids; a batch may mix
     lengths). `on_token` sees every step's tokens as they come; `tokenizer` adds each row's text."""
     options = options or GenerateOptions()
-    spec = decoder.spec
-    rows = check_prompts(prompts, spec.vocab)
-    if spec.attention_mask is None and len({len(r) for r in rows}) > 1:
-        raise TrtcError("prompts of different lengths need an attention mask, and the model takes none",
-                        where=decoder.where, hint="run them one at a time")
-    state = _Rows(_budgets(decoder, rows, options), frozenset(options.stop_tokens), [[] for _ in rows],
-                  [None] * len(rows))
-    batch = _Batch(spec.padding, rows, options.pad_id)
+    rows = check_prompts(prompts, decoder.spec.vocab)
+    budgets = _budgets(decoder, rows, options)
+    state = _Rows(budgets, frozenset(options.stop_tokens), [[] for _ in rows], [None] * len(rows))
+    cache = decoder.start(rows, budgets, options.pad_id)  # refuses what the cache cannot hold, before any step
     sampler = Sampler(options.sampling)
 
     start = time.perf_counter()
-    logits, past = decoder(batch.ids, batch.mask, batch.positions, decoder.empty_past(len(rows)))
-    step_logits = logits[np.arange(len(rows)), batch.last]
+    step_logits = cache.prefill()[np.arange(len(rows)), cache.last]
     # The repetition penalty's context: each prompt's tokens (not the pads HF would count too).
     seen = _seen(rows, step_logits.shape[-1]) if options.sampling.repetition_penalty != 1 else None
     prefill_s = decode_start = 0.0
@@ -227,9 +192,7 @@ def generate(decoder: Decoder, prompts: Sequence[Sequence[int]], options: Genera
         if not running.any():
             break
         step += 1
-        mask, positions = batch.advance(running)
-        logits, past = decoder(np.where(running, tokens, options.pad_id)[:, None], mask, positions, past)
-        step_logits = logits[:, -1]
+        step_logits = cache.step(np.where(running, tokens, options.pad_id), running)
     decode_s = time.perf_counter() - decode_start if step else 0.0
     new = sum(map(len, state.generated))
     timings = Timings(prefill_s=prefill_s, decode_s=decode_s, prompt_tokens=sum(map(len, rows)),

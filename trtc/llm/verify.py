@@ -176,12 +176,12 @@ def open_verified(path: str | Path) -> Decoder:
     from trtc.ir import load_artifact
 
     artifact = load_artifact(path)
-    precision = artifact.meta.get("precision")
+    precision, llm = artifact.meta.get("precision"), artifact.meta.get("llm")
     if not precision:
-        return reference_decoder(artifact.model, where=str(path))
+        return reference_decoder(artifact.model, where=str(path), llm=llm)
     from trtc.precision.simulate import simulation_model
 
-    decoder = reference_decoder(simulation_model(artifact.model), where=str(path))
+    decoder = reference_decoder(simulation_model(artifact.model), where=str(path), llm=llm)
     decoder.executor = f"CPU simulation of {precision['target']} ({decoder.executor})"
     return decoder
 
@@ -271,32 +271,31 @@ def _check_positions(a: Decoder, b: Decoder, rows: list[list[int]], lengths: lis
 
 def _teacher_forced(a: Decoder, b: Decoder, ids: np.ndarray, forced: np.ndarray | None, count: int,
                     top_k: int) -> tuple[list[StepResult], list[PromptResult], np.ndarray]:
-    """One batch of equal-length prompts [R, P]: `count` steps, each side on its own cache; the
-    tokens fed after the prompt are `forced` [R, count] or A's greedy choices."""
+    """One batch of equal-length prompts [R, P]: `count` steps, each side on its own cache (either
+    form: `Decoder.start`); the tokens fed after the prompt are `forced` [R, count] or A's greedy
+    choices. The prompt's other positions are compared where both sides return their logits
+    (not a side optimized with --last-logits)."""
     rows, width = ids.shape
-    mask = np.ones((rows, width), dtype=np.int64)
-    positions = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
-    logits_a, past_a = a(ids, mask, positions, a.empty_past(rows))
-    logits_b, past_b = b(ids, mask, positions, b.empty_past(rows))
-    if logits_a.shape != logits_b.shape:
+    batch, running = ids.tolist(), np.ones(rows, dtype=bool)
+    cache_a, cache_b = a.start(batch, [count] * rows), b.start(batch, [count] * rows)
+    logits_a, logits_b = cache_a.prefill(), cache_b.prefill()
+    if logits_a.shape[-1] != logits_b.shape[-1]:
         raise TrtcError(f"A's logits are {list(logits_a.shape)}, B's {list(logits_b.shape)} for the same prompt: "
                         "token-level verification needs the same vocabulary", where=f"{a.where} vs {b.where}")
-    prompt = [_prompt_positions(r, logits_a[r, :-1], logits_b[r, :-1]) for r in range(rows)]
+    before = width - 1 if logits_a.shape[1] == logits_b.shape[1] == width else 0
+    prompt = [_prompt_positions(r, logits_a[r, :before], logits_b[r, :before]) for r in range(rows)]
+    last_a, last_b = logits_a[:, -1], logits_b[:, -1]
     tokens = np.zeros((rows, count), dtype=np.int64)
     steps: list[StepResult] = []
     fed = np.full(rows, -1, dtype=np.int64)
     for step in range(count):
-        last_a, last_b = logits_a[:, -1], logits_b[:, -1]
         tokens[:, step] = greedy(last_a) if forced is None else forced[:, step]
         steps += [_measure(step, r, int(fed[r]), int(tokens[r, step]), last_a[r], last_b[r], top_k)
                   for r in range(rows)]
         if step == count - 1:
             break
         fed = tokens[:, step]
-        mask = np.ones((rows, width + step + 1), dtype=np.int64)
-        positions = np.full((rows, 1), width + step, dtype=np.int64)
-        logits_a, past_a = a(fed[:, None], mask, positions, past_a)
-        logits_b, past_b = b(fed[:, None], mask, positions, past_b)
+        last_a, last_b = cache_a.step(fed, running), cache_b.step(fed, running)
     return steps, prompt, tokens
 
 

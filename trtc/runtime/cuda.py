@@ -207,6 +207,12 @@ def copy_dtoh_async(dst: int, src: int, nbytes: int, stream: Stream) -> None:
               "cudaMemcpyAsync (device to host)")
 
 
+def memset_async(dst: int, value: int, nbytes: int, stream: Stream) -> None:
+    """`nbytes` of device memory at `dst` set to the byte `value` (a static KV cache zeroed once)."""
+    if nbytes:
+        check(runtime().cudaMemsetAsync(dst, value, nbytes, stream.handle), "cudaMemsetAsync")
+
+
 # ---------------------------------------------------------------- CUDA graphs
 
 
