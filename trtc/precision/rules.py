@@ -31,7 +31,7 @@ ATTRIBUTE_TYPED = {"ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform"
 class PrecisionOptions:
     """What the user can set; defaults follow ModelOpt AutoCast's (data_max 512, init_max 65504)."""
 
-    target: str = "fp16"  # or "bf16"
+    target: str = "fp16"  # or "bf16"; "fp32" with quantization: what is not quantized stays fp32
     data_max: float = 512.0
     init_max: float = FP16_MAX
     max_reduction: int = 1024  # reductions over more elements than this stay fp32
@@ -45,6 +45,11 @@ class PrecisionOptions:
     calib: Sequence[str] = ()
     calib_samples: int = 4
     tolerance: float | None = None  # fail when a predicted error relative to the output's range exceeds it
+    # Quantization (precision/quantize.py): "int8" or "fp8" Q/DQ on the weighted layers, or weight-only int4
+    # MatMul/Gemm weights; the range method of each activation: "METHOD", "FAMILY=METHOD" or "NAME-GLOB=METHOD".
+    quantize: str | None = None
+    int4_weights: bool = False
+    calib_methods: Sequence[str] = ()
 
 
 @dataclasses.dataclass
