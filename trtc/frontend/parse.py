@@ -20,7 +20,9 @@ from trtc.frontend.canonicalize import canonicalize, upgrade_opset
 from trtc.frontend.canonicalize.negative_dims import unknown_negative_dims
 from trtc.frontend.canonicalize.opset import default_opset
 from trtc.frontend.freeze import FreezeValue, freeze_fingerprints, freeze_inputs
+from trtc.frontend.node_rules import check_node_rules
 from trtc.frontend.shapes import infer_shapes
+from trtc.frontend.typecheck import check_types
 from trtc.ir import Artifact, all_initializers, onnx_load
 
 
@@ -80,6 +82,7 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
     source_opset = default_opset(proto)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
+    check_types(proto, path)
     proto, upgrade_note = upgrade_opset(proto)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -96,6 +99,7 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
         rewrites["unknown_negative_dims"] = negative
     shape_warnings: list[str] = []
     unknown = infer_shapes(model, shape_warnings)
+    check_node_rules(model, str(path))
     meta: dict[str, Any] = {
         "stage": "parse",
         "source": {"path": str(path.resolve()), "sha256": None, "format": "onnx"},

@@ -47,11 +47,47 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
 
 
 def _check_model_proto(proto: onnx.ModelProto, path: Path) -> None:
-    if not proto.HasField("graph") or not proto.opset_import or proto.ir_version <= 0:
-        raise TrtcError(
-            "not an ONNX model (no graph, opset or IR version in the protobuf)",
-            where=str(path), hint="the file is truncated or not ONNX; re-export it",
-        )
+    """A protobuf that decodes is not yet a model: it needs a graph, an IR version and opset imports.
+    Bytes that are not ONNX often decode into a message with none of them."""
+    missing = [what for what, present in (("graph", proto.HasField("graph")), ("IR version", proto.ir_version > 0),
+                                          ("opset_import", bool(proto.opset_import))) if not present]
+    if len(missing) == 3 or not proto.HasField("graph"):
+        raise TrtcError(f"not an ONNX model (no {', no '.join(missing)} in the protobuf)",
+                        where=str(path), hint="the file is truncated or not ONNX; re-export it")
+    if proto.ir_version <= 0:
+        raise TrtcError(f"invalid ONNX model: ir_version is {proto.ir_version}, it must be positive",
+                        where=str(path), hint=_BROKEN_RULES)
+    if not proto.opset_import:
+        raise TrtcError("invalid ONNX model: no opset_import: the model does not say which opset its ops "
+                        "follow", where=str(path), hint=_BROKEN_RULES)
+    check_text(proto, path)
+
+
+# The hint of a model that decodes but breaks ONNX's rules (the exporter's fault, not a short read).
+_BROKEN_RULES = "the model breaks ONNX's rules; fix the exporter or re-export it"
+
+
+def _bad_text(message, where: str) -> Iterator[tuple[str, bytes]]:
+    """(field path, bytes) of every string field under `message` that is not UTF-8 (protobuf gives
+    those as bytes; ONNX's strings are UTF-8 and every reader after this one decodes them)."""
+    for field, value in message.ListFields():
+        items = enumerate(value) if field.is_repeated else [(None, value)]
+        for index, item in items:
+            at = f"{where}.{field.name}" + ("" if index is None else f"[{index}]")
+            if field.type == field.TYPE_MESSAGE:
+                yield from _bad_text(item, at)
+            elif field.type == field.TYPE_STRING and isinstance(item, bytes):
+                yield at, item
+
+
+def check_text(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse names and other text fields that are not UTF-8, every one named (first of all: the
+    other checks read names)."""
+    bad = list(_bad_text(proto, "model"))
+    if bad:
+        shown = "; ".join(f"{at} {value[:40]!r}" for at, value in bad[:4]) + ("; ..." if len(bad) > 4 else "")
+        raise TrtcError(f"invalid ONNX model: {len(bad)} text field(s) that are not UTF-8: {shown}",
+                        where=str(path), hint="the file is damaged or was exported incorrectly; re-export it")
 
 
 # Embedded tensors of at least this many bytes stay in the file (memory-mapped views); smaller
@@ -463,9 +499,20 @@ def check_ops(proto: onnx.ModelProto, path: Path) -> None:
         )
 
 
-# Checker complaints about models that onnxruntime runs and exporters write every day:
-# a graph input/output declared without a shape (shape inference supplies it).
-BENIGN_CHECKER_ERRORS = ("Field 'shape' of 'type' is required but missing",)
+
+
+def outer_outputs_through_identity(graph: onnx.GraphProto) -> None:
+    """A subgraph output that is a value of an enclosing graph (an If branch returning `x` as is): the
+    checker wants outputs made in the subgraph, onnxruntime refuses them, ONNX's reference and trtc
+    run them. In the checker's stand-in such an output comes out of an Identity of the outer value; so
+    do a weight of the subgraph and a value returned twice, which ONNX's If inference leaves untyped."""
+    made = {vi.name for vi in graph.input} | {name for node in graph.node for name in node.output}
+    returned: set[str] = set()
+    for index, output in enumerate(graph.output):
+        if output.name and (output.name not in made or output.name in returned):
+            graph.node.append(onnx.helper.make_node("Identity", [output.name], [f"{output.name}.trtc_out{index}"]))
+            output.name = graph.node[-1].output[0]
+        returned.add(output.name)
 
 
 def check_structure(proto: onnx.ModelProto, path: Path) -> None:
@@ -474,6 +521,8 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
     It checks a copy of `proto` (a skeleton: kilobytes) in which every external tensor is an empty
     stand-in: given a proto, the checker would look for external files from the cwd, and given the
     path it would read every embedded weight. `check_external_data` checks those files instead."""
+    check_graph_names(proto, path)
+    check_value_types(proto, path)
     stand_in = onnx.ModelProto()
     stand_in.CopyFrom(proto)
     for graph in _subgraphs(stand_in.graph):
@@ -492,14 +541,87 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
                 tensor.ClearField("data_location")
                 del tensor.dims[:]
                 tensor.dims.append(0)
+    for graph in list(_subgraphs(stand_in.graph))[1:]:
+        outer_outputs_through_identity(graph)
+    for info in [*stand_in.graph.input, *stand_in.graph.output]:
+        # A main-graph input or output declared without a shape is a model onnxruntime runs and exporters
+        # write every day (inference supplies the shape), but the checker stops at it ("Field 'shape' of
+        # 'type' is required but missing") and would check nothing after it: it gets a stand-in shape.
+        if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape"):
+            info.type.tensor_type.shape.SetInParent()
     try:
         onnx.checker.check_model(stand_in)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        if first.startswith(BENIGN_CHECKER_ERRORS):
-            return
-        raise TrtcError(f"invalid ONNX model: {first}", where=str(path),
-                        hint="the file is truncated or was exported incorrectly; re-export it") from None
+        # The checker's words, all of them: some name the node on the lines after the first
+        # ("... however input 'h' of node: \nname: relu OpType: Relu\n is not output of any previous nodes.").
+        words = " ".join(str(exc).split())
+        raise TrtcError(f"invalid ONNX model: {words}", where=str(path), hint=_BROKEN_RULES) from None
+    check_unique_names(proto, path)
+
+
+def _labelled_graphs(graph: onnx.GraphProto, label: str = "the main graph") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """Every graph with where it sits: 'the main graph', 'attribute body of node 'loop' (Loop)'."""
+    yield label, graph
+    for node in graph.node:
+        owner = f"node {node.name!r} ({node.op_type})" if node.name else f"an unnamed {node.op_type} node"
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for index, sub in enumerate(subs):
+                which = attr.name if attr.type == onnx.AttributeProto.GRAPH else f"{attr.name}[{index}]"
+                yield from _labelled_graphs(sub, f"attribute {which} of {owner}")
+
+
+def check_graph_names(proto: onnx.ModelProto, path: Path) -> None:
+    """The checker's rule that every graph has a name, said with the graph it found unnamed."""
+    for label, graph in _labelled_graphs(proto.graph):
+        if not graph.name:
+            raise TrtcError(f"invalid ONNX model: Field 'name' of 'graph' is required to be non-empty: {label}",
+                            where=str(path), hint=_BROKEN_RULES)
+
+
+_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values())
+
+
+def _unknown_elem_types(type_proto: onnx.TypeProto) -> Iterator[int]:
+    """The element types in a (possibly nested: sequence, optional, map) type that ONNX does not define."""
+    kind = type_proto.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(type_proto, kind).elem_type
+        if elem not in _DATA_TYPES:
+            yield elem
+    elif kind in ("sequence_type", "optional_type"):
+        yield from _unknown_elem_types(getattr(type_proto, kind).elem_type)
+    elif kind == "map_type":
+        if type_proto.map_type.key_type not in _DATA_TYPES:
+            yield type_proto.map_type.key_type
+        yield from _unknown_elem_types(type_proto.map_type.value_type)
+
+
+def check_value_types(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse declared types whose element type is no ONNX data type (elem_type 1000): the checker lets
+    them through and every later reader fails on them."""
+    for label, graph in _labelled_graphs(proto.graph):
+        for kind, infos in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info)):
+            for info in infos:
+                unknown = next(_unknown_elem_types(info.type), None)
+                if unknown is not None:
+                    raise TrtcError(f"invalid ONNX model: {kind} {info.name!r} of {label} has an unknown element "
+                                    f"type ({unknown})", where=str(path), hint=_BROKEN_RULES)
+
+
+def check_unique_names(proto: onnx.ModelProto, path: Path) -> None:
+    """ONNX's namespaces (IR.md, "Names Within a Graph") that its checker does not enforce: node names
+    and value_info entries are unique within a graph. (Values written twice, inputs and initializers
+    are the checker's.) Nodes without a name are many and fine."""
+    for label, graph in _labelled_graphs(proto.graph):
+        for what, names in (("nodes are named", [n.name for n in graph.node if n.name]),
+                            ("value_info entries describe", [vi.name for vi in graph.value_info])):
+            seen: set[str] = set()
+            twice = next((name for name in names if name in seen or seen.add(name)), None)
+            if twice is not None:
+                raise TrtcError(f"invalid ONNX model: {names.count(twice)} {what} {twice!r} in {label}; "
+                                "names must be unique within a graph",
+                                where=str(path), hint=_BROKEN_RULES)
 
 
 # TensorProto's typed data fields, by the field each data type stores its values in, and how many
@@ -583,6 +705,15 @@ def check_tensor_data(proto: onnx.ModelProto, path: Path) -> None:
                         hint="the file is truncated, stripped of its weights or exported incorrectly; re-export it")
 
 
+def _span(info: dict[str, str]) -> tuple[int, int] | None:
+    """(offset, length) of an external-data entry (0 where not given); None unless both are numbers >= 0."""
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
+    except ValueError:
+        return None
+    return (offset, length) if offset >= 0 and length >= 0 else None
+
+
 def _lifted(embedded: EmbeddedWeights, info: dict[str, str]) -> bool:
     try:
         return embedded.is_lifted(info.get("location", ""), int(info.get("offset", -1)), int(info.get("length", -1)))
@@ -603,8 +734,13 @@ def check_external_data(proto: onnx.ModelProto, path: Path, embedded: EmbeddedWe
         if embedded is not None and _lifted(embedded, info):
             continue
         what = f"tensor {tensor.name!r}: external data {location!r}"
-        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+        if not location or "\0" in location or os.path.isabs(location) or ".." in Path(location).parts:
             problems.append(f"{what} is not a plain relative path inside the model's folder")
+            continue
+        span = _span(info)
+        if span is None:
+            problems.append(f"{what}: offset {info.get('offset')!r} or length {info.get('length')!r} is not "
+                            "a number of bytes")
             continue
         real = os.path.realpath(os.path.join(path.parent, location))
         if os.path.commonpath([base, real]) != base:
@@ -613,7 +749,7 @@ def check_external_data(proto: onnx.ModelProto, path: Path, embedded: EmbeddedWe
         if not os.path.isfile(real):
             problems.append(f"{what} is missing")
             continue
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        end = span[0] + span[1]
         if end > os.path.getsize(real):
             problems.append(f"{what} is shorter than offset+length ({end} bytes)")
     if problems:

@@ -172,6 +172,8 @@ def lower_loop(ctx, node):
     loop = ctx.network.add_loop()
     count = ctx.cast(scalar_of(ctx, ctx.tensor(node.inputs[0])), trt.int64) if given(node.inputs, 0) else None
     if count is not None:
+        # A negative M runs no iteration (onnxruntime's reading); TensorRT would size scan outputs by it.
+        count = ctx.elementwise(count, ctx.constant(np.zeros((), np.int64)), E.MAX)
         ctx.check(loop.add_trip_limit(count, trt.TripLimit.COUNT))
     true = ctx.constant(np.ones((), np.bool_))
     always = _is_true(node.inputs[1] if len(node.inputs) > 1 else None) and _cond_unchanged(node)

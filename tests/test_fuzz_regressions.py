@@ -1,0 +1,295 @@
+"""Every crash the fuzz harness (tests/fuzzing, benchmarks/fuzz.py) found, as the smallest model that
+showed it, with the one line it now gets; and the rules of ONNX that broken graphs break (issue 15,
+part 6b), each refused in the checker's words with the node or value it names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from corpus import one_error_line, run_trtc, trtc_in_process
+
+BROKEN_RULES = "the model breaks ONNX's rules; fix the exporter or re-export it"
+
+
+def mlp(**changes) -> onnx.ModelProto:
+    """x[batch, 16] -> Gemm 'fc1' -> Relu 'relu' -> MatMul 'fc2' -> y[batch, 4]."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+         for name, shape in changes.pop("weights", {"w1": (32, 16), "b1": (32,), "w2": (32, 4)}).items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def loop_model(trips: np.ndarray | None, *, cond_out: str = "cond_in", scan_shape=None) -> onnx.ModelProto:
+    """Loop(trips, true, x): acc += 1 each step, each step's acc a scan output; the body's condition
+    output is `cond_out` (its input passed on: the loop stops only at the trip count)."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "one"], ["acc_out"], name="body_add"),
+         helper.make_node("Identity", ["cond_in"], ["cond_pass"], name="body_cond"),
+         helper.make_node("Identity", ["acc_out"], ["step"], name="body_scan")], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("step", TensorProto.FLOAT, [2])])
+    weights = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+               numpy_helper.from_array(np.array(True), "go")]
+    if trips is not None:
+        weights.append(numpy_helper.from_array(trips, "trips"))
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips" if trips is not None else "", "go", "x"], ["y", "steps"], name="loop",
+                          body=body)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("steps", TensorProto.FLOAT, scan_shape)], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def save(model: onnx.ModelProto | bytes, folder: Path, name: str = "m.onnx") -> Path:
+    path = folder / name
+    path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+    return path
+
+
+def parse_refused(capsys, model, folder: Path, *needles: str) -> str:
+    """`trtc parse` refuses in one line holding every needle, exit 2, and leaves nothing behind."""
+    path = save(model, folder)
+    before = sorted(folder.iterdir())
+    line = one_error_line(trtc_in_process(capsys, "parse", path, "-o", folder / "m.trtir"), *needles)
+    assert sorted(folder.iterdir()) == before, "a failed parse left files behind"
+    return line
+
+
+# ------------------------------------------------------------------ ONNX's rules (issue 15, part 6b)
+
+
+def test_duplicate_value_info(capsys, tmp_path):
+    model = mlp()
+    model.graph.value_info.extend([helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 32]),
+                                   helper.make_tensor_value_info("h", TensorProto.INT64, None)])
+    line = parse_refused(capsys, model, tmp_path, "invalid ONNX model: 2 value_info entries describe 'h' in the "
+                         "main graph; names must be unique within a graph")
+    assert line.endswith(BROKEN_RULES)
+
+
+def test_duplicate_node_names(capsys, tmp_path):
+    model = mlp()
+    model.graph.node[1].name = "fc1"
+    parse_refused(capsys, model, tmp_path, "invalid ONNX model: 2 nodes are named 'fc1' in the main graph")
+
+
+def test_duplicate_node_names_in_a_subgraph_name_the_node_holding_it(capsys, tmp_path):
+    model = loop_model(np.array(3, np.int64))
+    model.graph.node[0].attribute[0].g.node[1].name = "body_add"
+    parse_refused(capsys, model, tmp_path, "2 nodes are named 'body_add' in attribute body of node 'loop' (Loop)")
+
+
+def test_unnamed_nodes_are_fine(capsys, tmp_path):
+    model = mlp()
+    for node in model.graph.node:
+        node.name = ""
+    path = save(model, tmp_path)
+    assert trtc_in_process(capsys, "parse", path, "-o", tmp_path / "m.trtir")[0] == 0
+
+
+@pytest.mark.parametrize("which", ["main", "subgraph"])
+def test_empty_graph_name(capsys, tmp_path, which):
+    model = loop_model(np.array(3, np.int64)) if which == "subgraph" else mlp()
+    graph = model.graph.node[0].attribute[0].g if which == "subgraph" else model.graph
+    graph.name = ""
+    where = "attribute body of node 'loop' (Loop)" if which == "subgraph" else "the main graph"
+    line = parse_refused(capsys, model, tmp_path,
+                         f"invalid ONNX model: Field 'name' of 'graph' is required to be non-empty: {where}")
+    assert "truncated" not in line
+
+
+def test_no_opset_import(capsys, tmp_path):
+    model = mlp()
+    del model.opset_import[:]
+    line = parse_refused(capsys, model, tmp_path, "invalid ONNX model: no opset_import: the model does not say "
+                         "which opset its ops follow", BROKEN_RULES)
+    assert "truncated" not in line and "not an ONNX model" not in line
+
+
+def test_incompatible_matmul_shapes(capsys, tmp_path):
+    model = mlp(weights={"w1": (32, 16), "b1": (32,), "w2": (5, 4)})
+    line = parse_refused(capsys, model, tmp_path, "invalid ONNX model: node 'fc2' (MatMul): [ShapeInferenceError] "
+                         "Incompatible dimensions for matrix multiplication",
+                         "ONNX's type and shape inference refuses it")
+    assert "onnx.reference" not in line and "TypeError" not in line
+
+
+def test_nodes_out_of_topological_order(capsys, tmp_path):
+    model = mlp()
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend([nodes[1], nodes[0], nodes[2]])
+    parse_refused(capsys, model, tmp_path, "invalid ONNX model: Nodes in a graph must be topologically sorted, "
+                  "however input 'h' of node: name: relu OpType: Relu is not output of any previous nodes.")
+
+
+@pytest.mark.parametrize(("source", "name"), [("ghost", "ghost"), ("y", "y")], ids=["dangling", "cycle"])
+def test_dangling_and_cyclic_edges_name_the_node(capsys, tmp_path, source, name):
+    model = mlp()
+    model.graph.node[1].input[0] = source
+    parse_refused(capsys, model, tmp_path, f"however input {name!r} of node: name: relu OpType: Relu")
+
+
+def test_graph_output_naming_nothing(capsys, tmp_path):
+    model = mlp()
+    model.graph.output[0].name = "nothing"
+    parse_refused(capsys, model, tmp_path, "Graph output 'nothing' is not an output of any node in graph.")
+
+
+def test_ill_typed_node(capsys, tmp_path):
+    """Add of float and int64 passed the checker and failed in the CPU reference's words."""
+    model = mlp()
+    model.graph.node.insert(1, helper.make_node("Cast", ["h"], ["h64"], name="cast", to=TensorProto.INT64))
+    model.graph.node.insert(2, helper.make_node("Add", ["h", "h64"], ["h2"], name="mixed"))
+    model.graph.node[3].input[0] = "h2"
+    parse_refused(capsys, model, tmp_path, "node 'mixed' (Add): B has inconsistent type tensor(int64)")
+
+
+def test_error_inside_a_subgraph_names_the_inner_node_and_its_holder(capsys, tmp_path):
+    model = loop_model(np.array(3, np.int64))
+    model.graph.node[0].attribute[0].g.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "three"))
+    model.graph.node[0].attribute[0].g.node[0].input[1] = "three"
+    parse_refused(capsys, model, tmp_path, "node 'body_add' (Add) in node 'loop' (Loop): [ShapeInferenceError]")
+
+
+# ------------------------------------------------------------------ crashes the harness found
+
+
+@pytest.mark.parametrize("field", ["graph name", "op_type"])
+def test_text_that_is_not_utf8(capsys, tmp_path, field):
+    """A flipped byte in a name: onnx_ir's serializer raised UnicodeDecodeError (graph name), onnx's
+    get_schema a TypeError (op type)."""
+    model = mlp()
+    if field == "graph name":
+        model.graph.name = "Zmlp"
+        data, at = model.SerializeToString().replace(b"Zmlp", b"\x80mlp"), "model.graph.name b'\\x80mlp'"
+    else:
+        model.graph.node[1].op_type = "Zelu"
+        data, at = model.SerializeToString().replace(b"Zelu", b"\xffelu"), "model.graph.node[1].op_type b'\\xffelu'"
+    parse_refused(capsys, data, tmp_path, "invalid ONNX model: 1 text field(s) that are not UTF-8: " + at)
+    one_error_line(trtc_in_process(capsys, "inspect", tmp_path / "m.onnx"), "not UTF-8")
+
+
+def _external(model: onnx.ModelProto, **entries: str) -> onnx.ModelProto:
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in entries.items():
+        tensor.external_data.add(key=key, value=value)
+    return model
+
+
+def test_external_location_with_a_nul_byte(capsys, tmp_path):
+    """os.path.realpath raised ValueError('embedded null byte')."""
+    (tmp_path / "w.bin").write_bytes(bytes(2048))
+    parse_refused(capsys, _external(mlp(), location="w.bin\0x"), tmp_path,
+                  "tensor 'w1': external data 'w.bin\\x00x' is not a plain relative path inside the model's folder")
+
+
+@pytest.mark.parametrize("offset", ["abc", "-5", "1e3"])
+def test_external_offset_that_is_not_a_number(capsys, tmp_path, offset):
+    """int('abc') raised ValueError when the data file existed."""
+    (tmp_path / "w.bin").write_bytes(bytes(2048))
+    path = save(_external(mlp(), location="w.bin", offset=offset), tmp_path)
+    one_error_line(trtc_in_process(capsys, "parse", path, "-o", tmp_path / "m.trtir"),
+                   f"tensor 'w1': external data 'w.bin': offset {offset!r} or length None is not a number of bytes")
+
+
+@pytest.mark.parametrize("elem_type", [-1, 1000])
+def test_unknown_element_type(capsys, tmp_path, elem_type):
+    """ONNX's shape inference raised ValueError('Invalid tensor data type')."""
+    model = mlp()
+    model.graph.input[0].type.tensor_type.elem_type = elem_type
+    parse_refused(capsys, model, tmp_path, f"input 'x' of the main graph has an unknown element type ({elem_type})")
+
+
+def test_loop_that_never_finishes(tmp_path):
+    """Trip count 2**63 - 1 and a condition passed on unchanged: `trtc run` hung."""
+    path = save(loop_model(np.array(2**63 - 1, np.int64)), tmp_path)
+    proc = run_trtc("run", path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert ("node 'loop' (Loop): it would not finish: its condition never turns false and its trip count is "
+            "9223372036854775807 (more iterations than the 2147483647 a run may take)") in proc.stderr
+
+
+def test_loop_without_trip_count_or_a_condition_that_changes(capsys, tmp_path):
+    parse_refused(capsys, loop_model(None), tmp_path,
+                  "node 'loop' (Loop): it would not finish: its condition never turns false and it has no trip count")
+
+
+def test_long_loops_that_can_stop_are_fine(capsys, tmp_path):
+    model = loop_model(np.array(2**63 - 1, np.int64), cond_out="stop")
+    body = model.graph.node[0].attribute[0].g
+    body.initializer.append(numpy_helper.from_array(np.array(4, np.int64), "four"))
+    body.node.append(helper.make_node("Less", ["i", "four"], ["stop"], name="body_stop"))
+    model.graph.output[1].type.tensor_type.ClearField("shape")
+    path = save(model, tmp_path)
+    assert trtc_in_process(capsys, "run", path)[0] == 0
+
+
+def test_loop_trip_count_of_no_elements(tmp_path):
+    """A trip count of shape [0, 4]: onnxruntime segfaulted in `trtc run`."""
+    path = save(loop_model(np.zeros((0, 4), np.int64)), tmp_path)
+    proc = run_trtc("run", path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "node 'loop' (Loop): its trip count 'trips' must hold exactly one element, it is [0, 4]" in proc.stderr
+
+
+def test_if_condition_of_many_elements(capsys, tmp_path):
+    """Was 'onnxruntime refuses these inputs' at run (blaming generated inputs) and a TensorRT shape
+    error in build."""
+    then = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])])
+    graph = helper.make_graph(
+        [helper.make_node("Greater", ["x", "zero"], ["positive"], name="positive"),
+         helper.make_node("If", ["positive"], ["y"], name="branch", then_branch=then, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.zeros(2, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    parse_refused(capsys, model, tmp_path,
+                  "node 'branch' (If): its condition 'positive' must hold exactly one element, it is [2]")
+
+
+def test_conv_bias_of_the_wrong_shape(capsys, tmp_path):
+    """Was 'onnxruntime refuses these inputs' at run and an internal error lowering in build."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros((2, 4), np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    parse_refused(capsys, model, tmp_path,
+                  "node 'conv' (Conv): its bias 'b' must be 1-D with one value per output channel (8), it is [2, 4]")
+
+
+def test_negative_trip_count_builds(capsys, tmp_path):
+    """TensorRT sized the scan output by a negative trip count: 'Could not get tensor shape' escaped
+    the build as a traceback. A negative M runs no iteration, as in onnxruntime."""
+    pytest.importorskip("tensorrt_rtx")
+    path = save(loop_model(np.array(-5, np.int64)), tmp_path)
+    code, out, err = trtc_in_process(capsys, "run", path)
+    assert code == 0 and "steps: float32[0, 2]" in out + err, out + err
+    code, out, err = trtc_in_process(capsys, "build", "--backend", "tensorrt-rtx", path, "-o", tmp_path / "m.plan",
+                                     "--cache-dir", tmp_path / "cache")
+    assert code == 0, out + err

@@ -1,0 +1,125 @@
+"""Rules of ops that ONNX's type and shape inference does not check and its runtimes rely on, checked
+at parse with the node named, once shapes are inferred (onnxruntime crashes on some of them, or blames
+the inputs; TensorRT fails inside the build):
+
+- the condition of If, and the trip count and condition of Loop, hold exactly one element;
+- Conv's bias is 1-D with one value per output channel (ConvTranspose's too);
+- a Loop must be able to finish: one whose condition never turns false and whose trip count is absent
+  (ONNX's `for (;;)`) or beyond any run (more than 2**31 - 1 iterations, TensorRT's limit too) would
+  hang `trtc run` and every later stage that executes it.
+
+A Loop's condition never turns false when it starts true (no input, or a constant true) and the body
+hands it back unchanged: its condition output is its condition input, an Identity of it, or a
+constant true. Any other body (`i < n`, a data-dependent test) may stop early and is left alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from trtc.errors import TrtcError
+from trtc.ir.walk import all_graphs
+
+TRIP_LIMIT = 2**31 - 1
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    try:
+        return np.asarray(value.const_value.numpy())
+    except Exception:  # a tensor numpy cannot hold is not a condition or a count we can read
+        return None
+
+
+def _static_dims(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape.dims):
+        return None
+    return list(value.shape.dims)
+
+
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _one_element(node: ir.Node, indexes: dict[int, str]) -> str | None:
+    for index, role in indexes.items():
+        dims = _static_dims(_input(node, index))
+        if dims is not None and math.prod(dims) != 1:
+            return f"its {role} {node.inputs[index].name!r} must hold exactly one element, it is {dims}"
+    return None
+
+
+def _always_true(value: ir.Value | None) -> bool:
+    """An absent condition, or a constant whose only element is true."""
+    if value is None:
+        return True
+    array = _constant(value)
+    return array is not None and array.size == 1 and bool(array.reshape(-1)[0])
+
+
+def _never_stops(body: ir.Graph) -> bool:
+    """The body's condition output is its condition input (as is or through Identity) or constant true."""
+    if len(body.inputs) < 2 or not body.outputs:
+        return False
+    cond_in, cond_out = body.inputs[1], body.outputs[0]
+    producer = cond_out.producer()
+    if cond_out is cond_in:
+        return True
+    if producer is not None:
+        return producer.op_type == "Identity" and list(producer.inputs) == [cond_in]
+    return cond_out.const_value is not None and _always_true(cond_out)
+
+
+def _endless(node: ir.Node) -> str | None:
+    body = node.attributes.get("body")
+    if body is None or body.type != ir.AttributeType.GRAPH or not _never_stops(body.value):
+        return None
+    if not _always_true(_input(node, 1)):
+        return None
+    if _input(node, 0) is None:
+        return "it would not finish: its condition never turns false and it has no trip count"
+    trips = _constant(_input(node, 0))
+    if trips is not None and trips.size == 1 and int(trips.reshape(-1)[0]) > TRIP_LIMIT:
+        return (f"it would not finish: its condition never turns false and its trip count is "
+                f"{int(trips.reshape(-1)[0])} (more iterations than the {TRIP_LIMIT} a run may take)")
+    return None
+
+
+def _loop(node: ir.Node) -> str | None:
+    return _one_element(node, {0: "trip count", 1: "condition"}) or _endless(node)
+
+
+def _if(node: ir.Node) -> str | None:
+    return _one_element(node, {0: "condition"})
+
+
+def _conv_bias(node: ir.Node) -> str | None:
+    bias, weight = _static_dims(_input(node, 2)), _static_dims(_input(node, 1))
+    if bias is None or weight is None or len(weight) < 2:
+        return None
+    group = node.attributes.get("group")
+    groups = group.value if group is not None and isinstance(group.value, int) else 1
+    channels = weight[0] if node.op_type == "Conv" else weight[1] * groups
+    if bias != [channels]:
+        return (f"its bias {node.inputs[2].name!r} must be 1-D with one value per output channel ({channels}), "
+                f"it is {bias}")
+    return None
+
+
+RULES: dict[str, Callable[[ir.Node], str | None]] = {"Loop": _loop, "If": _if, "Conv": _conv_bias,
+                                                      "ConvTranspose": _conv_bias}
+
+
+def check_node_rules(model: ir.Model, where: str) -> None:
+    """Refuse the first node that breaks a rule of its op (see the module docstring)."""
+    for graph in all_graphs(model.graph):
+        for node in graph:
+            rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if rule is not None and (why := rule(node)):
+                raise TrtcError(f"node {node.name!r} ({node.op_type}): {why}", where=where,
+                                hint="the model breaks the op's rules; fix the exporter or re-export it")

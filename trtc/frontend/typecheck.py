@@ -1,0 +1,105 @@
+"""ONNX's type and shape inference as a check: a node whose inputs break its op's rules (MatMul of
+[B, 32] by [5, 4], Add of float and int64, Unsqueeze at axis 2**40, negative pads) is refused at parse,
+in ONNX's words and with the node, instead of surfacing later as the CPU reference's internal error
+or a TensorRT failure.
+
+It runs on the proto as the file gives it (local functions inlined), strict, with types checked, and
+without what the file declares about node outputs (value_info, output types): trtc corrects wrong
+declarations with a warning (see shapes.py), so only the graph's own computation is judged. Weights in
+external data count by their type and shape (their values are not read).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import onnx
+
+from trtc.errors import TrtcError
+from trtc.frontend.shapes import _take_declarations
+from trtc.ir.onnx_load import outer_outputs_through_identity
+
+# One node's complaint in ONNX's report: "(op_type:MatMul, node name: fc2): [ShapeInferenceError] ...".
+_NODE_ERROR = re.compile(r"\(op_type:(?P<op>[^,)]*)(?:, node name: (?P<name>[^)]*))?\): (?P<words>.*)")
+_NESTED = "Inference error(s): "
+
+
+def _as_inputs(graph: onnx.GraphProto) -> None:
+    """Make `graph`'s external initializers inputs of the same type and shape: inference reads no value."""
+    kept, listed = [], {vi.name for vi in graph.input}
+    for tensor in graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            kept.append(tensor)
+        elif tensor.name not in listed:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _subgraph_ops(graph: onnx.GraphProto) -> set[tuple[str, str]]:
+    """(op_type, name) of the nodes that hold subgraphs, in `graph` and below."""
+    found = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            if subs:
+                found.add((node.op_type, node.name))
+            for sub in subs:
+                found |= _subgraph_ops(sub)
+    return found
+
+
+def _node(op: str, name: str | None) -> str:
+    return f"node {name!r} ({op})" if name else f"an unnamed {op} node"
+
+
+def _innermost(match: re.Match, holders: set[tuple[str, str]]) -> tuple[str, str] | None:
+    """(where, words) of one complaint, followed into the subgraph it came from; None for one from
+    inside the function body of an ONNX op (MeanVarianceNormalization's in onnx 1.23): ONNX's own."""
+    where, words = _node(match["op"], match["name"]), match["words"]
+    while _NESTED in words:
+        inner = _NODE_ERROR.match(words.split(_NESTED, 1)[1])
+        if (match["op"], match["name"] or "") not in holders or inner is None:
+            return None
+        where, words, match = f"{_node(inner['op'], inner['name'])} in {where}", inner["words"], inner
+    return where, words
+
+
+def node_errors(report: str, holders: set[tuple[str, str]]) -> list[str]:
+    """'node 'fc2' (MatMul): [ShapeInferenceError] ...' for each complaint of ONNX's report that names a
+    node of the model; `holders` are the (op, name) of its nodes with subgraphs."""
+    errors = []
+    for line in report.splitlines():
+        line = line.strip().removeprefix("[ShapeInferenceError] ").removeprefix(_NESTED)
+        if (match := _NODE_ERROR.match(line)) and (found := _innermost(match, holders)):
+            errors.append(f"{found[0]}: {found[1]}")
+    return errors
+
+
+def check_types(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse a graph ONNX's inference finds ill-typed or ill-shaped (see the module docstring)."""
+    judged = onnx.ModelProto()
+    judged.CopyFrom(proto)
+    _take_declarations(judged)
+    for depth, graph in enumerate(_graphs(judged.graph)):
+        _as_inputs(graph)
+        if depth:  # ONNX's If inference types a branch output that is an outer value as unknown
+            outer_outputs_through_identity(graph)
+    try:
+        onnx.shape_inference.infer_shapes(judged, check_type=True, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as exc:
+        errors = node_errors(str(exc), _subgraph_ops(judged.graph))
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise TrtcError(f"invalid ONNX model: {errors[0]}{more}", where=str(path),
+                            hint="ONNX's type and shape inference refuses it; fix the exporter or re-export "
+                            "it") from None
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from _graphs(sub)
