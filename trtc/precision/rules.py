@@ -50,6 +50,10 @@ class PrecisionOptions:
     quantize: str | None = None
     int4_weights: bool = False
     calib_methods: Sequence[str] = ()
+    # Accuracy-driven precision (precision/search.py): targets "METRIC=VALUE" or "OUTPUT:METRIC=VALUE" (cosine,
+    # max-error, mean-error; errors relative to the output's range), or a command that judges the outputs.
+    accuracy: Sequence[str] = ()
+    check: str | None = None
 
 
 @dataclasses.dataclass
