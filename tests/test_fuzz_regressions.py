@@ -211,12 +211,14 @@ def test_external_offset_that_is_not_a_number(capsys, tmp_path, offset):
                    f"tensor 'w1': external data 'w.bin': offset {offset!r} or length None is not a number of bytes")
 
 
-@pytest.mark.parametrize("elem_type", [-1, 1000])
-def test_unknown_element_type(capsys, tmp_path, elem_type):
+@pytest.mark.parametrize(("elem_type", "words"), [(-1, "an unknown element type (-1)"),
+                                                   (1000, "an unknown element type (1000)"),
+                                                   (0, "no element type (0, UNDEFINED)")])
+def test_unknown_element_type(capsys, tmp_path, elem_type, words):
     """ONNX's shape inference raised ValueError('Invalid tensor data type')."""
     model = mlp()
     model.graph.input[0].type.tensor_type.elem_type = elem_type
-    parse_refused(capsys, model, tmp_path, f"input 'x' of the main graph has an unknown element type ({elem_type})")
+    parse_refused(capsys, model, tmp_path, f"input 'x' of the main graph has {words}")
 
 
 def test_loop_that_never_finishes(tmp_path):
@@ -293,3 +295,19 @@ def test_negative_trip_count_builds(capsys, tmp_path):
     code, out, err = trtc_in_process(capsys, "build", "--backend", "tensorrt-rtx", path, "-o", tmp_path / "m.plan",
                                      "--cache-dir", tmp_path / "cache")
     assert code == 0, out + err
+
+
+def test_negative_declared_dim_before_the_version_converter(tmp_path):
+    """An input dim of -7 into a Slice at opset 17: ONNX's version converter ran its shape inference on
+    it and aborted the process (std::clamp with a negative bound). A negative dim is unknown (as
+    onnxruntime reads it) before the converter sees the model."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    x.type.tensor_type.shape.dim[1].dim_value = -7
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"], name="slice")], "g", [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("starts", 1), ("ends", 5), ("axes", 1))])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path)
+    proc = run_trtc("run", path, "--shape", "x=2x8")
+    assert proc.returncode == 0, proc.stderr
+    assert "y: float32[2, 4]" in proc.stdout + proc.stderr

@@ -338,7 +338,8 @@ class Tally:
         self.seconds = max(self.seconds, other.seconds)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"mutants": self.mutants, "calls": dict(self.calls), "by_mutator": dict(self.by_mutator),
+                "crashes": self.crashes, "leaky": self.leaky, "seconds": self.seconds}
 
     @classmethod
     def from_json(cls, data: dict) -> Tally:

@@ -80,6 +80,7 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
     onnx_load.check_tensor_data(proto, path)
     onnx_load.check_structure(proto, path)
     source_opset = default_opset(proto)
+    negative = unknown_negative_dims(proto)  # before anything reads a declared shape
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
     check_types(proto, path)
@@ -92,7 +93,6 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
     del proto
     embedded.restore(model)  # before the paths are made absolute: it matches the skeleton's entries
     _absolute_weight_paths(model, path.parent)
-    negative = unknown_negative_dims(model)  # before anything reads a declared shape
     freeze_inputs(model, freeze or {}, where=f"{path}: --freeze")
     rewrites = canonicalize(model)
     if negative:

@@ -579,7 +579,9 @@ def check_graph_names(proto: onnx.ModelProto, path: Path) -> None:
                             where=str(path), hint=_BROKEN_RULES)
 
 
-_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values())
+# The element types a declared type may have: ONNX's data types but UNDEFINED (0), which readers
+# after this one (shape inference among them) refuse as "Invalid tensor data type 0".
+_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 
 
 def _unknown_elem_types(type_proto: onnx.TypeProto) -> Iterator[int]:
@@ -605,8 +607,9 @@ def check_value_types(proto: onnx.ModelProto, path: Path) -> None:
             for info in infos:
                 unknown = next(_unknown_elem_types(info.type), None)
                 if unknown is not None:
-                    raise TrtcError(f"invalid ONNX model: {kind} {info.name!r} of {label} has an unknown element "
-                                    f"type ({unknown})", where=str(path), hint=_BROKEN_RULES)
+                    what = "no element type (0, UNDEFINED)" if unknown == 0 else f"an unknown element type ({unknown})"
+                    raise TrtcError(f"invalid ONNX model: {kind} {info.name!r} of {label} has {what}",
+                                    where=str(path), hint=_BROKEN_RULES)
 
 
 def check_unique_names(proto: onnx.ModelProto, path: Path) -> None:

@@ -1,40 +1,43 @@
 """A dim stored as `dim_value: -1` (Paddle2ONNX, some tf2onnx exports) means "unknown", as
 onnxruntime reads it: each becomes a symbolic dim of its own, named after its value and axis.
-Two `-1` dims are not the same dim, so they get different names (TensorRT's parser ties them)."""
+Two `-1` dims are not the same dim, so they get different names (TensorRT's parser ties them).
+
+It runs on the proto, before ONNX's version converter and shape inference see the model: given a
+negative dim, their Slice inference clamps with a negative bound and aborts the process."""
 
 from __future__ import annotations
 
-import onnx_ir as ir
+from collections.abc import Iterator
 
-from trtc.ir.walk import all_graphs
-
-
-def _values(graph: ir.Graph):
-    yield from graph.inputs
-    yield from graph.outputs
-    for node in graph:
-        yield from node.outputs
+import onnx
 
 
-def unknown_negative_dims(model: ir.Model) -> int:
-    """Replace every negative fixed dim of a declared shape by a fresh symbolic dim; return the count.
-    Runs before anything reads shapes (freezing inputs, shape inference)."""
-    taken = {d.value for g in all_graphs(model.graph) for v in _values(g) if v.shape is not None
-             for d in v.shape.dims if isinstance(d, ir.SymbolicDim) and d.value}
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from _graphs(sub)
+
+
+def _declared(proto: onnx.ModelProto) -> Iterator[onnx.ValueInfoProto]:
+    for graph in _graphs(proto.graph):
+        for info in [*graph.input, *graph.output, *graph.value_info]:
+            if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
+                yield info
+
+
+def unknown_negative_dims(proto: onnx.ModelProto) -> int:
+    """Replace every negative fixed dim of a declared shape by a fresh symbolic dim; return the count."""
+    taken = {d.dim_param for info in _declared(proto) for d in info.type.tensor_type.shape.dim if d.dim_param}
     count = 0
-    for graph in all_graphs(model.graph):
-        for value in _values(graph):
-            if value.shape is None or not any(isinstance(d, int) and d < 0 for d in value.shape.dims):
-                continue
-            dims = []
-            for axis, d in enumerate(value.shape.dims):
-                if isinstance(d, int) and d < 0:
-                    name = f"{value.name or 'value'}_dim{axis}"
-                    while name in taken:
-                        name += "_"
-                    taken.add(name)
-                    d = ir.SymbolicDim(name)
-                    count += 1
-                dims.append(d)
-            value.shape = ir.Shape(dims)
+    for info in _declared(proto):
+        for axis, dim in enumerate(info.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                name = f"{info.name or 'value'}_dim{axis}"
+                while name in taken:
+                    name += "_"
+                taken.add(name)
+                dim.dim_param = name  # the oneof: dim_value goes
+                count += 1
     return count
