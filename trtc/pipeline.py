@@ -224,8 +224,10 @@ def build(artifact: Artifact, output: str | Path, options: BuildOptions | None =
           cache: bool = True, cache_dir: Path | None = None, progress: Progress = None) -> BuildResult:
     """An engine and its sidecar at `output`, from the model `prepare_for_lowering` makes."""
     from trtc.lower.api import build_artifact
+    from trtc.precision.quantize import check_targets
 
     options = options or BuildOptions()
+    check_targets(optimize_options.precision, artifact.meta.get("precision"), options.targets)
     prepare_for_lowering(artifact, options, optimize_options=optimize_options, feeds=feeds, progress=progress)
     options = llm_build_options(options, artifact.meta)
     return build_artifact(artifact, Path(output), options, cache=cache, cache_dir=cache_dir, progress=progress)

@@ -34,7 +34,12 @@ def run_precision(artifact: Artifact, options: PrecisionOptions, feeds: FeedOpti
     outputs = [v.name for v in artifact.model.graph.outputs]
     samples = calibration_samples(specs, options.calib, options.calib_samples, feeds, outputs,
                                   frozen_inputs(artifact.model, artifact.meta))
-    report = apply_precision(artifact.model, samples, options).as_dict()
+    if options.quantize or options.int4_weights:
+        from trtc.precision.quantize import apply_quantization
+
+        report = apply_quantization(artifact.model, samples, options).as_dict()
+    else:
+        report = apply_precision(artifact.model, samples, options).as_dict()
     report["options"] = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(options).items()}
     report["calibration"] = {"samples": len(samples), "source": "files" if options.calib or (feeds and feeds.files)
                              else "seeded random"}
@@ -58,6 +63,10 @@ def check_tolerance(report: Mapping[str, Any], tolerance: float) -> None:
 
 
 def precision_summary_text(report: Mapping[str, Any]) -> str:
+    if "quantization" in report:
+        from trtc.precision.quant_report import quantization_summary_text
+
+        return quantization_summary_text(report)
     lines = [
         f"{report['target']}: {report['low_nodes']} nodes, {report['flop_share']:.1%} of FLOPs; "
         f"{len(report['fp32_nodes'])} nodes kept fp32 in {report['islands']} islands; "
@@ -78,6 +87,10 @@ def precision_summary_text(report: Mapping[str, Any]) -> str:
 
 def precision_table(report: Mapping[str, Any]) -> str:
     """Every node kept in fp32, with its reason (for `trtc inspect --precision`)."""
+    if "quantization" in report:
+        from trtc.precision.quant_report import quantization_table
+
+        return quantization_table(report)
     lines = [precision_summary_text(report), "", f"{'node':60} {'op':22} reason"]
     for name, entry in report["fp32_nodes"].items():
         lines.append(f"{name:60} {entry['op']:22} {entry['reason']}")
