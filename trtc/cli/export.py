@@ -70,11 +70,19 @@ def triton_options(fn):
                      help="Triton backend: tensorrt (an engine's default) or python (trtc's runtime: the engine on "
                           "a GPU, else the CPU reference; the default for .onnx/.trtir)."),
         profile_options,
+        click.option("--llm/--no-llm", "llm", default=None,
+                     help="An LLM decoder (.onnx/.trtir with a KV cache, an onnxruntime-genai folder) becomes a "
+                          "decoupled model streaming one response per token (default: when the artifact is one; "
+                          "--llm: it must be; --no-llm: the tensor-in/tensor-out model)."),
+        click.option("--tokenizer", type=click.Path(path_type=Path), metavar="TOKENIZER.JSON",
+                     help="For an LLM: serve text too (text_input, text_output) with this tokenizer.json "
+                          "(default: a genai folder's own)."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
 
-TRITON_FLAGS = ("name", "model_version", "max_batch", "instances", "max_queue_delay_us", "triton_backend")
+TRITON_FLAGS = ("name", "model_version", "max_batch", "instances", "max_queue_delay_us", "triton_backend", "llm",
+                "tokenizer")
 
 
 def to_triton_options(kwargs: dict[str, Any]):
@@ -86,7 +94,8 @@ def to_triton_options(kwargs: dict[str, Any]):
     flags = {k: kwargs.pop(k) for k in TRITON_FLAGS}
     return TritonExportOptions(name=flags["name"], version=flags["model_version"], max_batch=flags["max_batch"],
                                instances=flags["instances"], max_queue_delay_us=flags["max_queue_delay_us"],
-                               backend=flags["triton_backend"], profiles=profiles)
+                               backend=flags["triton_backend"], profiles=profiles, llm=flags["llm"],
+                               tokenizer=flags["tokenizer"])
 
 
 @export.command("triton")
@@ -107,7 +116,8 @@ def export_triton(artifact: Path, repo: Path, as_json: bool, **kwargs: Any) -> N
     batching = (f"max_batch_size {report['max_batch_size']}"
                 + (f", preferred {report['preferred_batch_size']}" if report["preferred_batch_size"] else "")
                 if report["max_batch_size"] else "no batching")
-    click.echo(f"wrote {report['path']}: {report['backend']} backend, {batching}, "
+    kind = "decoupled LLM model (a response per token), " if report["llm"] else ""
+    click.echo(f"wrote {report['path']}: {report['backend']} backend, {kind}{batching}, "
                f"{report['instance_groups']} instance group(s), version {report['version']}")
     for note in report["notes"]:
         click.echo(f"  note: {note}")

@@ -31,8 +31,9 @@ from trtc.cli.options import json_option
 @click.pass_context
 def serve(ctx: click.Context, source: Path, http_port: int, grpc_port: int, metrics_port: int,
           log_file: Path | None, as_json: bool, **export_flags: Any) -> None:
-    """Run Triton on a model repository, or on an artifact (.onnx, .trtir, .plan) exported into a
-    temporary one with the `trtc export triton` options below; Ctrl-C (or SIGTERM) stops it.
+    """Run Triton on a model repository, or on an artifact (.onnx, .trtir, .plan, an onnxruntime-genai
+    folder) exported into a temporary one with the `trtc export triton` options below (an LLM decoder
+    streams its tokens, a response each); Ctrl-C (or SIGTERM) stops it.
 
     The server is the tritonserver of PyPI's nvidia-pytriton, installed on first use into an
     environment of its own (it needs numpy<2). It has Triton's Python backend only: models for its
@@ -60,8 +61,9 @@ def _repository(ctx: click.Context, source: Path, export_flags: dict[str, Any],
     """The repository to serve: `source` itself, or a temporary one holding the artifact exported
     (removed after the server stops); and the export's report for an artifact."""
     from trtc.errors import TrtcError
+    from trtc.llm.genai import CONFIG_NAME as GENAI_CONFIG
 
-    if source.is_dir():
+    if source.is_dir() and not (source / GENAI_CONFIG).is_file():
         given = [p.opts[0] for p in ctx.command.params
                  if p.name in export_flags and ctx.get_parameter_source(p.name) != click.core.ParameterSource.DEFAULT]
         if given:
@@ -75,9 +77,9 @@ def _repository(ctx: click.Context, source: Path, export_flags: dict[str, Any],
     suffixes = (".onnx", ".trtir", *PLAN_SUFFIXES)
     if not source.exists():
         raise TrtcError("no such file or folder", where=str(source))
-    if source.suffix not in suffixes:
-        raise TrtcError(f"neither a model repository (a folder) nor an artifact ({', '.join(suffixes)})",
-                        where=str(source))
+    if source.suffix not in suffixes and not source.is_dir():
+        raise TrtcError(f"neither a model repository (a folder) nor an artifact ({', '.join(suffixes)}, an "
+                        f"onnxruntime-genai folder)", where=str(source))
     import tempfile
 
     from trtc.cli.export import to_triton_options
@@ -108,6 +110,13 @@ def _announce(facts: dict[str, Any], as_json: bool) -> None:
     what = f"{len(models)} model{'s' if len(models) != 1 else ''} ({', '.join(models)})"
     click.echo(f"serving {what} at http://{facts['http']} (HTTP), {facts['grpc']} (gRPC), metrics at "
                f"{facts['metrics']}; Ctrl-C stops it")
+    exported = facts.get("export") or {}
+    if exported.get("llm"):
+        name = exported["model"]
+        prompt = '"text_input": "..."' if exported["llm"].get("tokenizer") else '"input_ids": [...]'
+        body = f'{{{prompt}, "max_tokens": N}}'
+        click.echo(f"{name} streams a response per generated token: a gRPC stream (decoupled), or POST {body} "
+                   f"to http://{facts['http']}/v2/models/{name}/generate_stream")
 
 
 class _Stop(Exception):

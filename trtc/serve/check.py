@@ -3,7 +3,9 @@ load time (or, for a preferred batch size outside a profile, at the first large 
 
 `check_config` compares a parsed config with an artifact's signature; `check_repository` finds
 each model's artifact (a trtc engine's sidecar, or the trtc.json a Python-backend model written
-by `trtc export triton` keeps) and lists every problem of every model at once.
+by `trtc export triton` keeps) and lists every problem of every model at once. The decoupled LLM
+model (trtc.serve.llm_export) is checked for its form too: decoupled, unbatched, its decoder the
+one whose spec trtc.json records.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def _dims(dims: Sequence[int]) -> str:
 
 def _check_tensor(t: ServedTensor, entry, skip: int, profiles: Sequence[dict], role: str) -> list[str]:
     problems = []
+    if role == "input" and entry.optional != t.optional:
+        problems.append(f"input {t.name!r}: optional is {str(entry.optional).lower()}, the model "
+                        + ("may be sent without it" if t.optional else "needs it in every request"))
     pb_type = type(entry).DESCRIPTOR.fields_by_name["data_type"].enum_type.values_by_number[entry.data_type].name
     expected = triton_type(t.dtype)
     if pb_type != expected:
@@ -88,6 +93,22 @@ def _check_batching(config, signature: Signature) -> list[str]:
     return problems
 
 
+def _check_llm(config) -> list[str]:
+    """The decoupled LLM model (trtc.serve.llm_export): a response per token, one prompt per request."""
+    problems = []
+    if not config.model_transaction_policy.decoupled:
+        problems.append("model_transaction_policy.decoupled is not true: the LLM model sends a response per "
+                        "generated token, which Triton allows a decoupled model only")
+    if config.max_batch_size != 0:
+        problems.append(f"max_batch_size {config.max_batch_size}: the LLM model takes one prompt per request "
+                        "(no in-flight batching); set 0")
+    if config.HasField("dynamic_batching"):
+        problems.append("dynamic_batching: the LLM model is not batched (one prompt per request)")
+    if model_backend(config) != "python":
+        problems.append(f"backend {model_backend(config) or '(none)'!r}: the LLM model is a Python-backend model")
+    return problems
+
+
 def check_config(config, signature: Signature) -> list[str]:
     """Every way `config` (a parsed ModelConfig) disagrees with the artifact it serves."""
     problems = _check_names("input", [e.name for e in config.input], [t.name for t in signature.inputs])
@@ -99,7 +120,9 @@ def check_config(config, signature: Signature) -> list[str]:
         for entry in entries:
             if entry.name in by_name:
                 problems += _check_tensor(by_name[entry.name], entry, skip, signature.profiles, role)
-    problems += _check_batching(config, signature)
+    problems += _check_llm(config) if signature.kind == "llm" else _check_batching(config, signature)
+    if signature.kind != "llm" and config.model_transaction_policy.decoupled:
+        problems.append("model_transaction_policy.decoupled is true: the model answers each request once")
     if model_backend(config) == "tensorrt":
         problems += [f"{t.name!r} is {t.dtype}, carried as {t.engine_dtype} in the engine: the TensorRT backend "
                      "cannot convert it (export with --backend python)" for t in signature.tensors() if t.engine_dtype]
@@ -134,15 +157,39 @@ def model_signature_in(model_dir: Path, config) -> tuple[Signature | None, list[
             return None, [f"{version.name}/model.py is missing"], None
         if not spec.is_file():
             return None, [], "a Python model of your own: only the config's syntax was checked"
-        return spec_signature(json.loads(spec.read_text())), [], None
+        recorded = json.loads(spec.read_text())
+        return spec_signature(recorded), _check_llm_files(version, recorded) if recorded["kind"] == "llm" else [], None
     return None, [], f"backend {backend or '(none)'!r}: only the config's syntax was checked"
+
+
+def _check_llm_files(version: Path, spec: dict[str, Any]) -> list[str]:
+    """An LLM model's decoder and tokenizer are there, and the decoder is the one whose spec the
+    trtc.json records (its graph read again: layers, heads, vocab, padding, positions)."""
+    from trtc.serve.llm_export import read_decoder
+
+    problems = []
+    if spec.get("tokenizer") and not (version / spec["tokenizer"]).is_file():
+        problems.append(f"{version.name}/{spec['tokenizer']} (the tokenizer {MODEL_SPEC} names) is missing")
+    decoder = version / spec["decoder"]
+    if not decoder.exists():
+        return [*problems, f"{version.name}/{spec['decoder']} (the decoder {MODEL_SPEC} names) is missing"]
+    try:
+        found = read_decoder(decoder).spec().as_dict()
+    except TrtcError as exc:
+        return [*problems, f"{version.name}/{spec['decoder']}: {exc.message}"]
+    recorded = spec["decoder_spec"]
+    changed = [f"{k} {found[k]!r} (recorded {recorded[k]!r})" for k in sorted(found.keys() & recorded.keys())
+               if found[k] != recorded[k]]
+    if changed:
+        problems.append(f"{version.name}/{spec['decoder']} is not the decoder exported: its {', '.join(changed)}")
+    return problems
 
 
 def spec_signature(spec: dict[str, Any]) -> Signature:
     """The signature a trtc.json records."""
     def tensors(entries):
         return tuple(ServedTensor(e["name"], e["dtype"], tuple(e["shape"]), tuple(e.get("dim_names") or ()),
-                                  e.get("engine_dtype")) for e in entries)
+                                  e.get("engine_dtype"), bool(e.get("optional"))) for e in entries)
 
     profiles = tuple({n: tuple(tuple(d) for d in r) for n, r in p.items()} for p in spec["profiles"])
     return Signature(spec["kind"], tensors(spec["inputs"]), tensors(spec["outputs"]), profiles)

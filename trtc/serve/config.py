@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from trtc.errors import TrtcError
 from trtc.lower.profiles import ProfileSpec
@@ -31,6 +32,8 @@ class TritonExportOptions:
     max_queue_delay_us: int | None = None
     backend: str | None = None  # default: tensorrt for an engine, python otherwise
     profiles: tuple[ProfileSpec, ...] = ()  # --shapes, for an .onnx/.trtir
+    llm: bool | None = None  # a decoder as the streaming LLM model: None when it is one, True required, False never
+    tokenizer: Path | None = None  # tokenizer.json for an LLM's text_input/text_output (a genai folder has its own)
 
     def backend_for(self, kind: str) -> str:
         return self.backend or ("tensorrt" if kind == "plan" else "python")

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def model_name(artifact: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", artifact.stem) or "model"
 
 
-def _place(src: Path, dst: Path) -> None:
+def place_file(src: Path, dst: Path) -> None:
     """A hard link where the file system allows (an engine or weights are not copied needlessly), else a copy."""
     try:
         os.link(src, dst)
@@ -60,7 +61,7 @@ def _write_model_artifact(src: Path, dst: Path) -> None:
     from trtc.loading import artifact_kind, open_model
 
     if artifact_kind(src) == "trtir":
-        _place(src, dst)
+        place_file(src, dst)
         return
     from trtc.ir import save_artifact
 
@@ -70,7 +71,7 @@ def _write_model_artifact(src: Path, dst: Path) -> None:
 
 def _spec(signature: Signature, files: dict[str, str | None], max_batch: int, artifact: Path) -> dict[str, Any]:
     def tensors(items):
-        return [{k: v for k, v in dataclasses.asdict(t).items() if v not in (None, ())} for t in items]
+        return [{k: v for k, v in dataclasses.asdict(t).items() if v not in (None, (), False)} for t in items]
 
     return {"format": "trtc-triton-model", "trtc_version": __version__, "kind": signature.kind,
             "source": {"path": str(artifact.resolve()), "sha256": file_sha256(artifact)}, **files,
@@ -85,8 +86,8 @@ def _fill_version(version_dir: Path, artifact: Path, signature: Signature, backe
     notes = []
     files: dict[str, str | None] = {"engine": None, "reference": None}
     if signature.kind == "plan":
-        _place(artifact, version_dir / "model.plan")
-        _place(sidecar_path(artifact), version_dir / "model.plan.json")
+        place_file(artifact, version_dir / "model.plan")
+        place_file(sidecar_path(artifact), version_dir / "model.plan.json")
         files["engine"] = "model.plan"
         if backend == "python":
             source = _reference_source(artifact, read_sidecar(artifact))
@@ -106,34 +107,17 @@ def _fill_version(version_dir: Path, artifact: Path, signature: Signature, backe
     return notes
 
 
-def export_triton(artifact: Path, repo: Path, options: TritonExportOptions | None = None) -> dict[str, Any]:
-    """Write REPO/NAME for `artifact`; the report says what was written and what was decided."""
-    options = options or TritonExportOptions()
-    artifact = Path(artifact)
-    if options.version < 1:
-        raise TrtcError(f"version {options.version}: Triton's versions start at 1", where="--version")
-    if options.instances < 1:
-        raise TrtcError(f"{options.instances} instances", where="--instances", hint="give 1 or more")
-    signature = artifact_signature(artifact, options.profiles)
-    name = options.name or model_name(artifact)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
-        raise TrtcError(f"{name!r} is not a usable model name", where="--name",
-                        hint="letters, digits, '_', '-' and '.'")
-    batching = decide_batching(signature, options)
-    config = model_config(signature, name, options, batching)
-    text = config_text(config)
-    problems = check_config(parse_config(text, f"{name}/{CONFIG_NAME}"), signature)
-    if problems:  # the writer and the checks disagree: a trtc bug, said before anything is written
-        raise TrtcError(f"the config written for {name} fails its own check: {'; '.join(problems)}",
-                        where=str(artifact), hint="please report this")
-    backend = options.backend_for(signature.kind)
+def write_model_dir(repo: Path, name: str, config_text: str, version: int,
+                    fill: Callable[[Path], list[str]]) -> tuple[Path, list[str]]:
+    """REPO/NAME holding config.pbtxt and the version folder `fill` writes (it returns notes for the
+    report), made in a staging folder beside it and renamed into place: whole or not at all."""
     repo.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:
-        (staging / CONFIG_NAME).write_text(text)
-        version_dir = staging / str(options.version)
+        (staging / CONFIG_NAME).write_text(config_text)
+        version_dir = staging / str(version)
         version_dir.mkdir()
-        notes = _fill_version(version_dir, artifact, signature, backend, batching.max_batch)
+        notes = fill(version_dir)
         os.chmod(staging, 0o777 & ~current_umask())
         target = repo / name
         old = None
@@ -146,9 +130,52 @@ def export_triton(artifact: Path, repo: Path, options: TritonExportOptions | Non
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return target, notes
+
+
+def export_triton(artifact: Path, repo: Path, options: TritonExportOptions | None = None) -> dict[str, Any]:
+    """Write REPO/NAME for `artifact`; the report says what was written and what was decided. A
+    decoder trtc's generation loop drives (trtc.serve.llm_export) becomes a decoupled model that
+    streams its tokens, unless options.llm is False."""
+    options = options or TritonExportOptions()
+    artifact = Path(artifact)
+    if options.version < 1:
+        raise TrtcError(f"version {options.version}: Triton's versions start at 1", where="--version")
+    if options.instances < 1:
+        raise TrtcError(f"{options.instances} instances", where="--instances", hint="give 1 or more")
+    name = options.name or model_name(artifact)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+        raise TrtcError(f"{name!r} is not a usable model name", where="--name",
+                        hint="letters, digits, '_', '-' and '.'")
+    from trtc.serve.llm_export import export_llm, find_decoder
+
+    decoder, why_not = find_decoder(artifact, options.llm)
+    if decoder is not None:
+        return export_llm(decoder, repo, name, options)
+    not_llm = [why_not] if why_not else []
+    if options.tokenizer is not None:
+        raise TrtcError("a tokenizer serves an LLM decoder's text, and this model is not one it serves"
+                        + (f" ({why_not})" if why_not else ""), where="--tokenizer", hint="drop --tokenizer")
+    try:
+        signature = artifact_signature(artifact, options.profiles)
+    except TrtcError as exc:
+        if why_not:  # a decoder refused as one: say why beside the tensor model's own error
+            raise TrtcError(exc.message, where=exc.where, hint="; ".join(filter(None, [exc.hint, why_not]))) from None
+        raise
+    batching = decide_batching(signature, options)
+    config = model_config(signature, name, options, batching)
+    text = config_text(config)
+    problems = check_config(parse_config(text, f"{name}/{CONFIG_NAME}"), signature)
+    if problems:  # the writer and the checks disagree: a trtc bug, said before anything is written
+        raise TrtcError(f"the config written for {name} fails its own check: {'; '.join(problems)}",
+                        where=str(artifact), hint="please report this")
+    backend = options.backend_for(signature.kind)
+    target, notes = write_model_dir(repo, name, text, options.version, lambda version_dir: _fill_version(
+        version_dir, artifact, signature, backend, batching.max_batch))
     if batching.reason and batching.reason != "--max-batch 0":
         notes.insert(0, f"batching off: {batching.reason}")
-    return {"model": name, "path": str(target), "backend": backend, "version": options.version,
+    notes[:0] = not_llm
+    return {"model": name, "path": str(target), "backend": backend, "version": options.version, "llm": None,
             "max_batch_size": batching.max_batch, "preferred_batch_size": list(batching.preferred),
             "instance_groups": len(config.instance_group), "profiles": len(signature.profiles),
             "inputs": [t.describe() for t in signature.inputs], "outputs": [t.describe() for t in signature.outputs],

@@ -21,17 +21,19 @@ BATCHING_OFF_MIN = 1  # Triton's batcher sends a batch of 1 whenever one request
 @dataclasses.dataclass(frozen=True)
 class ServedTensor:
     """An input or output: the model's dtype (numpy name), dims with -1 for dynamic ones, the
-    dynamic dims' names where known, and the type an engine carries it in when that differs."""
+    dynamic dims' names where known, the type an engine carries it in when that differs, and
+    whether a request may leave it out (an input marked `optional: true` in the config)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     dim_names: tuple[str | None, ...] = ()
     engine_dtype: str | None = None
+    optional: bool = False
 
     def describe(self) -> str:
         dims = "x".join("?" if d < 0 else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
+        return f"{self.name}: {self.dtype}[{dims}]" + (" (optional)" if self.optional else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Signature:
     """An artifact as a server sees it. `profiles`: one dict per optimization profile, input name
     -> (MIN, OPT, MAX) dims; empty for a model without dynamic dims."""
 
-    kind: str  # "plan", "trtir" or "onnx"
+    kind: str  # "plan", "trtir", "onnx", or "llm" (the decoupled LLM model: trtc.serve.llm_signature)
     inputs: tuple[ServedTensor, ...]
     outputs: tuple[ServedTensor, ...]
     profiles: tuple[dict[str, Range], ...]
