@@ -84,8 +84,27 @@ def precision_options(fn):
                      help="Keep reductions over more elements than this in fp32 (default 1024)."),
         click.option("--tolerance", type=float,
                      help="Fail (exit 1) when a predicted output error relative to its range exceeds this."),
+        *QUANTIZE_OPTIONS,
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
+
+
+# Post-training quantization (trtc/precision/quantize.py), calibrated like --fp16 on --calib.
+QUANTIZE_OPTIONS = [
+    click.option("--int8", is_flag=True,
+                 help="Quantize Conv/ConvTranspose/MatMul/Gemm to int8 (Q/DQ: weights per output channel, "
+                      "activations per tensor, calibrated on --calib); the rest fp32, or fp16/bf16 with "
+                      "--fp16/--bf16."),
+    click.option("--fp8", is_flag=True,
+                 help="As --int8 in FP8 (e4m3); needs targets with FP8 (--target sm89,sm120)."),
+    click.option("--int4-weights", is_flag=True,
+                 help="Weight-only int4 MatMul/Gemm weights, per output channel (block-wise int4 needs a newer "
+                      "TensorRT than RTX 1.7)."),
+    click.option("--calib-method", "calib_methods", multiple=True, metavar="[FAMILY=|GLOB=]METHOD",
+                 help="Range method of quantized activations: max, percentile[:P], entropy or mse, for all, a "
+                      "family (conv, linear, attention, probabilities, residual) or tensors/nodes matching GLOB "
+                      "(repeatable; default max)."),
+]
 
 
 def llm_options(fn):
@@ -206,27 +225,50 @@ def to_feed_options(inputs: Sequence[str], seed: int, ranges: Sequence[str], sha
 
 
 PRECISION_FLAGS = ("fp16", "bf16", "calib", "calib_samples", "keep_fp32", "keep_fp32_op", "force_fp16", "cast_io",
-                   "data_max", "max_reduction", "tolerance")
+                   "data_max", "max_reduction", "tolerance", "int8", "fp8", "int4_weights", "calib_methods")
 
 
 def to_precision_options(kwargs: dict[str, Any]):
-    """PrecisionOptions from the precision flags (None when neither --fp16 nor --bf16 is given);
-    the flags are removed from `kwargs`."""
+    """PrecisionOptions from the precision flags (None when none of --fp16, --bf16, --int8, --fp8 and
+    --int4-weights is given); the flags are removed from `kwargs`."""
     from trtc.errors import TrtcError
     from trtc.precision.rules import PrecisionOptions
 
     flags = {k: kwargs.pop(k) for k in PRECISION_FLAGS}
     if flags["fp16"] and flags["bf16"]:
         raise TrtcError("choose one of --fp16 and --bf16", where="--fp16/--bf16")
-    if not (flags["fp16"] or flags["bf16"]):
+    quantize = _to_quantize(flags)
+    if not (flags["fp16"] or flags["bf16"] or quantize):
         return None
     # Unset flags are None: the defaults live in PrecisionOptions alone (the help text quotes them).
     given = {"data_max": flags["data_max"], "max_reduction": flags["max_reduction"],
              "calib_samples": flags["calib_samples"]}
-    return PrecisionOptions(target="bf16" if flags["bf16"] else "fp16", keep_fp32=tuple(flags["keep_fp32"]),
+    target = "bf16" if flags["bf16"] else "fp16" if flags["fp16"] or not quantize else "fp32"
+    return PrecisionOptions(target=target, **quantize, keep_fp32=tuple(flags["keep_fp32"]),
                             keep_fp32_ops=tuple(flags["keep_fp32_op"]), force_fp16=tuple(flags["force_fp16"]),
                             cast_io=flags["cast_io"], calib=tuple(flags["calib"]), tolerance=flags["tolerance"],
                             **{k: v for k, v in given.items() if v is not None})
+
+
+def _to_quantize(flags: dict[str, Any]) -> dict[str, Any]:
+    """The quantization fields of PrecisionOptions from --int8/--fp8/--int4-weights/--calib-method (checked)."""
+    from trtc.errors import TrtcError
+    from trtc.precision.calibrate import Method
+
+    if flags["int8"] and flags["fp8"]:
+        raise TrtcError("choose one of --int8 and --fp8", where="--int8/--fp8")
+    quantize = "int8" if flags["int8"] else "fp8" if flags["fp8"] else None
+    if flags["int4_weights"] and quantize:
+        raise TrtcError(f"--int4-weights is weight-only and does not combine with --{quantize}", where="--int4-weights",
+                        hint=f"choose --int4-weights or --{quantize}")
+    if flags["calib_methods"] and not quantize:
+        raise TrtcError("--calib-method sets the ranges of quantized activations", where="--calib-method",
+                        hint="add --int8 or --fp8")
+    for text in flags["calib_methods"]:
+        Method.parse(text.rpartition("=")[2])
+    if not (quantize or flags["int4_weights"]):
+        return {}
+    return {"quantize": quantize, "int4_weights": flags["int4_weights"], "calib_methods": tuple(flags["calib_methods"])}
 
 
 BUILD_FLAGS = ("backend", "target", "shape_input_specs", "workspace", "opt_level", "timing_cache", "strip_weights")
