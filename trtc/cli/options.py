@@ -82,6 +82,16 @@ def precision_options(fn):
                      help="Keep nodes whose observed output magnitude exceeds this in fp32 (default 512)."),
         click.option("--max-reduction", type=int,
                      help="Keep reductions over more elements than this in fp32 (default 1024)."),
+        click.option("--accuracy", multiple=True, metavar="[OUTPUT:]METRIC=VALUE",
+                     help="Accuracy target of the predicted outputs: cosine=0.9999, max-error=0.05 or mean-error=X "
+                          "(errors relative to the output's range), for every float output or OUTPUT (repeatable). "
+                          "Where --fp16/--bf16 misses it, the fewest, cheapest nodes move back to fp32 until it "
+                          "holds (exit 1 when only all-fp32 does)."),
+        click.option("--check", metavar="CMD",
+                     help="A command that judges the predicted outputs in place of (or beside) --accuracy: run "
+                          "through the shell once per calibration sample with TRTC_CHECK_OUTPUTS, "
+                          "TRTC_CHECK_REFERENCE and TRTC_CHECK_INPUTS naming .npz files (keyed by name) and "
+                          "TRTC_CHECK_SAMPLE its index; exit 0 accepts."),
         click.option("--tolerance", type=float,
                      help="Fail (exit 1) when a predicted output error relative to its range exceeds this."),
         *QUANTIZE_OPTIONS,
@@ -228,6 +238,28 @@ PRECISION_FLAGS = ("fp16", "bf16", "calib", "calib_samples", "keep_fp32", "keep_
                    "data_max", "max_reduction", "tolerance", "int8", "fp8", "int4_weights", "calib_methods")
 
 
+ACCURACY_FLAGS = ("accuracy", "check")
+
+
+def _to_accuracy(kwargs: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy search's fields of PrecisionOptions from --accuracy/--check (checked); the flags are
+    removed from `kwargs`."""
+    from trtc.errors import TrtcError
+    from trtc.precision.judge import parse_accuracy
+
+    accuracy, check = (kwargs.pop(k) for k in ACCURACY_FLAGS)
+    if not (accuracy or check):
+        return {}
+    where = "--accuracy" if accuracy else "--check"
+    if flags.get("int8") or flags.get("fp8") or flags.get("int4_weights"):
+        raise TrtcError("the accuracy search types fp16/bf16; it does not search quantized graphs yet", where=where,
+                        hint="drop --int8/--fp8/--int4-weights, or --accuracy/--check")
+    if not (flags["fp16"] or flags["bf16"]):
+        raise TrtcError(f"{where} searches the fp16/bf16 typing", where=where, hint="add --fp16 or --bf16")
+    parse_accuracy(accuracy)
+    return {"accuracy": tuple(accuracy), "check": check}
+
+
 def to_precision_options(kwargs: dict[str, Any]):
     """PrecisionOptions from the precision flags (None when none of --fp16, --bf16, --int8, --fp8 and
     --int4-weights is given); the flags are removed from `kwargs`."""
@@ -235,6 +267,7 @@ def to_precision_options(kwargs: dict[str, Any]):
     from trtc.precision.rules import PrecisionOptions
 
     flags = {k: kwargs.pop(k) for k in PRECISION_FLAGS}
+    searched = _to_accuracy(kwargs, flags)
     if flags["fp16"] and flags["bf16"]:
         raise TrtcError("choose one of --fp16 and --bf16", where="--fp16/--bf16")
     quantize = _to_quantize(flags)
@@ -243,6 +276,7 @@ def to_precision_options(kwargs: dict[str, Any]):
     # Unset flags are None: the defaults live in PrecisionOptions alone (the help text quotes them).
     given = {"data_max": flags["data_max"], "max_reduction": flags["max_reduction"],
              "calib_samples": flags["calib_samples"]}
+    given.update(searched)
     target = "bf16" if flags["bf16"] else "fp16" if flags["fp16"] or not quantize else "fp32"
     return PrecisionOptions(target=target, **quantize, keep_fp32=tuple(flags["keep_fp32"]),
                             keep_fp32_ops=tuple(flags["keep_fp32_op"]), force_fp16=tuple(flags["force_fp16"]),
