@@ -19,6 +19,7 @@ import onnx_ir as ir
 from trtc.errors import TrtcError
 from trtc.ir.walk import all_graphs, all_initializers, subgraph_attrs
 from trtc.passes import PASSES, PassContext
+from trtc.precision import accuracy
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
 from trtc.precision.observe import observe, scaled_observation
@@ -45,6 +46,8 @@ class PrecisionReport:
     # One entry per If/Loop/Scan body: where it is, its nodes in the target type and in fp32, the
     # share of its FLOPs in the target type, and why it stays fp32 where it does.
     subgraphs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # --accuracy/--check: what the accuracy search moved to fp32 and why (precision/accuracy.py), else None.
+    search: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +94,9 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
         obs = scaled_observation(obs, rescaling.scaled) if obs.finite else observe(model, samples)
     decision = assign_mod.assign(model, RuleContext(obs, options))
     flops = _flops(model, obs)
+    search = None
+    if accuracy.wanted(options):  # moves nodes of `decision` to fp32 until the targets hold
+        search = accuracy.accuracy_search(model, decision, samples, reference, flops, options)
     total = sum(flops.values()) or 1
     low_flops = sum(f for name, f in flops.items() if decision.compute.get(name) == "low")
     nodes = assign_mod.all_nodes(model)
@@ -113,6 +119,7 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
         predicted=predicted,
         contributions=contributions,
         subgraphs=bodies,
+        search=search,
     )
 
 
