@@ -288,7 +288,7 @@ def precision_text(report: Mapping[str, Any]) -> str:
     when there are none, not an empty table)."""
     from trtc.precision.api import precision_summary_text, precision_table
 
-    if report["fp32_nodes"]:
+    if report["fp32_nodes"] or "quantization" in report:  # a quantization's table lists its tensors too
         return precision_table(report)
     return precision_summary_text(report) + "\n" + no_fp32_text(report["target"])
 

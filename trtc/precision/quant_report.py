@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from trtc.precision.qdq_placement import FAMILIES
+
 
 def quantization_summary_text(report: Mapping[str, Any]) -> str:
     q = report["quantization"]
@@ -16,7 +18,8 @@ def quantization_summary_text(report: Mapping[str, Any]) -> str:
              f"{q['flop_share']:.1%} of their FLOPs; {kept_weighted} left in float; "
              f"{report['counts'].get('activations', 0)} activation and {report['counts'].get('weights', 0)} weight "
              "Q/DQ inserted",
-             "  range methods: " + ", ".join(f"{family} {method}" for family, method in q["methods"].items())
+             "  range methods: " + ", ".join(f"{family} {q['methods'][family]}" for family in FAMILIES
+                                             if family in q["methods"])
              + (f" (--calib-method {' '.join(q['overrides'])})" if q["overrides"] else "")]
     if q["split_attention"]:
         lines.append(f"  {len(q['split_attention'])} fused attentions split into MatMul/Softmax/MatMul to quantize "
