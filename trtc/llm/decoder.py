@@ -351,13 +351,14 @@ class Decoder:
 
 
 def reference_decoder(model: ir.Model, *, genai: GenaiConfig | None = None, where: str | None = None,
-                      llm: Mapping[str, Any] | None = None) -> Decoder:
+                      llm: Mapping[str, Any] | None = None, spin: bool = True) -> Decoder:
     """A Decoder running `model` on the CPU reference (onnxruntime, onnx.reference as its fallback);
-    `llm`: the static cache's record of an --llm artifact (else the graph says whether it has one)."""
+    `llm`: the static cache's record of an --llm artifact (else the graph says whether it has one);
+    `spin=False`: onnxruntime's idle threads sleep (a served model waiting for requests)."""
     from trtc.reference.runner import InputRejected, ReferenceRunner
 
     spec = DecoderSpec.from_model(model, genai, where, llm)
-    runner = ReferenceRunner(model)
+    runner = ReferenceRunner(model, spin=spin)
 
     def step(feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         try:
@@ -371,10 +372,11 @@ def reference_decoder(model: ir.Model, *, genai: GenaiConfig | None = None, wher
     return Decoder(spec, step, executor=executor, where=where, genai=genai, close=runner.close)
 
 
-def open_decoder(path: str | Path, *, cuda_graph: bool = True) -> Decoder:
+def open_decoder(path: str | Path, *, cuda_graph: bool = True, spin: bool = True) -> Decoder:
     """A Decoder for an .onnx (the file as exported), a .trtir (an --llm one with its static cache) or
-    an onnxruntime-genai folder, on the CPU reference; for an engine (.plan) built with --llm, on the
-    GPU (trtc/llm/engine.py; `cuda_graph`: replay its decode step from a CUDA graph)."""
+    an onnxruntime-genai folder, on the CPU reference (`spin`: see reference_decoder); for an engine
+    (.plan) built with --llm, on the GPU (trtc/llm/engine.py; `cuda_graph`: replay its decode step
+    from a CUDA graph)."""
     from trtc.loading import artifact_kind
     from trtc.runtime.sidecar import PLAN_SUFFIXES
 
@@ -395,7 +397,7 @@ def open_decoder(path: str | Path, *, cuda_graph: bool = True) -> Decoder:
         model, llm = artifact.model, artifact.meta.get("llm")
     else:
         model = _load_onnx(model_file)
-    return reference_decoder(model, genai=genai, where=where, llm=llm)
+    return reference_decoder(model, genai=genai, where=where, llm=llm, spin=spin)
 
 
 def _load_onnx(path: Path) -> ir.Model:

@@ -82,7 +82,7 @@ class ServedLlm:
                             where=str(self.version_dir))
         self.input_names = [t["name"] for t in self.spec["inputs"]]
         self.defaults: dict[str, Any] = self.spec.get("defaults") or {}
-        self.decoder = open_decoder(self.version_dir / self.spec["decoder"])
+        self.decoder = open_decoder(self.version_dir / self.spec["decoder"], spin=False)  # idle between requests
         found, recorded = self.decoder.spec.as_dict(), self.spec["decoder_spec"]
         changed = sorted(k for k in found.keys() & recorded.keys() if found[k] != recorded[k])
         if changed:
