@@ -217,6 +217,9 @@ def build_options(fn):
         click.option("--strip-weights", is_flag=True, help="Build a weight-stripped, refittable plan."),
         click.option("--no-cache", is_flag=True, help="Build even if the engine cache has this engine."),
         click.option("--cache-dir", type=click.Path(path_type=Path), help="Engine cache (default ~/.cache/trtc)."),
+        click.option("--no-isolate", is_flag=True,
+                     help="Build in this process, not a child (a crash inside TensorRT then ends trtc without a "
+                          "word; for a debugger). Also TRTC_NO_ISOLATE=1."),
     ]
     return functools.reduce(lambda f, d: d(f), reversed(decorators), fn)
 
@@ -305,7 +308,8 @@ def _to_quantize(flags: dict[str, Any]) -> dict[str, Any]:
     return {"quantize": quantize, "int4_weights": flags["int4_weights"], "calib_methods": tuple(flags["calib_methods"])}
 
 
-BUILD_FLAGS = ("backend", "target", "shape_input_specs", "workspace", "opt_level", "timing_cache", "strip_weights")
+BUILD_FLAGS = ("backend", "target", "shape_input_specs", "workspace", "opt_level", "timing_cache", "strip_weights",
+               "no_isolate")
 
 
 def to_build_options(kwargs: dict[str, Any]):
@@ -319,7 +323,8 @@ def to_build_options(kwargs: dict[str, Any]):
     return BuildOptions(backend=flags["backend"], targets=parse_targets(flags["target"]),
                         workspace_mb=flags["workspace"], opt_level=flags["opt_level"],
                         timing_cache=flags["timing_cache"], strip_weights=flags["strip_weights"], profiles=profiles,
-                        shape_inputs=dict(parse_range(s, "--shape-input") for s in flags["shape_input_specs"]))
+                        shape_inputs=dict(parse_range(s, "--shape-input") for s in flags["shape_input_specs"]),
+                        isolate=not flags["no_isolate"])
 
 
 def progress_line():

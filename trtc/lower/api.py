@@ -18,7 +18,7 @@ def build_artifact(artifact: Artifact, output: Path, options: BuildOptions, *, c
     where = str(artifact.path or "")
     result = cached_build(artifact.model, artifact.meta, backend, options,
                           cache_dir=(cache_dir or default_cache_dir()) if cache else None, where=where,
-                          progress=progress)
+                          progress=progress, output=output)
     if artifact.meta.get("llm"):  # the static KV cache's layout, its profiles by name
         result.sidecar["llm"] = artifact.meta["llm"]
     write_plan(result, output)

@@ -19,10 +19,10 @@ import onnx_ir as ir
 
 from trtc import __version__
 from trtc.errors import TrtcError
-from trtc.fileio import write_atomic
+from trtc.fileio import NO_SPACE, write_atomic
 from trtc.lower.backend import Backend
 from trtc.lower.layers import layer_listing, layer_type_counts
-from trtc.lower.network import build_failure, dims_of, lower
+from trtc.lower.network import Watch, build_failure, dims_of, lower
 from trtc.lower.profiles import Profile, ProfileSpec, profile_ranges, resolve_profiles
 
 SIDECAR_VERSION = 1
@@ -44,6 +44,9 @@ class BuildOptions:
     # Keep the per-layer listing of the network (`layers.layer_listing`) in BuildResult.layers; not part of
     # the engine's key, but a cached engine has no network to list, so the engine is built again.
     list_layers: bool = False
+    # Build in a child process (`isolate.py`), so that a crash inside TensorRT is one line and not the end of
+    # this process; not part of the engine's key. Off with --no-isolate or TRTC_NO_ISOLATE=1 (for a debugger).
+    isolate: bool = True
 
     def key_fields(self) -> dict[str, Any]:
         """The options that change the engine (the timing cache only changes build time)."""
@@ -106,11 +109,16 @@ def _io_entry(value: ir.Value, carried: Mapping[str, ir.DataType]) -> dict[str, 
 
 
 def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions,
-                 *, where: str = "", progress: Callable[[str], None] | None = None) -> BuildResult:
-    """Lower `model` and build a serialized engine with its sidecar."""
+                 *, where: str = "", progress: Callable[[str], None] | None = None,
+                 watch: Watch | None = None, plan_file: Path | None = None) -> BuildResult:
+    """Lower `model` and build a serialized engine with its sidecar, in this process (`options.isolate`
+    is `cached_build`'s); `watch` is told each layer added, then ("building", "", ""). With `plan_file`,
+    the plan is written there from TensorRT's memory (no copy of it in this process) and not returned."""
     start = time.perf_counter()
     profiles = resolve_profiles(model, options.profiles, where)
-    lowered = lower(model, backend, where)
+    lowered = lower(model, backend, where, watch)
+    if watch is not None:
+        watch("building", "", "")
     trt = backend.trt
     config = lowered.builder.create_builder_config()
     if options.workspace_mb is not None:
@@ -151,7 +159,7 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         raise build_failure(lowered, lowered.logger.errors[logged:], where)
     if timing_cache is not None:
         write_atomic(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
-    plan_bytes = bytes(plan)
+    view = memoryview(plan)
     precision = meta.get("precision")
     sidecar = {
         "format": "trtc-plan", "sidecar_version": SIDECAR_VERSION, "trtc_version": __version__,
@@ -165,11 +173,25 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         "ir_content_hash": meta.get("content_hash"), "source": meta.get("source"),
         "build_options": options.key_fields(), "network_layers": lowered.network.num_layers,
         "layer_types": layer_type_counts(lowered.network),
-        "plan_bytes": len(plan_bytes), "plan_sha256": hashlib.sha256(plan_bytes).hexdigest(),
+        "plan_bytes": view.nbytes, "plan_sha256": hashlib.sha256(view).hexdigest(),
         "build_seconds": round(time.perf_counter() - start, 3),
         "warnings": lowered.logger.warnings[-20:],
     }
-    return BuildResult(plan_bytes, sidecar, cached=False, layers=listing)
+    if plan_file is not None:
+        _write_plan_file(plan_file, view)
+        return BuildResult(b"", sidecar, cached=False, layers=listing)
+    return BuildResult(bytes(view), sidecar, cached=False, layers=listing)
+
+
+def _write_plan_file(path: Path, plan: memoryview) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(plan)
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise TrtcError(f"no space to write the engine ({exc.strerror}); nothing was written", where=str(path.parent),
+                        hint="free space on that device or write elsewhere") from None
 
 
 def _load_timing_cache(config, path: str):
@@ -188,16 +210,20 @@ def write_plan(result: BuildResult, output: Path) -> Path:
 
 
 def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions, *,
-                 cache_dir: Path | None, where: str = "",
-                 progress: Callable[[str], None] | None = None) -> BuildResult:
-    """`build_engine`, reusing an engine built before from the same IR, options and backend.
+                 cache_dir: Path | None, where: str = "", progress: Callable[[str], None] | None = None,
+                 output: Path | None = None) -> BuildResult:
+    """`build_engine`, reusing an engine built before from the same IR, options and backend; in a child
+    process unless `options.isolate` is off (`isolate.run_build`: its temporary plan is written beside the
+    cache entry, else beside `output`).
 
     One build per key: a lock file per entry makes concurrent builds of one engine (CI jobs sharing
     a home directory) wait for the first and reuse its engine. An entry is used only when its plan's
     SHA-256 is the one its sidecar records; a truncated or mismatched entry is rebuilt, and said."""
+    from trtc.lower.isolate import run_build
+
     content_hash = meta.get("content_hash")
     if cache_dir is None or not content_hash or options.list_layers:
-        return build_engine(model, meta, backend, options, where=where, progress=progress)
+        return run_build(model, meta, backend, options, where=where, progress=progress, beside=output)
     key = cache_key(content_hash, options, backend)
     plan_path, side_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"
     try:
@@ -209,7 +235,7 @@ def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         cached = _cached_entry(plan_path, side_path)
         if cached is not None:
             return cached
-        result = build_engine(model, meta, backend, options, where=where, progress=progress)
+        result = run_build(model, meta, backend, options, where=where, progress=progress, beside=plan_path)
         write_atomic(plan_path, result.plan)
         write_atomic(side_path, (json.dumps(result.sidecar, indent=1, sort_keys=True) + "\n").encode())
         return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -20,6 +21,10 @@ from trtc.lower.backend import Backend
 from trtc.lower.context import LowerCtx, RecordingLogger, first_error, held_array, trt_dtype
 from trtc.lower.legalize import legalize_types
 from trtc.lower.registry import find_converter, unsupported_nodes
+
+# Told where the lowering is: ("lowering", layer name, op) before a node's layers are added, ("added", name,
+# op) after; `build_engine` adds ("building", "", "") once the network is whole (the isolated build's record).
+Watch = Callable[[str, str, str], None]
 
 
 @dataclasses.dataclass
@@ -45,8 +50,9 @@ def check_supported(model: ir.Model, backend: Backend, where: str) -> None:
                         hint="see `trtc build --dry-run` for the full report")
 
 
-def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
-    """Build the TensorRT network for `model` (main graph; its types are legalized in place)."""
+def lower(model: ir.Model, backend: Backend, where: str = "", watch: Watch | None = None) -> Lowered:
+    """Build the TensorRT network for `model` (main graph; its types are legalized in place); `watch`
+    is told each node's layer name and op before and after its layers are added."""
     check_supported(model, backend, where)
     carried = legalize_types(model)
     trt = backend.trt
@@ -62,7 +68,12 @@ def lower(model: ir.Model, backend: Backend, where: str = "") -> Lowered:
         ctx.tensors[value] = network.add_input(value.name, trt_dtype(trt, value.dtype), dims_of(value))
     names: set[str] = set()
     for index, node in enumerate(model.graph):
-        _lower_node(ctx, node, find_converter(node, opset), where, _unique_name(node, index, names))
+        name = _unique_name(node, index, names)
+        if watch is not None:
+            watch("lowering", name, node.op_type)
+        _lower_node(ctx, node, find_converter(node, opset), where, name)
+        if watch is not None:
+            watch("added", name, node.op_type)
     for value in model.graph.outputs:
         tensor = ctx.tensor(value)
         if tensor.is_network_input or tensor.is_network_output:
