@@ -22,7 +22,7 @@ from trtc.passes import PASSES, PassContext
 from trtc.precision import accuracy
 from trtc.precision import assign as assign_mod
 from trtc.precision.flops import node_flops
-from trtc.precision.observe import observe, scaled_observation
+from trtc.precision.observe import Observation, observe, scaled_observation
 from trtc.precision.rescale import Rescaling, rescale_activations
 from trtc.precision.rules import PrecisionOptions, RuleContext
 from trtc.precision.simulate import simulation_model
@@ -30,7 +30,8 @@ from trtc.precision.subgraphs import complete_body_types, ensure_unique_names, i
 from trtc.reference.metrics import error_metrics, worst
 from trtc.reference.runner import ReferenceRunner
 
-__all__ = ["PrecisionOptions", "PrecisionReport", "apply_precision", "predict", "simulation_model"]
+__all__ = ["Plan", "PrecisionOptions", "PrecisionReport", "apply_precision", "plan_precision", "predict",
+           "simulation_model"]
 
 
 @dataclasses.dataclass
@@ -73,9 +74,23 @@ def _islands(model: ir.Model, fp32: set[str]) -> int:
     return len({find(n) for n in fp32})
 
 
-def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
-                    options: PrecisionOptions) -> PrecisionReport:
-    """Type `model` in place for options.target and predict the error on `samples`."""
+@dataclasses.dataclass
+class Plan:
+    """The precision pass's decisions before the graph changes: the observation, the fp32 reference
+    outputs (of the graph as given), the rescaling done, each node's compute type, FLOPs per node, and
+    the accuracy search's record (None without --accuracy/--check)."""
+
+    obs: Observation
+    reference: list[dict[str, Any]]
+    rescaling: Rescaling
+    decision: assign_mod.Assignment
+    flops: dict[str, float]
+    search: dict[str, Any] | None
+
+
+def plan_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]], options: PrecisionOptions) -> Plan:
+    """Observe `model` on `samples`, rescale it (in place) where fp16's range needs it, decide each node's
+    compute type and run the accuracy search if asked; the graph is not typed yet."""
     non_tensors = [v.name for v in model.graph.inputs if not isinstance(v.type, ir.TensorType)]
     if non_tensors:
         raise TrtcError(f"input(s) {', '.join(map(repr, non_tensors))} are not tensors (sequences/optionals); the "
@@ -97,6 +112,14 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     search = None
     if accuracy.wanted(options):  # moves nodes of `decision` to fp32 until the targets hold
         search = accuracy.accuracy_search(model, decision, samples, reference, flops, options)
+    return Plan(obs, reference, rescaling, decision, flops, search)
+
+
+def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
+                    options: PrecisionOptions) -> PrecisionReport:
+    """Type `model` in place for options.target and predict the error on `samples`."""
+    plan = plan_precision(model, samples, options)
+    obs, reference, rescaling, decision, flops = plan.obs, plan.reference, plan.rescaling, plan.decision, plan.flops
     total = sum(flops.values()) or 1
     low_flops = sum(f for name, f in flops.items() if decision.compute.get(name) == "low")
     nodes = assign_mod.all_nodes(model)
@@ -119,7 +142,7 @@ def apply_precision(model: ir.Model, samples: Sequence[Mapping[str, Any]],
         predicted=predicted,
         contributions=contributions,
         subgraphs=bodies,
-        search=search,
+        search=plan.search,
     )
 
 
