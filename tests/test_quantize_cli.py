@@ -31,7 +31,7 @@ def test_optimize_int8_reports_and_inspect_explains(int8_artifact, capsys):
     rc, out, _ = trtc_in_process(capsys, "inspect", int8_artifact, "--precision")
     assert rc in (0, None)
     assert out.startswith("int8+fp16: 19 weighted layers quantized (int8), 100.0% of their FLOPs")
-    assert "range methods: conv max, linear max, attention max, probabilities max, residual max " \
+    assert "range methods: conv mse, linear mse, attention mse, probabilities max, residual mse " \
            "(--calib-method residual=percentile:99.99)" in out
     assert "pixel_values" in out and "percentile:99.99" in out  # the tensors with their methods
     assert "GlobalAveragePool reduces: stays float" in out  # a node left in float, with its reason
