@@ -79,6 +79,10 @@ def precision_summary_text(report: Mapping[str, Any]) -> str:
         else:
             lines.append(f"{where}: {body['low_nodes']} of {body['nodes']} nodes {report['target']}, "
                          f"{body['flop_share']:.1%} of its FLOPs")
+    if report.get("search"):
+        from trtc.precision.accuracy import search_text
+
+        lines += search_text(report["search"], report["target"])
     for name, m in report["predicted"].items():
         lines.append(f"  predicted {name}: max abs error {m['max_abs_error']:.3g}, relative to range "
                      f"{m['max_rel_error']:.3g}, cosine {m['cosine']:.6f}")
