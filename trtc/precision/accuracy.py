@@ -66,3 +66,19 @@ def accuracy_search(model: ir.Model, decision: Assignment, samples: Sequence[Map
         decision.reasons[name] = reason
     return {"targets": [t.text for t in targets], "check": options.check, **search_record(result, nodes),
             "heavy_flop_share": {"before": share_before, "after": heavy_share(model, decision.compute, flops)}}
+
+
+def search_text(search: Mapping[str, Any], target: str) -> list[str]:
+    """The search's lines in the precision summary: what it aimed for, what it moved, what it kept low."""
+    aim = ", ".join([f"--accuracy {t}" for t in search["targets"]] +
+                    ([f"--check {search['check']!r}"] if search["check"] else []))
+    if not search["moved"]:
+        return [f"  accuracy search ({aim}): met with no node moved"]
+    heavy = [m for m in search["moved"] if m["op"] in HEAVY]
+    share = search["heavy_flop_share"]
+    lines = [f"  accuracy search ({aim}): {len(search['moved'])} nodes moved to fp32 ({len(heavy)} MatMul/Conv-like) "
+             f"in {search['trials']} trials, {search['seconds']:.1f}s; {share['after']:.1%} of MatMul/Conv FLOPs stay "
+             f"{target} (was {share['before']:.1%})",
+             f"    before: {'; '.join(search['before']['failed'])}"]
+    lines += [f"    moved {m['node']} ({m['op']}): {m['reason'].removeprefix('accuracy search: ')}" for m in heavy]
+    return lines
