@@ -314,3 +314,61 @@ def test_refusals_are_one_line(tmp_path):
     check_targets(PrecisionOptions(quantize="int8"), None, ("sm75",))
     with pytest.raises(TrtcError, match="sm80"):  # an artifact typed for fp8 earlier
         check_targets(None, {"target": "fp8+fp16"}, ("sm80",))
+
+
+# ------------------------------------------------------------------ outliers: SmoothQuant migration
+
+
+def outlier_block(tmp_path, post_ln: bool = False) -> ir.Model:
+    """Pre-LN MLP block x + fc2(Gelu(fc1(LN(x)))) whose LayerNorm scale has 3 outlier channels
+    (x60, as real transformers' residual streams have; their weights in fc1 small); post_ln: the LN
+    output is the residual too."""
+    hidden = 64
+    gamma = (1 + 0.1 * RNG.standard_normal(hidden)).astype(np.float32)
+    gamma[[3, 17, 40]] *= 60
+    w1 = _w(hidden, 256, scale=0.1)
+    w1[[3, 17, 40]] /= 60  # the outliers' weights are small: fc1's output lives in the ordinary channels
+    inits = {"g": gamma, "b": _w(hidden, scale=0.1), "w1": w1, "w2": _w(256, hidden, scale=0.05)}
+    residual = "n" if post_ln else "x"
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["n", "w1"], ["h"], name="fc1"),
+             helper.make_node("Gelu", ["h"], ["a"], name="gelu"),
+             helper.make_node("MatMul", ["a", "w2"], ["m"], name="fc2"),
+             helper.make_node("Add", ["m", residual], ["y"], name="residual")]
+    out = [vi(n, np.float32, ["B", 16, hidden]) for n in ("y", "m")]
+    proto = onnx_model(nodes, [vi("x", np.float32, ["B", 16, hidden])], out, inits, opset=20)
+    return _parse(proto, tmp_path, f"outliers{post_ln}.onnx")
+
+
+def block_feeds(count: int = 2) -> list[dict[str, np.ndarray]]:
+    return [{"x": RNG.standard_normal((2, 16, 64)).astype(np.float32)} for _ in range(count)]
+
+
+def test_outlier_channels_move_into_the_weights(tmp_path, monkeypatch):
+    from trtc.precision import smooth as smooth_mod
+
+    feeds = block_feeds()
+    report = apply_quantization(outlier_block(tmp_path), feeds, INT8)
+    [entry] = report.quantization["smoothed"]
+    assert entry["node"] == "ln" and entry["readers"] == ["fc1"] and entry["outlier_ratio"] > 16
+    smoothed = report.predicted["m"]["cosine"]  # the MLP branch, without the residual's x
+    monkeypatch.setattr(smooth_mod, "OUTLIER_RATIO", float("inf"))
+    plain = apply_quantization(outlier_block(tmp_path), feeds, INT8).predicted["m"]["cosine"]
+    assert plain < 0.999 < smoothed  # per-tensor int8 of the LN output loses the ordinary channels
+
+
+def test_migration_is_exact_in_fp32(tmp_path):
+    from trtc.precision.smooth import channel_peaks, migrate
+
+    model = outlier_block(tmp_path)
+    feeds = block_feeds(1)[0]
+    want = ReferenceRunner(model).run(feeds)["y"]
+    norm = next(n for n in model.graph if n.name == "ln")
+    migrate(model, norm, channel_peaks(model, [feeds], [norm.outputs[0]])["n"])
+    np.testing.assert_allclose(ReferenceRunner(model).run(feeds)["y"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_post_ln_residual_keeps_its_outliers_with_the_reason(tmp_path):
+    report = apply_quantization(outlier_block(tmp_path, post_ln=True), block_feeds(), INT8)
+    [entry] = report.quantization["smoothed"]
+    assert entry["not_smoothed"] == "its output is also read by Add (not only linear layers)"

@@ -24,6 +24,11 @@ def quantization_summary_text(report: Mapping[str, Any]) -> str:
     if q["split_attention"]:
         lines.append(f"  {len(q['split_attention'])} fused attentions split into MatMul/Softmax/MatMul to quantize "
                      "both matmuls")
+    for entry in q.get("smoothed", []):
+        what = (f"outlier channels (x{entry['outlier_ratio']:.0f} the median) moved into "
+                f"{len(entry['readers'])} weights, SmoothQuant alpha {entry['alpha']}") if "alpha" in entry \
+            else f"outlier channels (x{entry['outlier_ratio']:.0f} the median) left: {entry['not_smoothed']}"
+        lines.append(f"  {entry['node']}: {what}")
     if report["target"].count("+"):
         lines.append(f"  the rest {report['target'].split('+')[-1]}: {len(report['fp32_nodes'])} nodes kept fp32 in "
                      f"{report['islands']} islands, {report['counts'].get('casts', 0)} casts")

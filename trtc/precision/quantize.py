@@ -4,7 +4,8 @@ them, or weight-only int4 MatMul/Gemm weights; the rest fp32, or fp16/bf16 by th
     report = apply_quantization(model, samples, PrecisionOptions(quantize="int8", target="fp16"))
 
 1. observe the fp32 model on the calibration samples (the reference outputs, shapes);
-2. split the fused Attentions whose matmuls are worth quantizing (split_attention.py);
+2. split the fused Attentions whose matmuls are worth quantizing (split_attention.py), and move
+   the outlier channels of normalisations into the weights that read them (smooth.py);
 3. place Q/DQ (qdq_placement.py: every node left in float gets its reason);
 4. calibrate each quantized activation by its family's range method (calibrate.py, DEFAULT_METHODS,
    overridden by --calib-method), quantize weights per output channel;
@@ -32,6 +33,7 @@ from trtc.precision.observe import Observation, observe
 from trtc.precision.qdq_insert import FORMATS, insert_qdq
 from trtc.precision.qdq_placement import FAMILIES, Placement, place
 from trtc.precision.rules import PrecisionOptions, RuleContext
+from trtc.precision.smooth import smooth
 from trtc.precision.split_attention import split_attentions
 
 # The range method of each activation family (qdq_placement.FAMILIES). mse: the least squared error,
@@ -140,8 +142,9 @@ def apply_quantization(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     obs = observe(model, samples)
     reference = obs.outputs
     split = split_attentions(model, obs.shapes)
-    if split:
-        obs = observe(model, samples)  # the split attentions' values
+    smoothed = smooth(model, samples) if fmt != "int4" else []
+    if split or any("alpha" in entry for entry in smoothed):
+        obs = observe(model, samples)  # the split attentions' values, the smoothed activations
     placement = place(model, obs, options)
     flops = heavy_flops(model, obs)
     methods = resolve_methods(placement, options)
@@ -160,6 +163,7 @@ def apply_quantization(model: ir.Model, samples: Sequence[Mapping[str, Any]],
         "activations": "per tensor, symmetric" if fmt != "int4" else "not quantized (weight-only)",
         "methods": {f: str(DEFAULT_METHODS[f]) for f in FAMILIES}, "families": FAMILIES_DOC,
         "overrides": list(options.calib_methods), "flop_share": share, "split_attention": split,
+        "smoothed": smoothed,
         "nodes": {name: {"op": op, "flops": flops.get(name, 0.0)} for name, op in placement.quantized.items()},
         "tensors": {name: {"family": placement_family(placement, name), "method": str(m), "amax": amax[name],
                            **stats[name].summary()} for name, m in methods.items()},
