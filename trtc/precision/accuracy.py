@@ -55,7 +55,7 @@ def accuracy_search(model: ir.Model, decision: Assignment, samples: Sequence[Map
     what = " and ".join([f"--accuracy {t.text}" for t in targets] + ([f"--check {options.check!r}"] if check else []))
     try:
         result = search(nodes, lambda low: judge([runner.run({**s, **sim.feeds(low)}, validate=False)
-                                                  for s in samples]), what)
+                                                  for s in samples]), what, options.target)
     finally:
         runner.warn_if_fallback("precision: the accuracy search's simulation")
         runner.close()

@@ -96,7 +96,8 @@ def shortest_prefix(ranked: Sequence[Candidate], trials: Trials) -> int:
     return hi
 
 
-def give_back_heavy(moved: list[Candidate], low: set[str], trials: Trials, reasons: dict[str, str]) -> None:
+def give_back_heavy(moved: list[Candidate], low: set[str], trials: Trials, reasons: dict[str, str],
+                    target: str = "the target type") -> None:
     """Give each moved heavy node back to the target type, most FLOPs first, where the target still holds;
     the reason of each that stays says what giving it back measured."""
     for cand in sorted((c for c in moved if c.heavy), key=lambda c: -c.flops):
@@ -104,11 +105,11 @@ def give_back_heavy(moved: list[Candidate], low: set[str], trials: Trials, reaso
         if verdict.ok:
             low.add(cand.name)
         else:
-            reasons[cand.name] = f"accuracy search: back in the target type it misses the target ({_why(verdict)})"
+            reasons[cand.name] = f"accuracy search: back in {target} it misses the target ({_why(verdict)})"
 
 
 def give_back_cheap(moved: list[Candidate], low: set[str], trials: Trials, reasons: dict[str, str],
-                    budget: int = CHEAP_RETURN_TRIALS) -> None:
+                    target: str = "the target type", budget: int = CHEAP_RETURN_TRIALS) -> None:
     """Give the moved cheap nodes back in runs of graph order, halving a run that fails, within `budget`
     trials; a run's nodes that stay get its measured reason."""
     runs = [[c.name for c in moved if not c.heavy]]
@@ -127,14 +128,15 @@ def give_back_cheap(moved: list[Candidate], low: set[str], trials: Trials, reaso
             low.update(run)
             continue
         for name in run:
-            reasons[name] = (f"accuracy search: back in the target type with {len(run) - 1} other cheap node(s) "
-                             f"around it, it misses the target ({_why(verdict)})" if len(run) > 1 else
-                             f"accuracy search: back in the target type it misses the target ({_why(verdict)})")
+            reasons[name] = (f"accuracy search: back in {target} with {len(run) - 1} other cheap node(s) around "
+                             f"it, it misses the target ({_why(verdict)})" if len(run) > 1 else
+                             f"accuracy search: back in {target} it misses the target ({_why(verdict)})")
         if len(run) > 1:
             runs += [run[: len(run) // 2], run[len(run) // 2:]]
 
 
-def search(candidates: Sequence[Candidate], evaluate: Evaluate, what: str = "the target") -> SearchResult:
+def search(candidates: Sequence[Candidate], evaluate: Evaluate, what: str = "the target",
+           target: str = "the target type") -> SearchResult:
     """The nodes to move to fp32 so that `evaluate` passes (see the module docstring). CheckFailed when only
     moving every candidate passes, or not even that."""
     start = time.perf_counter()
@@ -145,18 +147,18 @@ def search(candidates: Sequence[Candidate], evaluate: Evaluate, what: str = "the
         return SearchResult({}, before, before, trials.count, time.perf_counter() - start)
     none = trials([])
     if not none.ok:
-        raise CheckFailed(f"{what} is missed even with every node in fp32: {_why(none)}",
+        raise CheckFailed(f"{what} is missed even with every node in fp32 ({_why(none)})",
                           hint="check the target (or the --check command) against the fp32 model's own outputs")
     ranked = rank(candidates)
     k = shortest_prefix(ranked, trials)
     moved = ranked[:k]
     low = {c.name for c in ranked[k:]}
     reasons: dict[str, str] = {}
-    give_back_heavy(moved, low, trials, reasons)
-    give_back_cheap(moved, low, trials, reasons)
+    give_back_heavy(moved, low, trials, reasons, target)
+    give_back_cheap(moved, low, trials, reasons, target)
     if not low:
-        raise CheckFailed(f"no assignment short of all-fp32 meets {what}: with every node in the target type "
-                          f"{_why(before)}", hint="loosen the target, or build in fp32")
+        raise CheckFailed(f"no assignment short of all-fp32 meets {what} (with every node in {target}: "
+                          f"{_why(before)})", hint="loosen the target, or build in fp32")
     after = trials(low)
     kept = {name: reasons.get(name, "accuracy search: moved") for name in names if name not in low}
     return SearchResult(kept, before, after, trials.count, time.perf_counter() - start)
