@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("trtc.cli.export", "export"),
     "serve": ("trtc.cli.serve", "serve"),
     "generate": ("trtc.cli.generate", "generate"),
+    "debug": ("trtc.cli.debug", "debug"),
 }
 
 
