@@ -30,10 +30,11 @@ from trtc.reference.feeds import FeedOptions, calibration_samples, frozen_inputs
 
 def source_names(model: ir.Model, path: Path) -> dict[str, str | None]:
     """Each node's name in the source ONNX file: its own name where the source has it, else the name of the
-    source node that made the same output value, else None (a node the passes made)."""
+    source node that made the same output value ('OP #i', the i-th node, where that one has none), else None
+    (a node the passes made)."""
     proto = onnx.load(str(path), load_external_data=False)
     names = {n.name for n in proto.graph.node if n.name}
-    made = {out: n.name for n in proto.graph.node if n.name for out in n.output}
+    made = {out: n.name or f"{n.op_type} #{i}" for i, n in enumerate(proto.graph.node) for out in n.output}
     return {node.name: node.name if node.name in names else
             next((made[v.name] for v in node.outputs if v.name in made), None) for node in model.graph}
 
@@ -87,6 +88,9 @@ def debug_precision(path: str | Path, options: PrecisionOptions | None = None, f
     if typed and options is not None:
         raise TrtcError(f"the artifact is typed for {typed['target']} already: its recorded options are used",
                         where=str(path), hint="give --calib alone, or debug the .onnx with other options")
+    if options is not None and (options.quantize or options.int4_weights):
+        raise TrtcError("the precision debugger explains fp16/bf16 typing, not quantized graphs", where=str(path),
+                        hint="drop --int8/--fp8/--int4-weights")
     if typed and "quantization" in typed:
         raise TrtcError("the precision debugger explains fp16/bf16 typing, not quantized graphs", where=str(path))
     if typed:
