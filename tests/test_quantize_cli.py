@@ -22,7 +22,7 @@ def int8_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "resnet.int8.trtir"
     with pytest.raises(SystemExit) as done:
         main(["optimize", str(RESNET), "-o", str(out), "--int8", "--fp16", "--calib", str(CALIB),
-              "--calib-method", "residual=percentile:99.99"])
+              "--calib-method", "residual=max"])
     assert done.value.code in (0, None)
     return out
 
@@ -31,8 +31,8 @@ def test_optimize_int8_reports_and_inspect_explains(int8_artifact, capsys):
     rc, out, _ = trtc_in_process(capsys, "inspect", int8_artifact, "--precision")
     assert rc in (0, None)
     assert out.startswith("int8+fp16: 19 weighted layers quantized (int8), 100.0% of their FLOPs")
-    assert "range methods: conv mse, linear mse, attention mse, probabilities max, residual mse " \
-           "(--calib-method residual=percentile:99.99)" in out
+    assert "range methods: conv percentile:99.99, linear mse, attention mse, probabilities max, residual " \
+           "percentile:99.99 (--calib-method residual=max)" in out
     assert "pixel_values" in out and "percentile:99.99" in out  # the tensors with their methods
     assert "GlobalAveragePool reduces: stays float" in out  # a node left in float, with its reason
     assert "largest error added" in out

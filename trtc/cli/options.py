@@ -113,7 +113,8 @@ QUANTIZE_OPTIONS = [
     click.option("--calib-method", "calib_methods", multiple=True, metavar="[FAMILY=|GLOB=]METHOD",
                  help="Range method of quantized activations: max, percentile[:P], entropy or mse, for all, a "
                       "family (conv, linear, attention, probabilities, residual) or tensors/nodes matching GLOB "
-                      "(repeatable; default mse, max for probabilities)."),
+                      "(repeatable; default percentile:99.99 for conv and residual, mse for linear and "
+                      "attention, max for probabilities)."),
 ]
 
 
