@@ -300,6 +300,7 @@ def test_fp8_and_int4_formats(tmp_path):
     assert not qdq(model)["QuantizeLinear"]  # weight-only
     assert [d.inputs[0].dtype for d in qdq(model)["DequantizeLinear"]] == [ir.DataType.INT4]  # fc's weight
     assert "MatMul/Gemm weights only" in report.quantization["kept"]["conv1"]["reason"]
+    assert report.quantization["note"].startswith("block-wise int4 (AWQ/GPTQ groups) needs a newer TensorRT")
     assert ReferenceRunner(model).backend == "onnxruntime"
 
 

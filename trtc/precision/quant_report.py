@@ -21,6 +21,8 @@ def quantization_summary_text(report: Mapping[str, Any]) -> str:
              "  range methods: " + ", ".join(f"{family} {q['methods'][family]}" for family in FAMILIES
                                              if family in q["methods"])
              + (f" (--calib-method {' '.join(q['overrides'])})" if q["overrides"] else "")]
+    if q.get("note"):
+        lines.append(f"  {q['note']}")
     if q["split_attention"]:
         lines.append(f"  {len(q['split_attention'])} fused attentions split into MatMul/Softmax/MatMul to quantize "
                      "both matmuls")

@@ -172,6 +172,9 @@ def apply_quantization(model: ir.Model, samples: Sequence[Mapping[str, Any]],
                            **stats[name].summary()} for name, m in methods.items()},
         "kept": placement.kept,
     }
+    if fmt == "int4":
+        record["note"] = ("block-wise int4 (AWQ/GPTQ groups) needs a newer TensorRT: TensorRT-RTX 1.7 refuses it "
+                          "('Blockwise dequantization requires input type to be int8 or fp8e4m3 or fp4e2m1')")
     return QuantReport(target=target_name(options), fp32_nodes=fp32_nodes, low_nodes=low_nodes, flop_share=share,
                        islands=islands, counts=counts, predicted=predicted, contributions=contributions,
                        quantization=record)
