@@ -9,19 +9,20 @@ The typed graph `assign.apply` makes rounds a float value through the target typ
 and every op computes in fp32 otherwise (simulate.py). So with a switch `g[n]` per node `n` that
 the assignment types low, the same error comes from
 
-    r(v)      = Cast(Cast(v, low), float)           # once per value
-    stored(v) = Where(g[producer], r(v), v)          # what the graph stores
-    read(v)   = Where(g[reader], r(v), stored(v))    # what a low reader sees (rounding is idempotent)
+    stored(v) = If(g[producer], r(v), v)                   # what the graph stores
+    read(v)   = If(g[reader], r(stored(v)), stored(v))     # what a low reader sees (r is idempotent)
+    r(x)      = Cast(Cast(x, low), float)                  # inside the If's then-branch
 
-Each switch is a scalar bool input, `GatedSimulation.feeds` turns a set of nodes kept low into
-them. Nodes inside If/Loop/Scan bodies are not switched: those typed low always round.
+An If computes only the branch it takes (so nodes switched off cost no rounding) and runs about twice
+as fast in onnxruntime as a Where over the same tensors. Each switch is a scalar bool input;
+`GatedSimulation.feeds` turns a set of nodes kept low into them. Nodes inside If/Loop/Scan bodies are
+not switched: those typed low always round.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -46,48 +47,56 @@ class GatedSimulation:
 
 
 class _Rounder:
-    """Inserts the rounding of one graph's values, each value's r(v) made once."""
+    """Inserts the (switched) roundings of one graph's values."""
 
     def __init__(self, graph: ir.Graph, low: ir.DataType):
         self.graph, self.low = graph, low
-        self.rounded: dict[ir.Value, ir.Value] = {}
         self.count = 0
+        self.reads: dict[tuple[ir.Value, ir.Value | None], ir.Value] = {}
 
-    def _name(self, base: str) -> str:
+    def _value(self, node: ir.Node, base: str, like: ir.Value) -> ir.Value:
+        """Name node's output uniquely (names must be unique over all graphs) and type it float."""
         self.count += 1
-        return f"{base}__g{self.count}"
+        out = node.outputs[0]
+        out.name, out.type, out.shape = f"{base}__g{self.count}", ir.TensorType(FLOAT), like.shape
+        return out
 
-    def _insert(self, value: ir.Value, nodes: list[ir.Node]) -> None:
-        producer = value.producer()
+    def _rounding(self, value: ir.Value) -> tuple[list[ir.Node], ir.Value]:
+        """r(value): nodes and result."""
+        down = ir.node("Cast", [value], {"to": self.low})
+        self._value(down, f"{value.name}__low", value).type = ir.TensorType(self.low)
+        up = ir.node("Cast", [down.outputs[0]], {"to": FLOAT})
+        return [down, up], self._value(up, f"{value.name}__rounded", value)
+
+    def _insert_after(self, anchor: ir.Value, nodes: list[ir.Node]) -> None:
+        """Insert `nodes` where `anchor` is available: after its producer in this graph, else first."""
+        producer = anchor.producer()
         if producer is not None and producer.graph is self.graph:
             self.graph.insert_after(producer, nodes)
-        else:  # a graph input, weight or outer value: first in the graph
+        else:  # a graph input, weight or outer value
             self.graph.insert_before(next(iter(self.graph)), nodes)
 
-    def round(self, value: ir.Value) -> ir.Value:
-        """r(value): `value` through the target type and back."""
-        if value not in self.rounded:
-            name = value.name or "value"
-            down = ir.node("Cast", [value], {"to": self.low}, name=self._name(f"{name}__down"))
-            down.outputs[0].name = self._name(f"{name}__low")
-            up = ir.node("Cast", [down.outputs[0]], {"to": FLOAT}, name=self._name(f"{name}__up"))
-            up.outputs[0].name = self._name(f"{name}__rounded")
-            up.outputs[0].type, up.outputs[0].shape = ir.TensorType(FLOAT), value.shape
-            self._insert(value, [down, up])
-            self.rounded[value] = up.outputs[0]
-        return self.rounded[value]
-
-    def select(self, gate: ir.Value | None, value: ir.Value, after: ir.Value | None = None) -> ir.Value:
-        """Where(gate, r(value), value); r(value) itself when the gate is always on (None)."""
-        rounded = self.round(value)
+    def switched(self, gate: ir.Value | None, value: ir.Value) -> ir.Value:
+        """`value` rounded when `gate` is on, as it is when off; always rounded when `gate` is None."""
+        nodes, rounded = self._rounding(value)
         if gate is None:
+            self._insert_after(value, nodes)
             return rounded
-        where = ir.node("Where", [gate, rounded, value], name=self._name(f"{value.name}__select"))
-        where.outputs[0].name = self._name(f"{value.name}__selected")
-        where.outputs[0].type, where.outputs[0].shape = ir.TensorType(FLOAT), value.shape
-        anchor = rounded.producer()
-        self.graph.insert_after(anchor, where)
-        return where.outputs[0]
+        then = ir.Graph([], [rounded], nodes=nodes, name=f"{value.name}__then{self.count}")
+        identity = ir.node("Identity", [value])
+        kept = self._value(identity, f"{value.name}__kept", value)
+        orelse = ir.Graph([], [kept], nodes=[identity], name=f"{value.name}__else{self.count}")
+        switch = ir.node("If", [gate], {"then_branch": then, "else_branch": orelse}, num_outputs=1)
+        out = self._value(switch, f"{value.name}__switched", value)
+        self._insert_after(value, [switch])
+        return out
+
+    def read(self, gate: ir.Value | None, stored: ir.Value) -> ir.Value:
+        """What a reader switched by `gate` sees of a stored value (one If per value and switch)."""
+        key = (stored, gate)
+        if key not in self.reads:
+            self.reads[key] = self.switched(gate, stored)
+        return self.reads[key]
 
 
 def _float_outputs(node: ir.Node) -> list[ir.Value]:
@@ -105,55 +114,34 @@ def gated_simulation(model: ir.Model, decision: Assignment, target: str,
     gates: dict[str, str] = {}
     for graph in list(all_graphs(clone.graph)):
         nodes = [n for n in graph if decision.compute.get(n.name) == "low"]
-        typed = {n: [i for i in typed_inputs(n, opset) if n.inputs[i] is not None] for n in nodes}
-        switches = {}
+        switches: dict[ir.Node, ir.Value | None] = {}
         for node in nodes:
+            switches[node] = None
             if graph is clone.graph and (wanted is None or node.name in wanted):
                 gate = ir.Value(name=f"trtc_gate__{len(gates)}", type=ir.TensorType(BOOL), shape=ir.Shape([]))
                 clone.graph.inputs.append(gate)
                 gates[node.name] = gate.name
                 switches[node] = gate
-            else:
-                switches[node] = None
-        _round_graph(graph, low, nodes, typed, switches)
+        _round_graph(graph, low, nodes, {n: typed_inputs(n, opset) for n in nodes}, switches)
     return GatedSimulation(clone, gates)
 
 
-def _round_graph(graph: ir.Graph, low: ir.DataType, nodes: list[ir.Node],
-                 typed: Mapping[ir.Node, list[int]], switches: Mapping[ir.Node, ir.Value | None]) -> None:
+def _round_graph(graph: ir.Graph, low: ir.DataType, nodes: list[ir.Node], typed: Mapping[ir.Node, list[int]],
+                 switches: Mapping[ir.Node, ir.Value | None]) -> None:
     """Insert the stored and read roundings of `nodes` (the graph's low nodes) into `graph`."""
     rounder = _Rounder(graph, low)
-    reads = [(node, i, node.inputs[i]) for node in nodes for i in typed[node]]
+    reads = [(node, i) for node in nodes for i in typed[node] if node.inputs[i] is not None]
     for node in nodes:
         for value in _float_outputs(node):
             uses = list(value.uses())
             outputs = [i for i, out in enumerate(graph.outputs) if out is value]
             name = value.name
             value.name = f"{name}__unrounded"
-            stored = rounder.select(switches[node], value)
+            stored = rounder.switched(switches[node], value)
             stored.name = name  # readers and fetches by name see what the graph stores
             for user, index in uses:
                 user.replace_input_with(index, stored)
             for i in outputs:
                 graph.outputs[i] = stored
-    for node, index, value in reads:  # node.inputs[index] is now what the graph stores of value
-        node.replace_input_with(index, _read(rounder, switches[node], value, node.inputs[index]))
-
-
-def _read(rounder: _Rounder, gate: ir.Value | None, value: ir.Value, stored: ir.Value) -> ir.Value:
-    """What a low reader sees: r(value) when its gate is on, else the stored value."""
-    rounded = rounder.round(value)
-    if gate is None:
-        return rounded
-    where = ir.node("Where", [gate, rounded, stored], name=rounder._name(f"{value.name}__read"))
-    where.outputs[0].name = rounder._name(f"{value.name}__read")
-    where.outputs[0].type, where.outputs[0].shape = ir.TensorType(FLOAT), value.shape
-    # The stored value, where it is a rounding's selection, comes after r(value).
-    anchor = stored.producer() if stored is not value and stored is not rounded else rounded.producer()
-    rounder.graph.insert_after(anchor, where)
-    return where.outputs[0]
-
-
-def run_feeds(sim: GatedSimulation, sample: Mapping[str, Any], low: Collection[str]) -> dict[str, Any]:
-    """One sample's feeds for the switchable model with the nodes in `low` kept low."""
-    return {**sample, **sim.feeds(low)}
+    for node, index in reads:  # node.inputs[index] is what the graph stores now
+        node.replace_input_with(index, rounder.read(switches[node], node.inputs[index]))
