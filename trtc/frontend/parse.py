@@ -17,6 +17,7 @@ import onnx_ir as ir
 from trtc.errors import TrtcError
 from trtc.fileio import file_sha256
 from trtc.frontend.canonicalize import canonicalize, upgrade_opset
+from trtc.frontend.canonicalize.contrib import rewrite_contrib_ops
 from trtc.frontend.canonicalize.negative_dims import unknown_negative_dims
 from trtc.frontend.canonicalize.opset import default_opset
 from trtc.frontend.freeze import FreezeValue, freeze_fingerprints, freeze_inputs
@@ -75,11 +76,12 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
     """`parse_onnx` but for the source's hashes, which the caller fills in."""
     proto, embedded = onnx_load.read_model_skeleton(path)
     onnx_load.check_opsets(proto, path)
+    source_opset = default_opset(proto)
+    proto, contrib = rewrite_contrib_ops(proto, str(path))  # onnxruntime's contrib ops: standard ONNX from here
     onnx_load.check_ops(proto, path)
     onnx_load.check_external_data(proto, path, embedded)
     onnx_load.check_tensor_data(proto, path)
     onnx_load.check_structure(proto, path)
-    source_opset = default_opset(proto)
     negative = unknown_negative_dims(proto)  # before anything reads a declared shape
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
@@ -94,7 +96,7 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
     embedded.restore(model)  # before the paths are made absolute: it matches the skeleton's entries
     _absolute_weight_paths(model, path.parent)
     freeze_inputs(model, freeze or {}, where=f"{path}: --freeze")
-    rewrites = canonicalize(model)
+    rewrites = contrib | canonicalize(model)
     if negative:
         rewrites["unknown_negative_dims"] = negative
     shape_warnings: list[str] = []
