@@ -159,6 +159,40 @@ def test_gated_simulation_is_the_typed_graphs_simulation(toy):
             assert np.array_equal(got, plan.reference[0]["prob"])
 
 
+@pytest.mark.parametrize("case", ["if", "loop", "nested"])
+def test_gated_simulation_switches_nodes_inside_bodies(case):
+    import test_precision_subgraphs as bodies
+
+    make, samples = {"if": (bodies.if_model, bodies.if_samples), "loop": (bodies.loop_model, bodies.loop_samples),
+                     "nested": (bodies.nested_model, bodies.nested_samples)}[case]
+    model, feeds = make(), samples()
+    plan = plan_precision(model, feeds, PrecisionOptions())
+    sim = gated_simulation(model, plan.decision, "fp16")
+    inner = [n for n in sim.gates if n not in {node.name for node in model.graph}]
+    assert inner  # body nodes have switches too
+    runner = ReferenceRunner(sim.model)
+    for kept in [list(sim.gates), inner[::2], []]:
+        decision = dataclasses.replace(plan.decision, compute={
+            n: ("fp32" if c == "low" and n not in kept else c) for n, c in plan.decision.compute.items()})
+        typed = model.clone()
+        assign_mod.apply(typed, decision, "fp16", cast_io=False)
+        want = ReferenceRunner(simulation_model(typed))
+        for sample in feeds:
+            expected, got = want.run(sample), runner.run({**sample, **sim.feeds(kept)})
+            assert all(np.array_equal(expected[k], got[k]) for k in expected), (kept, sample)
+
+
+def test_search_moves_nodes_inside_a_loop_body():
+    import test_precision_subgraphs as bodies
+
+    model, samples = bodies.loop_model(), bodies.loop_samples()
+    report = apply_precision(model, samples, PrecisionOptions(accuracy=("cosine=0.99999995",)))
+    moved = {m["node"] for m in report.search["moved"]}
+    assert moved and moved <= {n.name for n in bodies.body_nodes(model)} and report.search["after"]["ok"]
+    assert all(m["cosine"] >= 0.99999995 for m in report.predicted.values())
+    bodies.assert_valid_and_runs(model, samples)
+
+
 # ---------------------------------------------------------------- the search on a model
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from trtc.precision.assign import HEAVY, Assignment
+from trtc.precision.assign import HEAVY, Assignment, all_nodes
 from trtc.precision.gated import gated_simulation
 from trtc.precision.judge import CheckCommand, make_judge, parse_accuracy
 from trtc.precision.rules import PrecisionOptions
@@ -28,8 +28,9 @@ def float_outputs(model: ir.Model) -> list[str]:
 
 
 def candidates(model: ir.Model, decision: Assignment, flops: Mapping[str, float]) -> list[Candidate]:
-    """The main graph's nodes the rules typed low, in graph order; nodes the user forced low stay low."""
-    return [Candidate(n.name, n.op_type, float(flops.get(n.name, 0.0)), n.op_type in HEAVY) for n in model.graph
+    """The nodes the rules typed low (bodies' too, after the main graph's), in graph order; nodes the user
+    forced low stay low."""
+    return [Candidate(n.name, n.op_type, float(flops.get(n.name, 0.0)), n.op_type in HEAVY) for n in all_nodes(model)
             if decision.compute.get(n.name) == "low" and n.name not in decision.forced]
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.precision import Plan
+from trtc.precision.assign import all_nodes
 from trtc.precision.gated import GatedSimulation, gated_simulation
 from trtc.precision.judge import worst_metrics
 from trtc.reference.metrics import error_metrics
@@ -138,7 +139,7 @@ def explain(model: ir.Model, plan: Plan, samples: Sequence[Mapping[str, Any]], t
     """The debugger's report of `plan` (of `model`, not yet typed): see the module docstring. `sources`: the
     source model's node name for each node, where one is known."""
     start = time.perf_counter()
-    nodes = {n.name: n for n in model.graph}
+    nodes = {n.name: n for n in all_nodes(model)}
     low = [name for name in nodes if plan.decision.compute.get(name) == "low"]
     sim = gated_simulation(model, plan.decision, target, low)
     trials = Trials(sim, samples, plan.reference)

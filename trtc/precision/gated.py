@@ -15,8 +15,8 @@ the assignment types low, the same error comes from
 
 An If computes only the branch it takes (so nodes switched off cost no rounding) and runs about twice
 as fast in onnxruntime as a Where over the same tensors. Each switch is a scalar bool input;
-`GatedSimulation.feeds` turns a set of nodes kept low into them. Nodes inside If/Loop/Scan bodies are
-not switched: those typed low always round.
+`GatedSimulation.feeds` turns a set of nodes kept low into them; nodes inside If/Loop/Scan bodies read
+theirs from the main graph (an outer-scope value).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def _float_outputs(node: ir.Node) -> list[ir.Value]:
 
 def gated_simulation(model: ir.Model, decision: Assignment, target: str,
                      switchable: Iterable[str] | None = None) -> GatedSimulation:
-    """A copy of the fp32 `model` (as `assign.assign` saw it) that simulates `decision` with the nodes of
-    the main graph it types low (or those of them in `switchable`) each behind a switch."""
+    """A copy of the fp32 `model` (as `assign.assign` saw it) that simulates `decision` with the nodes it
+    types low (or those of them in `switchable`; the others always round) each behind a switch."""
     clone = model.clone()  # shares the weights' tensors; they are never changed
     low = TARGETS[target]
     opset = _opset(clone)
@@ -117,7 +117,7 @@ def gated_simulation(model: ir.Model, decision: Assignment, target: str,
         switches: dict[ir.Node, ir.Value | None] = {}
         for node in nodes:
             switches[node] = None
-            if graph is clone.graph and (wanted is None or node.name in wanted):
+            if wanted is None or node.name in wanted:  # a body reads its switch from the main graph
                 gate = ir.Value(name=f"trtc_gate__{len(gates)}", type=ir.TensorType(BOOL), shape=ir.Shape([]))
                 clone.graph.inputs.append(gate)
                 gates[node.name] = gate.name

@@ -47,7 +47,7 @@ class AccuracyTarget:
 
     @property
     def text(self) -> str:
-        return f"{self.output + ':' if self.output else ''}{self.metric}={self.value:g}"
+        return f"{self.output + ':' if self.output else ''}{self.metric}={self.value:.10g}"
 
     def holds(self, metrics: Mapping[str, Any]) -> bool:
         """Whether one output's (worst-case) metrics meet the target; NaN and inf never do."""
@@ -113,7 +113,7 @@ def missed(targets: Sequence[AccuracyTarget], metrics: Mapping[str, Mapping[str,
             if target.output in (None, name) and not target.holds(m):
                 key, larger = METRICS[target.metric]
                 got = f"{m[key]:.8f}" if target.metric == "cosine" else f"{m[key]:.4g}"
-                failed.append(f"{name}: {target.metric} {got} {'<' if larger else '>'} {target.value:g}")
+                failed.append(f"{name}: {target.metric} {got} {'<' if larger else '>'} {target.value:.10g}")
     return failed
 
 
