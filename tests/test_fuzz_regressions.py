@@ -311,3 +311,71 @@ def test_negative_declared_dim_before_the_version_converter(tmp_path):
     proc = run_trtc("run", path, "--shape", "x=2x8")
     assert proc.returncode == 0, proc.stderr
     assert "y: float32[2, 4]" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("to", [0, 99])
+def test_cast_to_no_data_type(capsys, tmp_path, to):
+    """Cast to=0: ONNX's inference raised ValueError('Invalid tensor data type 0'), naming no node."""
+    model = mlp()
+    model.graph.node.append(helper.make_node("Cast", ["y"], ["z"], name="cast", to=to))
+    model.graph.output[0].name = "z"
+    parse_refused(capsys, model, tmp_path,
+                  f"node 'cast' (Cast) in the main graph: attribute 'to' is {to}, not an ONNX data type")
+
+
+def test_reshape_target_that_is_not_1d(capsys, tmp_path):
+    """A [0, 4] shape operand: run refused in onnxruntime's words, build raised 'Could not get tensor
+    shape' from TensorRT as a traceback."""
+    model = mlp()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((0, 4), np.int64), "target"))
+    model.graph.node.append(helper.make_node("Reshape", ["y", "target"], ["z"], name="reshape"))
+    model.graph.output[0].name = "z"
+    parse_refused(capsys, model, tmp_path, "node 'reshape' (Reshape): its shape 'target' must be 1-D, it is [0, 4]")
+
+
+def test_gemm_bias_that_does_not_broadcast(capsys, tmp_path):
+    """Was 'onnxruntime refuses these inputs' at run, a TensorRT broadcast error lowering MatMul in build."""
+    model = mlp(weights={"w1": (32, 16), "b1": (0, 4), "w2": (32, 4)})
+    parse_refused(capsys, model, tmp_path,
+                  "node 'fc1' (Gemm): its C 'b1' of shape [0, 4] does not broadcast to its result [?, 32]")
+
+
+def test_loop_body_with_the_wrong_number_of_outputs(capsys, tmp_path):
+    """onnxruntime refused at load, onnx.reference raised IndexError: a one-line run failure in their words."""
+    model = loop_model(np.array(3, np.int64))
+    del model.graph.node[0].attribute[0].g.output[:]
+    parse_refused(capsys, model, tmp_path, "node 'loop' (Loop): its body gives 0 outputs, the node needs 3")
+
+
+def test_declared_scan_length_against_a_constant_trip_count(capsys, tmp_path):
+    """Steps declared [3, 2] with a trip count of -1: the declaration stood (ONNX's inference leaves scan
+    lengths unknown) and the build said 'internal error: ... (0, 2) in TensorRT but (3, 2) in the IR'."""
+    path = save(loop_model(np.array(-1, np.int64), scan_shape=[3, 2]), tmp_path)
+    code, out, err = trtc_in_process(capsys, "parse", path, "-o", tmp_path / "m.trtir")
+    assert code == 0, err
+    assert "output 'steps' is declared float32[3, 2] but the graph computes float32[0, 2]" in out + err
+    ok = save(loop_model(np.array(3, np.int64), scan_shape=[3, 2]), tmp_path, "ok.onnx")
+    code, out, err = trtc_in_process(capsys, "parse", ok, "-o", tmp_path / "ok.trtir")
+    assert code == 0 and "is declared" not in out + err
+
+
+def test_declared_shape_beyond_a_64_bit_count(capsys, tmp_path):
+    """x[batch, 4, 2**62]: TensorRT's volumes overflowed to 0 in build ('internal error: ... (-1, 0) in
+    TensorRT but (-1, 24) in the IR')."""
+    model = mlp()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 2**62
+    model.graph.input[0].type.tensor_type.shape.dim.add().dim_value = 4
+    parse_refused(capsys, model, tmp_path, "input 'x' of the main graph is declared [batch, 4611686018427387904, 4]: "
+                  "more elements than a 64-bit count holds")
+
+
+def test_graph_output_naming_a_weight_with_another_type(capsys, tmp_path):
+    """An output naming an int64 weight but declared float16 made ONNX's inference stop before the nodes
+    (an error naming no node), so a bad Unsqueeze axis reached the CPU reference."""
+    model = mlp()
+    model.graph.initializer.append(numpy_helper.from_array(np.array([2**40], np.int64), "axes"))
+    model.graph.node.append(helper.make_node("Unsqueeze", ["y", "axes"], ["z"], name="unsqueeze"))
+    model.graph.output[0].name = "z"
+    model.graph.output.append(helper.make_tensor_value_info("axes", TensorProto.FLOAT16, [1]))
+    parse_refused(capsys, model, tmp_path, "node 'unsqueeze' (Unsqueeze): [ShapeInferenceError] Unexpected axis "
+                  "value: 1099511627776")

@@ -546,6 +546,46 @@ def huge_shape_operand(model: onnx.ModelProto, rng: random.Random) -> str | None
     return f"int64 tensor {tensor.name!r} -> {flat.tolist()[:8]}"
 
 
+@structure
+def special_values(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """A float weight full of NaN, infinities, denormals or huge values: a valid model whose numbers
+    every stage (folding, fusions, the build) must carry without tripping."""
+    tensors = [t for t in _tensors(model) if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+               and t.data_location != TensorProto.EXTERNAL]
+    if not tensors:
+        return None
+    tensor = rng.choice(tensors)
+    values = _array(tensor)
+    if values is None:
+        return None
+    special = rng.choice([np.nan, np.inf, -np.inf, 1e-45, 3e38, 0.0, -0.0])
+    values = values.copy()
+    flat = values.reshape(-1)
+    if flat.size:
+        flat[[rng.randrange(flat.size) for _ in range(max(1, flat.size // rng.choice([1, 4])))]] = special
+    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    return f"tensor {tensor.name!r} holds {special}"
+
+
+@structure
+def pin_dims(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """A valid change of the inputs' shapes: symbolic dims pinned to numbers (1 and 7 are edge cases of
+    broadcasting and folding), or numbers made symbolic."""
+    infos = [vi for vi in model.graph.input if vi.type.tensor_type.HasField("shape")]
+    if not infos:
+        return None
+    info = rng.choice(infos)
+    dims = info.type.tensor_type.shape.dim
+    if not dims:
+        return None
+    index = rng.randrange(len(dims))
+    if dims[index].HasField("dim_param"):
+        _set_dim(dims[index], rng.choice([1, 2, 7]))
+    else:
+        _set_dim(dims[index], rng.choice(["n", "batch", f"d{index}"]))
+    return f"input {info.name!r} dim {index} -> {dims[index]}".replace("\n", " ")
+
+
 # --------------------------------------------------------------------------------------------- bytes
 
 

@@ -3,7 +3,10 @@ at parse with the node named, once shapes are inferred (onnxruntime crashes on s
 the inputs; TensorRT fails inside the build):
 
 - the condition of If, and the trip count and condition of Loop, hold exactly one element;
-- Conv's bias is 1-D with one value per output channel (ConvTranspose's too);
+- a Loop's body takes and gives as many values as the node has inputs and outputs (ONNX checks
+  If's and Scan's subgraphs, not Loop's);
+- Conv's bias is 1-D with one value per output channel (ConvTranspose's too), Gemm's C broadcasts to
+  its [M, N] result, Reshape's shape is 1-D;
 - a Loop must be able to finish: one whose condition never turns false and whose trip count is absent
   (ONNX's `for (;;)`) or beyond any run (more than 2**31 - 1 iterations, TensorRT's limit too) would
   hang `trtc run` and every later stage that executes it.
@@ -90,12 +93,62 @@ def _endless(node: ir.Node) -> str | None:
     return None
 
 
+def _graph(node: ir.Node, name: str) -> ir.Graph | None:
+    attr = node.attributes.get(name)
+    return attr.value if attr is not None and attr.type == ir.AttributeType.GRAPH else None
+
+
+def _arity(node: ir.Node, name: str, inputs: int, outputs: int) -> str | None:
+    """Why subgraph `name` does not take `inputs` values and give `outputs`, or None."""
+    graph = _graph(node, name)
+    if graph is None:
+        return None
+    if len(graph.inputs) != inputs:
+        return f"its {name} takes {len(graph.inputs)} inputs, the node gives it {inputs}"
+    if len(graph.outputs) != outputs:
+        return f"its {name} gives {len(graph.outputs)} outputs, the node needs {outputs}"
+    return None
+
+
 def _loop(node: ir.Node) -> str | None:
-    return _one_element(node, {0: "trip count", 1: "condition"}) or _endless(node)
+    # body(iteration, condition, carried...) -> (condition, carried..., scan outputs...)
+    return (_arity(node, "body", len(node.inputs), 1 + len(node.outputs))
+            or _one_element(node, {0: "trip count", 1: "condition"}) or _endless(node))
 
 
 def _if(node: ir.Node) -> str | None:
     return _one_element(node, {0: "condition"})
+
+
+def _reshape(node: ir.Node) -> str | None:
+    shape = _input(node, 1)
+    if shape is not None and shape.shape is not None and shape.shape.rank() != 1:
+        return f"its shape {shape.name!r} must be 1-D, it is {list(shape.shape.dims)}"
+    return None
+
+
+def _attribute_int(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return attr.value if attr is not None and isinstance(attr.value, int) else default
+
+
+def _dims(value: ir.Value | None) -> list[int | None] | None:
+    """The dims of a value of known rank, None for each one not a number."""
+    if value is None or value.shape is None:
+        return None
+    return [d if isinstance(d, int) else None for d in value.shape.dims]
+
+
+def _gemm_bias(node: ir.Node) -> str | None:
+    a, b, c = (_dims(_input(node, i)) for i in range(3))
+    if a is None or b is None or c is None or len(a) != 2 or len(b) != 2 or len(c) > 2:
+        return None
+    rows = a[1] if _attribute_int(node, "transA", 0) else a[0]
+    cols = b[0] if _attribute_int(node, "transB", 0) else b[1]
+    if any(d is not None and want is not None and d not in (1, want) for d, want in zip(reversed(c), (cols, rows))):
+        result = ", ".join("?" if d is None else str(d) for d in (rows, cols))
+        return f"its C {node.inputs[2].name!r} of shape {c} does not broadcast to its result [{result}]"
+    return None
 
 
 def _conv_bias(node: ir.Node) -> str | None:
@@ -112,7 +165,8 @@ def _conv_bias(node: ir.Node) -> str | None:
 
 
 RULES: dict[str, Callable[[ir.Node], str | None]] = {"Loop": _loop, "If": _if, "Conv": _conv_bias,
-                                                      "ConvTranspose": _conv_bias}
+                                                      "ConvTranspose": _conv_bias, "Gemm": _gemm_bias,
+                                                      "Reshape": _reshape}
 
 
 def check_node_rules(model: ir.Model, where: str) -> None:

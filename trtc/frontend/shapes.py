@@ -227,7 +227,9 @@ def _correct_sizes(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> boo
     - STFT sizes its frequency axis as frame_length even when `onesided` (the default) keeps
       frame_length // 2 + 1 bins;
     - pooling with ceil_mode keeps a last window that starts past the input and its left padding,
-      which the spec's reference, onnxruntime and PyTorch drop."""
+      which the spec's reference, onnxruntime and PyTorch drop;
+    - a Loop's scan outputs are left without a length even where the trip count is a constant and
+      the condition never stops the loop early (a declared length would stand unchecked)."""
     weights = {t.name: t for _, g in _proto_graphs(proto.graph) for t in g.initializer}
     shapes: dict[str, ir.Shape | None] = {vi.name: _dims_of(vi) for _, g in _proto_graphs(proto.graph)
                                           for vi in g.input}
@@ -238,26 +240,69 @@ def _correct_sizes(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> boo
         for node in graph.node:
             if node.domain not in ("", "ai.onnx") or not node.output:
                 continue
-            info = infos.get(path, {}).get(node.output[0])
-            shape = _dims_of(info) if info is not None else None
-            if shape is None:
-                continue
-            if node.op_type == "STFT":
-                fixes = _stft_bins(node, shape, weights, shapes)
-            elif node.op_type in ("MaxPool", "AveragePool", "LpPool"):
-                fixes = _ceil_pool_sizes(node, shape, shapes.get(node.input[0]))
-            else:
-                continue
-            if not fixes:
-                continue
-            fixed = _copy(info)
-            for axis, size in fixes.items():
-                dim = fixed.type.tensor_type.shape.dim[axis]
-                dim.Clear()
-                dim.dim_value = size
-            graph.value_info.append(fixed)
-            added = True
+            for output, fixes in _node_fixes(node, infos.get(path, {}), weights, shapes).items():
+                fixed = _copy(infos[path][output])
+                for axis, size in fixes.items():
+                    dim = fixed.type.tensor_type.shape.dim[axis]
+                    dim.Clear()
+                    dim.dim_value = size
+                # A graph output's type is its declaration (ONNX's inference reads no value_info for it).
+                declared = next((vi for vi in graph.output if vi.name == output), None)
+                if declared is not None:
+                    declared.type.CopyFrom(fixed.type)
+                else:
+                    graph.value_info.append(fixed)
+                added = True
     return added
+
+
+def _node_fixes(node: onnx.NodeProto, infos: Infos, weights: dict[str, onnx.TensorProto],
+                shapes: dict[str, ir.Shape | None]) -> dict[str, dict[int, int]]:
+    """{output name: {axis: size}} for the sizes of `node` that `_correct_sizes` corrects."""
+    if node.op_type == "Loop":
+        return _loop_scan_lengths(node, infos, weights)
+    info = infos.get(node.output[0])
+    shape = _dims_of(info) if info is not None else None
+    if shape is None:
+        return {}
+    if node.op_type == "STFT":
+        fixes = _stft_bins(node, shape, weights, shapes)
+    elif node.op_type in ("MaxPool", "AveragePool", "LpPool"):
+        fixes = _ceil_pool_sizes(node, shape, shapes.get(node.input[0]))
+    else:
+        return {}
+    return {node.output[0]: fixes} if fixes else {}
+
+
+def _scalar(tensor: onnx.TensorProto | None) -> int | None:
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    try:
+        array = onnx.numpy_helper.to_array(tensor)
+    except Exception:  # an unreadable weight holds no trip count we can use
+        return None
+    return int(array.reshape(-1)[0]) if array.size == 1 else None
+
+
+def _loop_scan_lengths(node: onnx.NodeProto, infos: Infos, weights: dict[str, onnx.TensorProto]) -> dict:
+    """{scan output: {0: max(M, 0)}} for a Loop with a constant trip count M whose condition starts
+    true and is handed back unchanged (its input, an Identity of it), so it runs exactly M times."""
+    body = next((a.g for a in node.attribute if a.name == "body" and a.type == onnx.AttributeProto.GRAPH), None)
+    trips = _scalar(weights.get(node.input[0])) if node.input and node.input[0] else None
+    start = node.input[1] if len(node.input) > 1 else ""
+    starts_true = not start or bool(_scalar(weights.get(start)))
+    if body is None or trips is None or len(body.input) < 2 or not body.output or not starts_true:
+        return {}
+    cond_in, cond_out = body.input[1].name, body.output[0].name
+    if cond_out != cond_in and not any(n.op_type == "Identity" and list(n.input) == [cond_in]
+                                       and list(n.output) == [cond_out] for n in body.node):
+        return {}
+    fixes = {}
+    for output in node.output[len(node.input) - 2:]:
+        shape = _dims_of(infos[output]) if output in infos else None
+        if shape is not None and len(shape) and shape.dims[0] != max(trips, 0):
+            fixes[output] = {0: max(trips, 0)}
+    return fixes
 
 
 def _stft_bins(node: onnx.NodeProto, shape: ir.Shape, weights: dict[str, onnx.TensorProto],

@@ -523,6 +523,7 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
     path it would read every embedded weight. `check_external_data` checks those files instead."""
     check_graph_names(proto, path)
     check_value_types(proto, path)
+    check_dtype_attributes(proto, path)
     stand_in = onnx.ModelProto()
     stand_in.CopyFrom(proto)
     for graph in _subgraphs(stand_in.graph):
@@ -599,8 +600,19 @@ def _unknown_elem_types(type_proto: onnx.TypeProto) -> Iterator[int]:
         yield from _unknown_elem_types(type_proto.map_type.value_type)
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _declared_dims(info: onnx.ValueInfoProto) -> list[int]:
+    """The fixed dims of a declared tensor shape (symbolic ones left out)."""
+    if not info.type.HasField("tensor_type"):
+        return []
+    return [d.dim_value for d in info.type.tensor_type.shape.dim if d.HasField("dim_value")]
+
+
 def check_value_types(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse declared types whose element type is no ONNX data type (elem_type 1000): the checker lets
+    """Refuse declared types whose element type is no ONNX data type (elem_type 1000), or whose shape
+    holds more elements than 64 bits count (every size computed from it overflows): the checker lets
     them through and every later reader fails on them."""
     for label, graph in _labelled_graphs(proto.graph):
         for kind, infos in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info)):
@@ -610,6 +622,34 @@ def check_value_types(proto: onnx.ModelProto, path: Path) -> None:
                     what = "no element type (0, UNDEFINED)" if unknown == 0 else f"an unknown element type ({unknown})"
                     raise TrtcError(f"invalid ONNX model: {kind} {info.name!r} of {label} has {what}",
                                     where=str(path), hint=_BROKEN_RULES)
+                if (dims := _declared_dims(info)) and math.prod(d for d in dims if d > 0) > _INT64_MAX:
+                    shape = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                             for d in info.type.tensor_type.shape.dim]
+                    raise TrtcError(f"invalid ONNX model: {kind} {info.name!r} of {label} is declared "
+                                    f"[{', '.join(map(str, shape))}]: more elements than a 64-bit count holds",
+                                    where=str(path), hint=_BROKEN_RULES)
+
+
+# Attributes of ONNX ops whose value is a data type (Cast's `to`, EyeLike's `dtype`, ...), and those of
+# them where 0 means "not given" (QuantizeLinear's `output_dtype`).
+DTYPE_ATTRIBUTES = {"to", "dtype", "output_dtype", "output_datatype", "stash_type"}
+_ZERO_IS_UNSET = {"output_dtype"}
+
+
+def check_dtype_attributes(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse a data-type attribute that names no data type (Cast to=0): the checker does not look at
+    attribute values, and ONNX's inference fails on them without naming the node."""
+    for label, graph in _labelled_graphs(proto.graph):
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            for attr in node.attribute:
+                if attr.name not in DTYPE_ATTRIBUTES or attr.type != onnx.AttributeProto.INT:
+                    continue
+                if attr.i not in _DATA_TYPES and not (attr.i == 0 and attr.name in _ZERO_IS_UNSET):
+                    who = f"node {node.name!r} ({node.op_type})" if node.name else f"an unnamed {node.op_type} node"
+                    raise TrtcError(f"invalid ONNX model: {who} in {label}: attribute {attr.name!r} is {attr.i}, "
+                                    "not an ONNX data type", where=str(path), hint=_BROKEN_RULES)
 
 
 def check_unique_names(proto: onnx.ModelProto, path: Path) -> None:
