@@ -123,7 +123,11 @@ def rewrite_contrib_ops(proto: onnx.ModelProto, where: str) -> tuple[onnx.ModelP
     if opset < MIN_SOURCE_OPSET:
         raise TrtcError(f"onnxruntime contrib ops in a model of opset {opset}: only opset >= "
                         f"{MIN_SOURCE_OPSET} is rewritten", where=where, hint="re-export it at a newer opset")
-    model = ir.serde.deserialize_model(proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # what the checks after this would refuse, in their words
+        raise TrtcError(f"malformed graph: {str(exc).splitlines()[0]}", where=where,
+                        hint="re-export the model") from None
     counts: dict[str, int] = {}
     for node in list(model.graph):
         rule = CONTRIB_RULES.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
@@ -132,6 +136,9 @@ def rewrite_contrib_ops(proto: onnx.ModelProto, where: str) -> tuple[onnx.ModelP
                 rule(model.graph, node)
             except TrtcError as exc:
                 raise TrtcError(exc.message, where=where, hint=exc.hint) from None
+            except Exception as exc:  # a malformed node (an attribute of the wrong type, a missing input)
+                raise TrtcError(refuse(node, f"malformed: {str(exc).splitlines()[0] if str(exc) else exc!r}").message,
+                                where=where, hint="re-export the model") from None
             counts[f"contrib_{node.op_type}"] = counts.get(f"contrib_{node.op_type}", 0) + 1
     require_opset(model, CONTRIB_OPSET)
     for domain in [d for d in model.opset_imports if d not in ("", "ai.onnx")]:
