@@ -14,7 +14,9 @@
 GQA's rows: row b holds seqlens_k[b] + 1 valid tokens, the last S of them new (the first prompt: positions
 0..S-1 whatever the row's length, right padding). The cache grows by concatenation (the form without a
 shared past/present buffer), which is GQA's result when every row's past is its whole past input (no padding
-after the first prompt); trtc's static-kv-cache pass recognises this form. Attributes it does not rewrite
+after the first prompt). static-kv-cache matches these layers (Concat of a past input, a named bool mask
+that is causal for an all-ones attention_mask) but still refuses the model: the positions read attention_mask,
+which the static form drops. Attributes it does not rewrite
 exactly (local_window_size, softcap, smooth_softmax, qk_output, position_ids, attention_bias, head_sink, a
 shared buffer) are refused in one line.
 """
