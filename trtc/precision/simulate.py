@@ -53,11 +53,6 @@ def simulation_model(typed: ir.Model) -> ir.Model:
         if value.dtype in LOW:
             value.const_value = map_elements(value.const_value, lambda data: data.astype(np.float32), name=value.name)
             value.type = ir.TensorType(FLOAT)  # new object: types may be shared
-    for value in list(graph.inputs):
-        if value.dtype in LOW:
-            low = value.dtype
-            value.type = ir.TensorType(FLOAT)  # new object: types may be shared
-            _round_trip(graph, value, low, None)
     for body_or_main in list(all_graphs(graph)):
         for node in list(body_or_main):
             if node.op_type == "Constant" and node.outputs[0].dtype in LOW:
@@ -74,4 +69,10 @@ def simulation_model(typed: ir.Model) -> ir.Model:
                     low = value.dtype
                     value.type = ir.TensorType(FLOAT)  # new object: types may be shared
                     _round_trip(body_or_main, value, low, node)
+    # After the nodes: the loop above would turn these round trips' Casts to fp16 into Casts to fp32.
+    for value in list(graph.inputs):
+        if value.dtype in LOW:
+            low = value.dtype
+            value.type = ir.TensorType(FLOAT)  # new object: types may be shared
+            _round_trip(graph, value, low, None)
     return model
