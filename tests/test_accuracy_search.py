@@ -196,6 +196,18 @@ def test_search_moves_nodes_inside_a_loop_body():
 # ---------------------------------------------------------------- the search on a model
 
 
+def test_gated_simulation_with_inputs_in_the_target_type(toy):
+    model_path, npz = toy
+    model, samples = _ir(model_path), _sample(npz)
+    plan = plan_precision(model, samples, PrecisionOptions(cast_io=True))
+    sim = gated_simulation(model, plan.decision, "fp16", cast_io=True)
+    typed = model.clone()
+    assign_mod.apply(typed, plan.decision, "fp16", cast_io=True)
+    want = ReferenceRunner(simulation_model(typed)).run(samples[0])["prob"]
+    got = ReferenceRunner(sim.model).run({**samples[0], **sim.feeds(list(sim.gates))})["prob"]
+    assert np.array_equal(want, got)
+
+
 def test_search_meets_the_target_and_says_why(toy):
     model_path, npz = toy
     report = apply_precision(_ir(model_path), _sample(npz), PrecisionOptions(accuracy=("max-error=0.001",)))

@@ -110,7 +110,7 @@ def debug_precision(path: str | Path, options: PrecisionOptions | None = None, f
         plan.decision.reasons[moved["node"]] = moved["reason"]  # the search's reason, not the --keep-fp32 one
     source = Path(artifact.meta.get("source", {}).get("path") or path)
     sources = source_names(model, source) if source.suffix == ".onnx" and source.is_file() else {}
-    report = explain(model, plan, samples, options.target, sources=sources, top=top, budget=trials)
+    report = explain(model, plan, samples, options, sources=sources, top=top, budget=trials)
     fp32 = sorted(name for name, c in plan.decision.compute.items() if c == "fp32")
     return {"model": str(path), "source": str(source), "typed": bool(typed), "samples": len(samples),
             "retraced_as_recorded": fp32 == sorted(typed["fp32_nodes"]) if typed else None, **report}

@@ -49,7 +49,7 @@ def accuracy_search(model: ir.Model, decision: Assignment, samples: Sequence[Map
     targets = parse_accuracy(options.accuracy, float_outputs(model))
     nodes = candidates(model, decision, flops)
     share_before = heavy_share(model, decision.compute, flops)
-    sim = gated_simulation(model, decision, options.target, [c.name for c in nodes])
+    sim = gated_simulation(model, decision, options.target, [c.name for c in nodes], options.cast_io)
     runner = ReferenceRunner(sim.model)
     check = CheckCommand(options.check, samples, reference) if options.check else None
     judge = make_judge(targets, check, reference)

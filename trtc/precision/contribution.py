@@ -32,6 +32,7 @@ from trtc.precision import Plan
 from trtc.precision.assign import all_nodes
 from trtc.precision.gated import GatedSimulation, gated_simulation
 from trtc.precision.judge import worst_metrics
+from trtc.precision.rules import PrecisionOptions
 from trtc.reference.metrics import error_metrics
 from trtc.reference.runner import ReferenceRunner
 
@@ -134,14 +135,15 @@ def ranges(node: ir.Node, plan: Plan) -> dict[str, Any]:
                         and v.dtype == ir.DataType.FLOAT}}
 
 
-def explain(model: ir.Model, plan: Plan, samples: Sequence[Mapping[str, Any]], target: str, *,
+def explain(model: ir.Model, plan: Plan, samples: Sequence[Mapping[str, Any]], options: PrecisionOptions, *,
             sources: Mapping[str, str | None] | None = None, top: int = 10, budget: int = 64) -> dict[str, Any]:
-    """The debugger's report of `plan` (of `model`, not yet typed): see the module docstring. `sources`: the
-    source model's node name for each node, where one is known."""
+    """The debugger's report of `plan` (of `model`, not yet typed, for `options`): see the module docstring.
+    `sources`: the source model's node name for each node, where one is known."""
+    target = options.target
     start = time.perf_counter()
     nodes = {n.name: n for n in all_nodes(model)}
     low = [name for name in nodes if plan.decision.compute.get(name) == "low"]
-    sim = gated_simulation(model, plan.decision, target, low)
+    sim = gated_simulation(model, plan.decision, target, low, options.cast_io)
     trials = Trials(sim, samples, plan.reference)
     try:
         whole = trials.measure(low)

@@ -104,12 +104,15 @@ def _float_outputs(node: ir.Node) -> list[ir.Value]:
 
 
 def gated_simulation(model: ir.Model, decision: Assignment, target: str,
-                     switchable: Iterable[str] | None = None) -> GatedSimulation:
+                     switchable: Iterable[str] | None = None, cast_io: bool = False) -> GatedSimulation:
     """A copy of the fp32 `model` (as `assign.assign` saw it) that simulates `decision` with the nodes it
-    types low (or those of them in `switchable`; the others always round) each behind a switch."""
+    types low (or those of them in `switchable`; the others always round) each behind a switch. `cast_io`:
+    the float inputs arrive in the target type (rounded for every reader)."""
     clone = model.clone()  # shares the weights' tensors; they are never changed
     low = TARGETS[target]
     opset = _opset(clone)
+    if cast_io:
+        _round_inputs(clone.graph, low)
     wanted = None if switchable is None else set(switchable)
     gates: dict[str, str] = {}
     for graph in list(all_graphs(clone.graph)):
@@ -145,3 +148,14 @@ def _round_graph(graph: ir.Graph, low: ir.DataType, nodes: list[ir.Node], typed:
                 graph.outputs[i] = stored
     for node, index in reads:  # node.inputs[index] is what the graph stores now
         node.replace_input_with(index, rounder.read(switches[node], node.inputs[index]))
+
+
+def _round_inputs(graph: ir.Graph, low: ir.DataType) -> None:
+    """Every reader of a float graph input sees it rounded (the input arrives in the target type)."""
+    rounder = _Rounder(graph, low)
+    for value in graph.inputs:
+        if value.dtype == FLOAT and value.uses():
+            uses = list(value.uses())
+            rounded = rounder.switched(None, value)
+            for user, index in uses:
+                user.replace_input_with(index, rounded)
