@@ -55,10 +55,11 @@ class _Rounder:
         self.reads: dict[tuple[ir.Value, ir.Value | None], ir.Value] = {}
 
     def _value(self, node: ir.Node, base: str, like: ir.Value) -> ir.Value:
-        """Name node's output uniquely (names must be unique over all graphs) and type it float."""
+        """Name node and its output uniquely (names must be unique over all graphs); type the output float."""
         self.count += 1
         out = node.outputs[0]
         out.name, out.type, out.shape = f"{base}__g{self.count}", ir.TensorType(FLOAT), like.shape
+        node.name = f"{out.name}__node"
         return out
 
     def _rounding(self, value: ir.Value) -> tuple[list[ir.Node], ir.Value]:
