@@ -46,9 +46,10 @@ def case(stored: dict, name: str) -> tuple[dict, dict]:
 def test_parse_leaves_standard_onnx(parsed):
     _, artifact, _ = parsed
     ops = {n.op_type for n in artifact.model.graph}
-    assert not ops & CONTRIB and {"RMSNormalization", "RotaryEmbedding", "Attention"} <= ops
+    assert not ops & CONTRIB and {"RMSNormalization", "RotaryEmbedding", "Attention", "TensorScatter"} <= ops
     assert all(n.domain in ("", "ai.onnx") for n in artifact.model.graph)
-    assert artifact.meta["parse"]["opset"] == 23 and artifact.meta["parse"]["source_opset"] == 22
+    assert artifact.meta["parse"]["opset"] == 24 and artifact.meta["parse"]["source_opset"] == 22
+    assert artifact.model.metadata_props["trtc.padding"] == "right"  # GQA's rows: read by trtc generate
     counts = artifact.meta["parse"]["canonicalized"]
     assert {k: counts[k] for k in counts if k.startswith("contrib_")} == {
         "contrib_GroupQueryAttention": 2, "contrib_SimplifiedLayerNormalization": 1,
@@ -93,11 +94,26 @@ def test_build_fp32(parsed, tmp_path, capsys):
 
 
 @needs_genai
-def test_static_cache_refuses_positions_from_attention_mask(tmp_path, capsys):
-    """GQA's positions come from attention_mask (seqlens_k), which the static cache drops: refused in one
-    line until static-kv-cache rewrites those positions to its write indices."""
+def test_static_cache_refuses_the_parsed_gqa_form(tmp_path, capsys):
+    """GQA's cache write and positions come from attention_mask (seqlens_k), which the static cache drops:
+    its layers are not the Concat form static-kv-cache rewrites, refused in one line."""
     result = trtc_in_process(capsys, "compile", MODEL, "--llm", "--max-seq", "64", "-o", tmp_path / "c")
-    one_error_line(result, "--llm", "ReduceSum", "still reads input 'attention_mask'")
+    one_error_line(result, "--llm", "no growing KV cache")
+
+
+@needs_genai
+def test_prompts_of_different_lengths_generate_as_alone(parsed):
+    """Right padding as GQA reads it: a shorter row's next token overwrites its first pad."""
+    from trtc.llm.decoder import open_decoder
+    from trtc.llm.generate import GenerateOptions, generate
+
+    path, _, stored = parsed
+    decoder = open_decoder(path)
+    prompt = stored["gen:prompt"].tolist()
+    rows = [prompt[0], prompt[1][:4], prompt[0][:2]]
+    together = generate(decoder, rows, GenerateOptions(max_new_tokens=8))
+    alone = [generate(decoder, [row], GenerateOptions(max_new_tokens=8)).rows[0].ids for row in rows]
+    assert [r.ids for r in together.rows] == alone
 
 
 # ---- hand-built nodes ---------------------------------------------------------------------------------

@@ -131,8 +131,15 @@ class DecoderSpec:
                    ids_dtype=_np_dtype(inputs[ids_name]), attention_mask=mask.name if mask else None,
                    mask_dtype=_np_dtype(mask) if mask else None, position_ids=position.name if position else None,
                    position_dtype=_np_dtype(position) if position else None, vocab=vocab,
-                   padding="right" if static or _has_op(model, "com.microsoft", "GroupQueryAttention") else "left",
+                   padding="right" if static or _right_padded(model) else "left",
                    max_positions=max_positions, max_positions_from=max_from, static=static)
+
+
+def _right_padded(model: ir.Model) -> bool:
+    """GroupQueryAttention reads a row's length off its mask's sum (rows padded on the right); a
+    model parsed from one says so in its metadata (trtc.frontend.canonicalize.contrib)."""
+    return (_has_op(model, "com.microsoft", "GroupQueryAttention")
+            or model.metadata_props.get("trtc.padding") == "right")
 
 
 def _graph_layout(model: ir.Model) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from trtc.errors import TrtcError
 from trtc.ir.rewrite import add_constant, require_opset
 
 CONTRIB_OPSET = 23  # RMSNormalization, RotaryEmbedding, Attention
+GQA_OPSET = 24  # TensorScatter: GroupQueryAttention writes a row's new keys at its own length
 MIN_SOURCE_OPSET = 18
 ContribRule = Callable[[ir.Graph, ir.Node], None]
 CONTRIB_RULES: dict[tuple[str, str], ContribRule] = {}
@@ -113,6 +114,9 @@ def inv_std_var(build: Builder, x: ir.Value, axis: int, epsilon: float) -> ir.Va
     return build("Reciprocal", [build("Sqrt", [build("Add", [mean, eps])])])
 
 
+PADDING_KEY = "trtc.padding"  # model metadata: which side shorter prompts are padded on
+
+
 def rewrite_contrib_ops(proto: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The model with every registered contrib op rewritten; unchanged (and no copy) when it has none.
     `where` (the file) goes into a refusal."""
@@ -140,13 +144,18 @@ def rewrite_contrib_ops(proto: onnx.ModelProto, where: str) -> tuple[onnx.ModelP
                 raise TrtcError(refuse(node, f"malformed: {str(exc).splitlines()[0] if str(exc) else exc!r}").message,
                                 where=where, hint="re-export the model") from None
             counts[f"contrib_{node.op_type}"] = counts.get(f"contrib_{node.op_type}", 0) + 1
-    require_opset(model, CONTRIB_OPSET)
+    opset = GQA_OPSET if "contrib_GroupQueryAttention" in counts else CONTRIB_OPSET
+    require_opset(model, opset)
+    if "contrib_GroupQueryAttention" in counts:
+        # GQA reads a row's length off its mask's sum: rows are padded on the right. The generate
+        # loop reads this (trtc.llm.decoder) where the op that said so is gone.
+        model.metadata_props[PADDING_KEY] = "right"
     for domain in [d for d in model.opset_imports if d not in ("", "ai.onnx")]:
         if not any(n.domain == domain for n in model.graph):
             del model.opset_imports[domain]
             model.graph.opset_imports.pop(domain, None)
     model.ir_version = max(model.ir_version or 0, onnx.helper.find_min_ir_version_for(
-        [onnx.helper.make_opsetid("", CONTRIB_OPSET)]))
+        [onnx.helper.make_opsetid("", opset)]))
     rewritten = ir.serde.serialize_model(model)
     typed = [vi for vi in rewritten.graph.value_info if vi.HasField("type")]  # the new values get theirs later
     del rewritten.graph.value_info[:]

@@ -1,4 +1,4 @@
-"""com.microsoft.GroupQueryAttention (onnxruntime-genai's growing-cache form) -> standard ONNX (opset 23).
+"""com.microsoft.GroupQueryAttention (onnxruntime-genai's growing-cache form) -> standard ONNX (opset 24).
 
     y, present_key, present_value = GroupQueryAttention(qkv [B, S, (Hq + 2 Hkv) D], , , past_key, past_value,
         seqlens_k, total_sequence_length, cos_cache, sin_cache) {num_heads, kv_num_heads, do_rotary, scale, ...}
@@ -7,16 +7,16 @@
     q, k, v = Transpose(Reshape(., [0, 0, H, -1]), [0, 2, 1, 3])       [B, H, S, D]
     past_b = Max(seqlens_k + 1 - S, 0); positions = past_b + Range(S)  [B, S]: GQA's positions
     q, k = RotaryEmbedding(q | k, cos_cache, sin_cache, positions)    (do_rotary=1)
-    present_key = Concat(past_key, k, axis=2)                          the same for value
+    present_key = TensorScatter(Concat(past_key, k, axis=2), k, past_b, axis=2)   the same for value
     mask = (j <= positions[b, i]) And (j <= seqlens_k[b])              [B, 1, S, T], j < T = present length
     y = Reshape(Transpose(Attention(q, present_key, present_value, mask) {scale}), [0, 0, -1])
 
 GQA's rows: row b holds seqlens_k[b] + 1 valid tokens, the last S of them new (the first prompt: positions
-0..S-1 whatever the row's length, right padding). The cache grows by concatenation (the form without a
-shared past/present buffer), which is GQA's result when every row's past is its whole past input (no padding
-after the first prompt). static-kv-cache matches these layers (Concat of a past input, a named bool mask
-that is causal for an all-ones attention_mask) but still refuses the model: the positions read attention_mask,
-which the static form drops. Attributes it does not rewrite
+0..S-1 whatever the row's length, right padding). The cache grows by S (the form without a shared
+past/present buffer) and a row's new keys are written at its own length past_b, as GQA writes them: a
+right-padded row's next token overwrites its first pad (appended after the pads, it would be masked out).
+static-kv-cache does not take these layers (its form is a Concat of the past read by Attention; here the
+positions and the write read attention_mask, which the static form drops). Attributes it does not rewrite
 exactly (local_window_size, softcap, smooth_softmax, qk_output, position_ids, attention_bias, head_sink, a
 shared buffer) are refused in one line.
 """
@@ -95,8 +95,9 @@ def _split_qkv(build: Builder, node: ir.Node, hq: int, hkv: int, d: int | None) 
     return build("Split", [query, sizes], {"axis": 2}, outputs=3)
 
 
-def _positions(build: Builder, node: ir.Node) -> tuple[ir.Value, ir.Value]:
-    """(positions [B, S] int64, seqlens_k [B] int64): GQA's token positions, max(seqlens_k + 1 - S, 0) + i."""
+def _positions(build: Builder, node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(positions [B, S] int64, seqlens_k [B] int64, past_b [B] int64): GQA's token positions,
+    past_b + i with past_b = max(seqlens_k + 1 - S, 0), the tokens a row already holds."""
     one = build.const(np.array(1, np.int64), "one")
     seqlens = build("Cast", [node.inputs[SEQLENS_K]], {"to": ir.DataType.INT64})
     seq = build("Squeeze", [build("Shape", [node.inputs[QUERY]], {"start": 1, "end": 2})])
@@ -104,7 +105,7 @@ def _positions(build: Builder, node: ir.Node) -> tuple[ir.Value, ir.Value]:
                          build.const(np.array(0, np.int64), "zero")])
     steps = build("Range", [build.const(np.array(0, np.int64), "zero"), seq, one])
     axis1 = build.const(np.array([1], np.int64), "axis1")
-    return build("Add", [build("Unsqueeze", [past, axis1]), steps]), seqlens
+    return build("Add", [build("Unsqueeze", [past, axis1]), steps]), seqlens, past
 
 
 def _mask(build: Builder, positions: ir.Value, seqlens: ir.Value, present: ir.Value) -> ir.Value:
@@ -125,12 +126,15 @@ def group_query_attention(graph: ir.Graph, node: ir.Node) -> None:
     d = _head_size(node, hq, hkv)
     _pin_head_size([node.inputs[PAST_KEY], node.inputs[PAST_VALUE], *node.outputs[1:3]], d)
     q, k, v = (_heads(build, x, h) for x, h in zip(_split_qkv(build, node, hq, hkv, d), (hq, hkv, hkv)))
-    positions, seqlens = _positions(build, node)
+    positions, seqlens, past = _positions(build, node)
     if node.attributes.get_int("do_rotary", 0):
         rotary = {"interleaved": node.attributes.get_int("rotary_interleaved", 0)}
         q, k = (build("RotaryEmbedding", [x, node.inputs[COS], node.inputs[SIN], positions], rotary) for x in (q, k))
-    present_key = build("Concat", [node.inputs[PAST_KEY], k], {"axis": 2})
-    present_value = build("Concat", [node.inputs[PAST_VALUE], v], {"axis": 2})
+    # The present is one longer by S, and a row's new keys go at its own length (past_b), as GQA
+    # writes them: a right-padded row's next token overwrites its first pad, never lands after it.
+    present_key, present_value = (
+        build("TensorScatter", [build("Concat", [node.inputs[cache], new], {"axis": 2}), new, past], {"axis": 2})
+        for cache, new in ((PAST_KEY, k), (PAST_VALUE, v)))
     mask = _mask(build, positions, seqlens, present_key)
     scale = node.attributes.get_float("scale", 0.0)
     y = build("Attention", [q, present_key, present_value, mask], {"scale": scale} if scale else {})
