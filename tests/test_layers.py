@@ -17,7 +17,8 @@ LAYERS = {
     "precision": 3,
     "lower": 4,
     "runtime": 5,
-    "pipeline": 6, "report": 6, "serve": 6, "llm": 6, "compare": 6, "inspect": 6, "cli": 6, "__main__": 6,
+    "pipeline": 6, "report": 6, "serve": 6, "llm": 6, "compare": 6, "inspect": 6, "debug": 6, "cli": 6,
+    "__main__": 6,
 }
 
 
