@@ -122,8 +122,13 @@ def test_no_opset_import(capsys, tmp_path):
     assert "truncated" not in line and "not an ONNX model" not in line
 
 
-def test_incompatible_matmul_shapes(capsys, tmp_path):
+@pytest.mark.parametrize("declared", [False, True])
+def test_incompatible_matmul_shapes(capsys, tmp_path, declared):
+    """With `declared`, a value_info says w2 is [32, 4] (exporters declare weights too): ONNX's inference
+    stopped at that contradiction, in words naming no node, and hid the MatMul's."""
     model = mlp(weights={"w1": (32, 16), "b1": (32,), "w2": (5, 4)})
+    if declared:
+        model.graph.value_info.append(helper.make_tensor_value_info("w2", TensorProto.FLOAT, [32, 4]))
     line = parse_refused(capsys, model, tmp_path, "invalid ONNX model: node 'fc2' (MatMul): [ShapeInferenceError] "
                          "Incompatible dimensions for matrix multiplication",
                          "ONNX's type and shape inference refuses it")

@@ -4,8 +4,8 @@ in ONNX's words and with the node, instead of surfacing later as the CPU referen
 or a TensorRT failure.
 
 It runs on the proto as the file gives it (local functions inlined), strict, with types checked, and
-without what the file declares about node outputs (value_info, output types): trtc corrects wrong
-declarations with a warning (see shapes.py), so only the graph's own computation is judged. Weights in
+without what the file declares beyond its inputs and weights (value_info, output types): trtc corrects
+wrong declarations with a warning (see shapes.py), so only the graph's own computation is judged. Weights in
 external data count by their type and shape (their values are not read).
 """
 
@@ -85,6 +85,7 @@ def check_types(proto: onnx.ModelProto, path: Path) -> None:
     for depth, graph in enumerate(_graphs(judged.graph)):
         for output in graph.output:  # an output naming an input or a weight: its type is theirs
             output.ClearField("type")
+        del graph.value_info[:]  # those about a weight too: its dims are the truth
         _as_inputs(graph)
         if depth:  # ONNX's If inference types a branch output that is an outer value as unknown
             outer_outputs_through_identity(graph)
