@@ -338,11 +338,12 @@ def test_reshape_target_that_is_not_1d(capsys, tmp_path):
     parse_refused(capsys, model, tmp_path, "node 'reshape' (Reshape): its shape 'target' must be 1-D, it is [0, 4]")
 
 
-def test_gemm_bias_that_does_not_broadcast(capsys, tmp_path):
+@pytest.mark.parametrize("shape", [(0, 4), (2, 3, 4)])
+def test_gemm_bias_that_does_not_broadcast(capsys, tmp_path, shape):
     """Was 'onnxruntime refuses these inputs' at run, a TensorRT broadcast error lowering MatMul in build."""
-    model = mlp(weights={"w1": (32, 16), "b1": (0, 4), "w2": (32, 4)})
+    model = mlp(weights={"w1": (32, 16), "b1": shape, "w2": (32, 4)})
     parse_refused(capsys, model, tmp_path,
-                  "node 'fc1' (Gemm): its C 'b1' of shape [0, 4] does not broadcast to its result [?, 32]")
+                  f"node 'fc1' (Gemm): its C 'b1' of shape {list(shape)} does not broadcast to its result [?, 32]")
 
 
 def test_loop_body_with_the_wrong_number_of_outputs(capsys, tmp_path):

@@ -141,11 +141,12 @@ def _dims(value: ir.Value | None) -> list[int | None] | None:
 
 def _gemm_bias(node: ir.Node) -> str | None:
     a, b, c = (_dims(_input(node, i)) for i in range(3))
-    if a is None or b is None or c is None or len(a) != 2 or len(b) != 2 or len(c) > 2:
+    if a is None or b is None or c is None or len(a) != 2 or len(b) != 2:
         return None
     rows = a[1] if _attribute_int(node, "transA", 0) else a[0]
     cols = b[0] if _attribute_int(node, "transB", 0) else b[1]
-    if any(d is not None and want is not None and d not in (1, want) for d, want in zip(reversed(c), (cols, rows))):
+    if len(c) > 2 or any(d is not None and want is not None and d not in (1, want)
+                         for d, want in zip(reversed(c), (cols, rows))):
         result = ", ".join("?" if d is None else str(d) for d in (rows, cols))
         return f"its C {node.inputs[2].name!r} of shape {c} does not broadcast to its result [{result}]"
     return None
