@@ -373,3 +373,11 @@ def test_post_ln_residual_keeps_its_outliers_with_the_reason(tmp_path):
     report = apply_quantization(outlier_block(tmp_path, post_ln=True), block_feeds(), INT8)
     [entry] = report.quantization["smoothed"]
     assert entry["not_smoothed"] == "its output is also read by Add (not only linear layers)"
+
+
+def test_quantized_model_keeps_no_float_copy_of_its_weights(tmp_path):
+    model = cnn(tmp_path)
+    apply_quantization(model, samples(), INT8)
+    used = {v.name for n in model.graph for v in n.inputs if v is not None}
+    assert set(model.graph.initializers) <= used
+    assert not {"w1", "w2", "wg"} & set(model.graph.initializers)  # only their int8 copies

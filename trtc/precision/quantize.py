@@ -154,6 +154,9 @@ def apply_quantization(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     stats = collect(model, samples, [t.value for t in placement.tensors.values() if not t.is_weight])
     amax = {name: stats[name].range(method, fmt) for name, method in methods.items()}
     counts = insert_qdq(model, placement, amax, fmt)
+    from trtc.passes import PASSES, PassContext
+
+    PASSES["dead-code"].fn(model, PassContext())  # the float originals of the quantized weights
     fp32_nodes, low_nodes, islands = dict(placement.kept), len(placement.quantized), 0
     if options.target in ("fp16", "bf16"):
         fp32_nodes, islands, typed_counts = _type_rest(model, samples, options)
