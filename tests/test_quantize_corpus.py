@@ -95,3 +95,27 @@ def test_gpt2_entropy_calibration_survives_the_causal_mask():
                                                                            calib_methods=("entropy",)))
     assert {t["method"] for t in report.quantization["tensors"].values()} == {"entropy"}
     assert exported_cosine(artifact, inputs, expected) > 0.999
+
+
+def test_conv_transpose_weights_per_output_channel_build(tmp_path):
+    """ConvTranspose's output channels are its weight's axis 1 ([Cin, Cout/group, k...]): TensorRT takes it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((16, 8, 2, 2)) * 0.3).astype(np.float32), "wt")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "wt"], ["y"], strides=[2, 2], name="up")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "up.onnx")
+    artifact = parse_onnx(tmp_path / "up.onnx")
+    feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    report = apply_quantization(artifact.model, [feeds], PrecisionOptions(quantize="int8", target="fp32"))
+    up = next(n for n in artifact.model.graph if n.name == "up")
+    weight = up.inputs[1].producer()
+    assert weight.attributes.get_int("axis") == 1 and weight.inputs[1].const_value.shape == (8,)
+    assert report.predicted["y"]["cosine"] > 0.999
+    assert build(artifact, feeds)
