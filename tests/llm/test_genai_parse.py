@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from trtc.frontend.canonicalize.contrib import rewrite_contrib_ops
 from trtc.frontend.parse import parse_onnx
-from trtc.ir.artifact import save_artifact
+from trtc.ir.artifact import load_artifact, save_artifact
 from trtc.llm.decoder import open_decoder
 from trtc.llm.generate import GenerateOptions, generate
 from trtc.reference.runner import ReferenceRunner
@@ -94,11 +94,14 @@ def test_build_fp32(parsed, tmp_path, capsys):
 
 
 @needs_genai
-def test_static_cache_refuses_the_parsed_gqa_form(tmp_path, capsys):
-    """GQA's cache write and positions come from attention_mask (seqlens_k), which the static cache drops:
-    its layers are not the Concat form static-kv-cache rewrites, refused in one line."""
-    result = trtc_in_process(capsys, "compile", MODEL, "--llm", "--max-seq", "64", "-o", tmp_path / "c")
-    one_error_line(result, "--llm", "no growing KV cache")
+def test_static_cache_takes_the_parsed_gqa_form(tmp_path, capsys):
+    """GQA's cache write and positions read attention_mask (past_b from seqlens_k): --llm feeds them
+    write_indices instead and drops attention_mask (tests/llm/test_static_cache_genai.py: tokens, builds)."""
+    rc, _, err = trtc_in_process(capsys, "optimize", MODEL, "--llm", "--max-seq", "64", "-o", tmp_path / "s.trtir")
+    assert rc == 0, err
+    model = load_artifact(tmp_path / "s.trtir").model
+    names = {v.name for v in model.graph.inputs}
+    assert "attention_mask" not in names and "write_indices" in names
 
 
 @needs_genai

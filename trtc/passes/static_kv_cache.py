@@ -18,6 +18,13 @@ all-ones attention_mask at a few (batch, seq, past) sizes, the last with past = 
 window or a bidirectional mask is refused, as is any cache layout, attention form or leftover reader of the
 cache's length it does not recognise (one line naming the node); see causal_mask.py. kv_cache_io.py reads the
 rewritten model's cache back (the artifact's meta) and turns a growing-cache run into its inputs.
+
+onnxruntime-genai's GroupQueryAttention, as the frontend writes it (canonicalize/group_query_attention.py):
+    present.i.key = TensorScatter(Concat(past_key_values.i.key, k, axis=2), k, past_b, axis=2)
+    past_b = Max(seqlens_k + 1 - S, 0), seqlens_k from attention_mask; positions = past_b + Range(S)
+past_b is proven to be the tokens cached (with an all-ones attention_mask, past_b = P at the same sizes as the
+mask), the present becomes the Concat form above, and after the rewrite past_b's readers (the positions) read
+write_indices instead, so that attention_mask is left unread.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import onnx_ir as ir
 from trtc.errors import TrtcError
 from trtc.ir.dims import dims, same_dim
 from trtc.ir.rewrite import add_constant, is_op, remove_if_dead, replace_with, require_opset
+from trtc.passes._evaluate import EvaluationError, evaluate
 from trtc.passes.attention_heads import remove_dead_cone
-from trtc.passes.causal_mask import prove_causal
+from trtc.passes.causal_mask import mask_cone, mask_feeds, prove_causal
 from trtc.passes.fuse_attention import peel_repeat
 from trtc.passes.kv_cache_io import WRITE_INDICES
 from trtc.passes.registry import PassContext, register_pass
@@ -72,6 +80,52 @@ def growing_cache(value: ir.Value) -> ir.Node | None:
     if not past.is_graph_input() or rank != 4 or node.attributes.get_int("axis", 0) % rank != 2:
         return None
     return node
+
+
+def gqa_present(node: ir.Node) -> ir.Node | None:
+    """The Concat(past input, new) of `node` = TensorScatter(Concat(past input, new, axis=2), new, past_b, axis=2)
+    returned as a graph output (GQA's present, written at each row's length past_b)."""
+    if not is_op(node, "TensorScatter") or len(node.inputs) != 3 or node.inputs[2] is None \
+            or not node.outputs[0].is_graph_output() or node.attributes.get_int("axis", -2) % 4 != 2:
+        return None
+    concat = node.inputs[0].producer()
+    if not is_op(concat, "Concat") or len(concat.inputs) != 2 or concat.inputs[1] is not node.inputs[1] \
+            or len(concat.outputs[0].uses()) != 1:
+        return None
+    past = concat.inputs[0]
+    if not past.is_graph_input() or len(dims(past) or ()) != 4 or concat.attributes.get_int("axis", 0) % 4 != 2:
+        return None
+    return concat
+
+
+def unwrap_gqa_presents(model: ir.Model, max_seq: int) -> list[ir.Value]:
+    """GQA's presents -> the growing Concat form, once their write indices past_b are proven to be the cached
+    tokens P (all-ones attention_mask, the sizes prove_causal tries); the past_b values, to be fed
+    write_indices after the rewrite."""
+    graph = model.graph
+    found = [(n, c) for n in graph if (c := gqa_present(n)) is not None]
+    if not found:
+        return []
+    indices = list(dict.fromkeys(n.inputs[2] for n, _ in found))
+    caches = {c.inputs[0].name: c.inputs[0] for _, c in found}
+    nodes, inputs = mask_cone(graph, indices)
+    for batch, seq, past in sorted({(2, 5, 0), (1, 1, 6), (2, 3, max(max_seq - 3, 0))}):
+        feeds = mask_feeds(inputs, caches, batch, seq, past)
+        try:
+            if isinstance(feeds, str):
+                raise EvaluationError(feeds)
+            results = evaluate(nodes, indices, model.opset_imports, feeds=feeds)
+        except EvaluationError as exc:
+            raise TrtcError(f"node {found[0][0].name!r} (TensorScatter): its write indices could not be "
+                            f"evaluated ({exc})", where="--llm") from None
+        for value, result in zip(indices, results, strict=True):
+            if np.asarray(result).shape != (batch,) or not np.all(np.asarray(result) == past):
+                node = next(n for n, _ in found if n.inputs[2] is value)
+                raise TrtcError(f"node {node.name!r} (TensorScatter): its write indices are not the tokens cached "
+                                f"(batch {batch}, {seq} new and {past} cached tokens)", where="--llm")
+    for node, concat in found:
+        replace_with(graph, node, [], [node.outputs[0]], [concat.outputs[0]], dead=[node])
+    return indices
 
 
 def cache_concats(graph: ir.Graph) -> list[ir.Node]:
@@ -216,6 +270,7 @@ def last_token_logits(graph: ir.Graph) -> bool:
 def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     """Growing KV cache (Concat) -> static in-place cache (TensorScatter) with per-row causal Attention (--llm)."""
     graph = model.graph
+    gqa_indices = unwrap_gqa_presents(model, ctx.llm.max_seq) if ctx.llm is not None else []
     concats = cache_concats(graph)
     if not concats:
         last = ctx.llm is not None and ctx.llm.last_logits and cache_layout_made(graph) and last_token_logits(graph)
@@ -247,6 +302,9 @@ def static_kv_cache(model: ir.Model, ctx: PassContext) -> dict[str, int]:
     shared = Shared(write_indices)
     for layer in layers:
         make_static(graph, layer, shared, ctx.llm.max_seq)
+    for value in gqa_indices:  # GQA's positions: write_indices + Range(S)
+        value.replace_all_uses_with(write_indices)
+    remove_dead_cone(graph, gqa_indices)
     check_cache_readers(graph, caches)
     dropped = drop_unread_inputs(graph, before)
     check_inputs_left(graph, (batch, seq))

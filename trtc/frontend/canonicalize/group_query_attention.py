@@ -15,8 +15,8 @@ GQA's rows: row b holds seqlens_k[b] + 1 valid tokens, the last S of them new (t
 0..S-1 whatever the row's length, right padding). The cache grows by S (the form without a shared
 past/present buffer) and a row's new keys are written at its own length past_b, as GQA writes them: a
 right-padded row's next token overwrites its first pad (appended after the pads, it would be masked out).
-static-kv-cache does not take these layers (its form is a Concat of the past read by Attention; here the
-positions and the write read attention_mask, which the static form drops). Attributes it does not rewrite
+static-kv-cache (--llm) takes these layers: it proves past_b is the cached tokens, feeds write_indices to
+the positions and the cache write in its place and drops attention_mask. Attributes it does not rewrite
 exactly (local_window_size, softcap, smooth_softmax, qk_output, position_ids, attention_bias, head_sink, a
 shared buffer) are refused in one line.
 """
