@@ -148,3 +148,35 @@ def test_damaged_artifacts_are_refused(tmp_path, damage):
     (tmp_path / "a.trtir").write_bytes(bytes(data))
     with pytest.raises(TrtcError, match="a.trtir"):
         load_artifact(tmp_path / "a.trtir")
+
+
+def test_the_cpu_reference_takes_file_weights_as_they_are(tmp_path):
+    """Large weights reach onnxruntime as arrays over the memory-mapped file, small ones in the proto, also
+    where the small ones come from the file too (an external-data export): never the whole model copied
+    into a proto (`ort_model`'s slow way)."""
+    from trtc.reference.runner import ort_model
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((256, 512)).astype(np.float32), rng.standard_normal(512).astype(np.float32)
+    (tmp_path / "w.bin").write_bytes(w.tobytes() + b.tobytes())
+    tensors = []
+    for name, array, offset in (("W", w, 0), ("b", b, w.nbytes)):
+        tensor = numpy_helper.from_array(np.zeros((1,), np.float32), name)
+        tensor.ClearField("raw_data")
+        tensor.dims[:] = array.shape
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "w.bin"), ("offset", str(offset)), ("length", str(array.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        tensors.append(tensor)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"), helper.make_node("Add", ["h", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 512])], tensors)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    model = parse_onnx(tmp_path / "m.onnx").model
+    proto, weights = ort_model(model)
+    assert list(weights) == ["W"]
+    small = next(t for t in proto.graph.initializer if t.name == "b")
+    assert small.data_location == TensorProto.DEFAULT and numpy_helper.to_array(small).tobytes() == b.tobytes()
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    np.testing.assert_allclose(ReferenceRunner(model).run({"x": x})["y"], x @ w + b, rtol=1e-5, atol=1e-4)

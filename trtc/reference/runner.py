@@ -137,6 +137,9 @@ def ort_model(model: ir.Model, fetch: Sequence[ir.Value] = ()) -> tuple[onnx.Mod
             weights[value.name] = _ort_value(tensor)
             value.const_value = ir.ExternalTensor("trtc-handed-over", offset=0, length=tensor.nbytes,
                                                   dtype=tensor.dtype, shape=tensor.shape, name=value.name)
+        elif isinstance(tensor, ir.ExternalTensor):  # a small one read from a file: into the proto, or the
+            # whole model would go the slow way below (every weight copied into a proto, then into onnxruntime)
+            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
     proto = ir.serde.serialize_model(clone)
     if any(tp.data_location == onnx.TensorProto.EXTERNAL and tp.name not in weights
            for tp in iter_tensor_protos(proto)):  # external data outside the main graph's initializers
