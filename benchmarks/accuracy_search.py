@@ -6,8 +6,9 @@ plain --fp16 beside it, the share of Conv/MatMul FLOPs kept in fp16, the nodes m
     python benchmarks/accuracy_search.py [--filter NAME] [--target 0.9999 --target 0.99999] [--write-results]
 
 Calibration and judging use the same sample (the model's .npz, as the issue's measurements did). ModelOpt
-AutoCast is not run here (it needs torch); the issue's measurement on PP-OCRv4's detector is quoted: defaults
-with calibration 0.99981 at 45% of the Conv FLOPs in fp16, Conv-only fp16 0.99988 at ~100%.
+AutoCast is not run here; the issue's measurement on PP-OCRv4's detector is quoted: defaults with calibration
+0.99981 at 45% of the Conv FLOPs in fp16, Conv-only fp16 0.99988 at ~100%. benchmarks/autocast_vs_trtc.py
+runs AutoCast in the same run, judged by this same emulation, beside trtc at AutoCast's cosine.
 """
 
 from __future__ import annotations
