@@ -385,3 +385,32 @@ def test_graph_output_naming_a_weight_with_another_type(capsys, tmp_path):
     model.graph.output.append(helper.make_tensor_value_info("axes", TensorProto.FLOAT16, [1]))
     parse_refused(capsys, model, tmp_path, "node 'unsqueeze' (Unsqueeze): [ShapeInferenceError] Unexpected axis "
                   "value: 1099511627776")
+
+
+def test_pool_window_larger_than_its_input(capsys, tmp_path):
+    """An image input pinned to width 1 under a 2x2 MaxPool: onnxruntime and ONNX's inference sized the
+    output 1 wide, TensorRT 0 ('internal error: ... (-1, 16, -1, 0) in TensorRT but (-1, 16, -1, 1)')."""
+    graph = helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    parse_refused(capsys, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path,
+                  "node 'pool' (MaxPool): its window (2) is larger than its padded input (1) on axis 3")
+
+
+def test_a_type_outside_the_schema_is_left_to_the_build(capsys, tmp_path):
+    """ReduceMax of bool before opset 20 is outside ONNX's schema, which TensorRT takes: not refused at
+    parse, and the shape errors after it are still found."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMax", ["x", "axes"], ["m"], name="any", keepdims=0),
+         helper.make_node("MatMul", ["f", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.BOOL, [2, 3]),
+         helper.make_tensor_value_info("f", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("m", TensorProto.BOOL, None), helper.make_tensor_value_info("y", 1, None)],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes"),
+         numpy_helper.from_array(np.ones((3, 4), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = save(model, tmp_path)
+    assert trtc_in_process(capsys, "parse", path, "-o", tmp_path / "m.trtir")[0] == 0
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.ones((5, 4), np.float32), "w"))
+    parse_refused(capsys, model, tmp_path, "node 'mm' (MatMul): [ShapeInferenceError] Incompatible dimensions")

@@ -153,7 +153,10 @@ class ForkServer:
                    "timeout": timeout}
         proc.stdin.write(json.dumps(request) + "\n")
         proc.stdin.flush()
-        answer = json.loads(proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line:  # the server itself died: a harness failure, not a verdict on trtc
+            raise RuntimeError(f"the fork server exited ({proc.poll()}); rerun with fork=False to see the call")
+        answer = json.loads(line)
         stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
         out.unlink()
         err.unlink()

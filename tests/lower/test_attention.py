@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install -e '.[build]')")
 
+from trtc.errors import TrtcError  # noqa: E402
 from trtc.lower.backend import load_backend  # noqa: E402
 from trtc.lower.network import lower  # noqa: E402
 from trtc.lower.registry import support_issue  # noqa: E402
@@ -122,8 +123,15 @@ def test_v_of_another_type_is_decomposed(tmp_path):
 # ------------------------------------------------------------------ Attention: constraints
 
 
+def test_attention_on_3d_inputs_without_head_counts_breaks_onnx_rules(tmp_path):
+    """ONNX's own inference refuses it at parse, in its words (the converter's constraint is for IR
+    built otherwise)."""
+    with pytest.raises(TrtcError, match=r"node 'attention_node' \(Attention\): \[TypeInferenceError\] 3D inputs "
+                                        "expected to have q_num_heads attribute"):
+        parse(attention([1, 4, 32], [1, 4, 32], [1, 4, 32]), tmp_path)
+
+
 @pytest.mark.parametrize(("proto", "reason"), [
-    (attention([1, 4, 32], [1, 4, 32], [1, 4, 32]), "need the q_num_heads and kv_num_heads"),
     (attention([1, 2, 4, 8], [1, 2, 4, 8], [1, 2, 4, 8], extra=("", "past_k"), past_k=(F32, [1, 2, 3, 8])),
      "past_key and past_value must be given together"),
     (attention([1, 2, 4, 8], [1, 2, 4, 8], [1, 2, 4, 8], extra=("mask",), mask=(TensorProto.INT32, [4, 4])),
@@ -167,4 +175,6 @@ def test_rotary_3d_interleaved_partial(tmp_path):
 
 
 def test_rotary_3d_needs_num_heads(tmp_path):
-    assert "num_heads" in issue(rotary([2, 6, 64], [2, 6, 16]), tmp_path)
+    with pytest.raises(TrtcError, match=r"\(RotaryEmbedding\): \[ShapeInferenceError\] Input shape is 3D, "
+                                        "num_heads attribute must be provided"):
+        parse(rotary([2, 6, 64], [2, 6, 16]), tmp_path)

@@ -264,12 +264,16 @@ def test_an_onnxruntime_folded_int64_constant_builds(tmp_path):
 
 
 def _if_around(node, inputs, out):
-    """node inside the then-branch of an If on a run-time condition (else: the input itself)."""
+    """node (int64 out, rank 2) inside the then-branch of an If on a run-time condition (else: the input
+    itself as int64 [1, n]: both branches of one type, as ONNX's If requires)."""
     then = helper.make_graph([node], "then", [], [out])
-    orelse = helper.make_graph([helper.make_node("Identity", [inputs[0].name], [out.name + "_e"], name="same")],
-                               "else", [], [helper.make_tensor_value_info(out.name + "_e", TensorProto.FLOAT, None)])
+    orelse = helper.make_graph(
+        [helper.make_node("Cast", [inputs[0].name], [out.name + "_i"], name="same", to=TensorProto.INT64),
+         helper.make_node("Unsqueeze", [out.name + "_i", "zero"], [out.name + "_e"], name="row")],
+        "else", [], [helper.make_tensor_value_info(out.name + "_e", TensorProto.INT64, None)],
+        [numpy_helper.from_array(np.array([0], np.int64), "zero")])
     cond = helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then, else_branch=orelse)
-    return model([cond], [*inputs, vi("c", np.bool_, [])], [vi("y", F, None)])
+    return model([cond], [*inputs, vi("c", np.bool_, [])], [vi("y", np.int64, None)])
 
 
 REFUSALS = {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import helper, numpy_helper
 
@@ -214,11 +215,19 @@ def test_pool_geometry(tmp_path, op, attrs, shape, out):
 
 def test_pool_output_size_disagreement_refused(tmp_path):
     """onnx's shape inference keeps a ceil_mode window that starts past the input; the
-    reference (and ONNX Runtime, PyTorch) drop it: a model saying otherwise is refused."""
+    reference (and ONNX Runtime, PyTorch) drop it. A model declaring onnx's size gets the right one
+    at parse (a warning says so); an IR saying otherwise is refused."""
     proto = one_node("MaxPool", [("x", F, [1, 2, 2, 2])], [("y", F, [1, 2, 2, 2])],
                      {"kernel_shape": [1, 1], "strides": [2, 2], "ceil_mode": 1})
-    assert issue(proto, tmp_path).startswith("the model gives MaxPool output spatial dims [2, 2], ONNX's pooling "
-                                             "rule [1, 1]")
+    artifact = parse(proto, tmp_path)
+    node = next(iter(artifact.model.graph))
+    assert list(node.outputs[0].shape.dims) == [1, 2, 1, 1]
+    assert artifact.meta["parse"]["shape_warnings"] == [
+        "output 'y' is declared float32[1, 2, 2, 2] but the graph computes float32[1, 2, 1, 1]; the declaration is "
+        "ignored"]
+    node.outputs[0].shape = ir.Shape([1, 2, 2, 2])
+    assert support_issue(node, 18).startswith("the model gives MaxPool output spatial dims [2, 2], ONNX's pooling "
+                                              "rule [1, 1]")
 
 
 @pytest.mark.parametrize("attrs,shape,out", [*POOLS[:5], ({"kernel_shape": [2, 2], "pads": [2, 2, 2, 2]},

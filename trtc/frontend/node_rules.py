@@ -7,6 +7,8 @@ the inputs; TensorRT fails inside the build):
   If's and Scan's subgraphs, not Loop's);
 - Conv's bias is 1-D with one value per output channel (ConvTranspose's too), Gemm's C broadcasts to
   its [M, N] result, Reshape's shape is 1-D;
+- a convolution or pooling window fits in its padded input (onnxruntime and ONNX's inference size a
+  [1]-wide input under a 2-wide window as 1, TensorRT as 0);
 - a Loop must be able to finish: one whose condition never turns false and whose trip count is absent
   (ONNX's `for (;;)`) or beyond any run (more than 2**31 - 1 iterations, TensorRT's limit too) would
   hang `trtc run` and every later stage that executes it.
@@ -165,9 +167,38 @@ def _conv_bias(node: ir.Node) -> str | None:
     return None
 
 
-RULES: dict[str, Callable[[ir.Node], str | None]] = {"Loop": _loop, "If": _if, "Conv": _conv_bias,
-                                                      "ConvTranspose": _conv_bias, "Gemm": _gemm_bias,
-                                                      "Reshape": _reshape}
+def _ints(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    value = attr.value if attr is not None else None
+    return list(value) if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value) else None
+
+
+def _window_fits(node: ir.Node) -> str | None:
+    x = _dims(_input(node, 0))
+    kernel = _ints(node, "kernel_shape")
+    if kernel is None and node.op_type == "Conv":
+        weight = _dims(_input(node, 1))
+        kernel = weight[2:] if weight is not None else None
+    auto_pad = node.attributes.get("auto_pad")
+    if x is None or not kernel or None in kernel or len(x) != len(kernel) + 2 or (
+            auto_pad is not None and auto_pad.value not in ("NOTSET", b"NOTSET")):
+        return None
+    rank = len(kernel)
+    pads = _ints(node, "pads") or [0] * 2 * rank
+    dilations = _ints(node, "dilations") or [1] * rank
+    if len(pads) != 2 * rank or len(dilations) != rank:
+        return None
+    for axis, (size, k, d) in enumerate(zip(x[2:], kernel, dilations)):
+        padded, window = None if size is None else size + pads[axis] + pads[rank + axis], (k - 1) * d + 1
+        if padded is not None and padded < window:
+            return f"its window ({window}) is larger than its padded input ({padded}) on axis {axis + 2}"
+    return None
+
+
+RULES: dict[str, Callable[[ir.Node], str | None]] = {
+    "Loop": _loop, "If": _if, "Conv": lambda n: _conv_bias(n) or _window_fits(n), "ConvTranspose": _conv_bias,
+    "Gemm": _gemm_bias, "Reshape": _reshape, "MaxPool": _window_fits, "AveragePool": _window_fits,
+    "LpPool": _window_fits}
 
 
 def check_node_rules(model: ir.Model, where: str) -> None:

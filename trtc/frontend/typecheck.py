@@ -11,6 +11,7 @@ external data count by their type and shape (their values are not read).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -54,31 +55,73 @@ def _node(op: str, name: str | None) -> str:
     return f"node {name!r} ({op})" if name else f"an unnamed {op} node"
 
 
-def _innermost(match: re.Match, holders: set[tuple[str, str]]) -> tuple[str, str] | None:
-    """(where, words) of one complaint, followed into the subgraph it came from; None for one from
-    inside the function body of an ONNX op (MeanVarianceNormalization's in onnx 1.23): ONNX's own."""
+@dataclasses.dataclass(frozen=True)
+class NodeError:
+    where: str  # "node 'fc2' (MatMul)", "node 'body_add' (Add) in node 'loop' (Loop)"
+    op: str  # the op of the node that complains (the innermost one)
+    words: str  # ONNX's
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.words}"
+
+
+def _innermost(match: re.Match, holders: set[tuple[str, str]]) -> NodeError | None:
+    """One complaint, followed into the subgraph it came from; None for one from inside the function
+    body of an ONNX op (MeanVarianceNormalization's in onnx 1.23): ONNX's own."""
     where, words = _node(match["op"], match["name"]), match["words"]
     while _NESTED in words:
         inner = _NODE_ERROR.match(words.split(_NESTED, 1)[1])
         if (match["op"], match["name"] or "") not in holders or inner is None:
             return None
         where, words, match = f"{_node(inner['op'], inner['name'])} in {where}", inner["words"], inner
-    return where, words
+    return NodeError(where, match["op"], words)
 
 
-def node_errors(report: str, holders: set[tuple[str, str]]) -> list[str]:
-    """'node 'fc2' (MatMul): [ShapeInferenceError] ...' for each complaint of ONNX's report that names a
-    node of the model; `holders` are the (op, name) of its nodes with subgraphs."""
+def node_errors(report: str, holders: set[tuple[str, str]]) -> list[NodeError]:
+    """Each complaint of ONNX's report that names a node of the model; `holders` are the (op, name) of
+    its nodes with subgraphs."""
     errors = []
     for line in report.splitlines():
         line = line.strip().removeprefix("[ShapeInferenceError] ").removeprefix(_NESTED)
         if (match := _NODE_ERROR.match(line)) and (found := _innermost(match, holders)):
-            errors.append(f"{found[0]}: {found[1]}")
+            errors.append(found)
     return errors
 
 
+# "B has inconsistent type tensor(int64)": the types bound to one of the op's type variables differ.
+_INCONSISTENT = re.compile(r"(\w+) has inconsistent type ")
+
+
+def _the_models_fault(error: NodeError, opset: int) -> bool:
+    """Whether a complaint is about the model, not ONNX disagreeing with itself. Not the model's:
+    - a type outside the op's list at the model's opset (ReduceMax of bool before opset 20): TensorRT
+      may take it where ONNX's schema and onnxruntime do not; the build's support check decides;
+    - an inconsistent type on an output: ONNX's inference giving an output another type than its
+      schema binds (RMSNormalization's Y gets X's type in onnx 1.23, the schema says the scale's)."""
+    if "has unsupported type" in error.words:
+        return False
+    if (match := _INCONSISTENT.search(error.words)) is None:
+        return True
+    try:
+        outputs = {o.name for o in onnx.defs.get_schema(error.op, opset).outputs}
+    except onnx.defs.SchemaError:
+        return False
+    return match[1] not in outputs
+
+
+def _inference_errors(judged: onnx.ModelProto, check_type: bool) -> list[NodeError]:
+    try:
+        onnx.shape_inference.infer_shapes(judged, check_type=check_type, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as exc:
+        return node_errors(str(exc), _subgraph_ops(judged.graph))
+    return []
+
+
 def check_types(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse a graph ONNX's inference finds ill-typed or ill-shaped (see the module docstring)."""
+    """Refuse a graph ONNX's inference finds ill-typed or ill-shaped (see the module docstring).
+
+    With types checked ONNX stops at the first type error; when that one is not the model's fault
+    (`_the_models_fault`), the shapes are judged again without the type check."""
     judged = onnx.ModelProto()
     judged.CopyFrom(proto)
     _take_declarations(judged)
@@ -89,15 +132,15 @@ def check_types(proto: onnx.ModelProto, path: Path) -> None:
         _as_inputs(graph)
         if depth:  # ONNX's If inference types a branch output that is an outer value as unknown
             outer_outputs_through_identity(graph)
-    try:
-        onnx.shape_inference.infer_shapes(judged, check_type=True, strict_mode=True, data_prop=True)
-    except onnx.shape_inference.InferenceError as exc:
-        errors = node_errors(str(exc), _subgraph_ops(judged.graph))
-        if errors:
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise TrtcError(f"invalid ONNX model: {errors[0]}{more}", where=str(path),
-                            hint="ONNX's type and shape inference refuses it; fix the exporter or re-export "
-                            "it") from None
+    opset = next((o.version for o in judged.opset_import if o.domain in ("", "ai.onnx")), 1)
+    found = _inference_errors(judged, check_type=True)
+    errors = [e for e in found if _the_models_fault(e, opset)]
+    if found and not errors:
+        errors = [e for e in _inference_errors(judged, check_type=False) if _the_models_fault(e, opset)]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise TrtcError(f"invalid ONNX model: {errors[0]}{more}", where=str(path),
+                        hint="ONNX's type and shape inference refuses it; fix the exporter or re-export it")
 
 
 def _graphs(graph: onnx.GraphProto):

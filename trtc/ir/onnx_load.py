@@ -631,9 +631,10 @@ def check_value_types(proto: onnx.ModelProto, path: Path) -> None:
 
 
 # Attributes of ONNX ops whose value is a data type (Cast's `to`, EyeLike's `dtype`, ...), and those of
-# them where 0 means "not given" (QuantizeLinear's `output_dtype`).
+# them where 0 means "not given" (QuantizeLinear's `output_dtype`; LayerNormalization's `stash_type`,
+# which ONNX's inference does not read).
 DTYPE_ATTRIBUTES = {"to", "dtype", "output_dtype", "output_datatype", "stash_type"}
-_ZERO_IS_UNSET = {"output_dtype"}
+_ZERO_IS_UNSET = {"output_dtype", "stash_type"}
 
 
 def check_dtype_attributes(proto: onnx.ModelProto, path: Path) -> None:
