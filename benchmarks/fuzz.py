@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, required=True, help="how long to fuzz")
     parser.add_argument("--workers", type=int, default=1, help="processes fuzzing side by side (default 1)")
-    parser.add_argument("--start", type=int, default=10_000, help="first seed (the test suite runs 0..299)")
+    parser.add_argument("--start", type=int, default=10_000, help="first seed (the test suite runs 0..599)")
     parser.add_argument("--corpus", action="store_true", help="mutate the corpus models under 1 MB too")
     parser.add_argument("--stack", type=float, default=0.2, help="share of mutants with two mutations")
     parser.add_argument("--optimize-share", type=float, default=0.3)

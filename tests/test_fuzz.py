@@ -13,7 +13,7 @@ from fuzzing.mutate import MUTATORS
 from fuzzing.seeds import builtin_seeds
 
 # The seeded run: mutants 0..N-1 of the built-in seeds, a third through optimize, a few built.
-SEEDED_MUTANTS = 300
+SEEDED_MUTANTS = 600
 
 
 @pytest.mark.slow
