@@ -414,3 +414,26 @@ def test_a_type_outside_the_schema_is_left_to_the_build(capsys, tmp_path):
     assert trtc_in_process(capsys, "parse", path, "-o", tmp_path / "m.trtir")[0] == 0
     model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.ones((5, 4), np.float32), "w"))
     parse_refused(capsys, model, tmp_path, "node 'mm' (MatMul): [ShapeInferenceError] Incompatible dimensions")
+
+
+def test_a_shape_tensorrt_cannot_compute_is_one_line(tmp_path):
+    """TensorRT's 'Could not get tensor shape.' escaped the build's shape check as a traceback (found
+    with a [0, 4] Reshape shape, which parse now refuses; an IR made otherwise can still hold one)."""
+    pytest.importorskip("tensorrt_rtx")
+    import onnx_ir as ir
+
+    from trtc.errors import TrtcError
+    from trtc.frontend import parse_onnx
+    from trtc.lower.backend import load_backend
+    from trtc.lower.network import lower
+
+    model = mlp()
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "target"))
+    model.graph.node.append(helper.make_node("Reshape", ["y", "target"], ["z"], name="reshape"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 2, 2]))
+    parsed = parse_onnx(save(model, tmp_path)).model
+    target = parsed.graph.initializers["target"]
+    target.const_value, target.shape = ir.tensor(np.zeros((0, 4), np.int64), name="target"), ir.Shape([0, 4])
+    with pytest.raises(TrtcError, match=r"node 'reshape' \(Reshape\): TensorRT cannot compute the shape of its "
+                                        r"output 'z': ITensor::getDimensions: Shape Error"):
+        lower(parsed, load_backend("tensorrt-rtx"), "m.onnx")

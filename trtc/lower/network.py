@@ -135,11 +135,22 @@ def check_agreement(model: ir.Model, ctx: LowerCtx, where: str) -> None:
                     f"{tensor.dtype} in TensorRT but {value.dtype.name} in the IR", where=where)
             if value.shape is None:
                 continue
-            got, want = tuple(tensor.shape), dims_of(value)
+            got, want = _trt_shape(ctx, node, value, tensor, where), dims_of(value)
             if len(got) != len(want) or any(w >= 0 and g >= 0 and g != w for g, w in zip(got, want)):
                 raise TrtcError(
                     f"internal error: node {node.name!r} ({node.op_type}) output {value.name!r} has shape "
                     f"{got} in TensorRT but {want} in the IR", where=where)
+
+
+def _trt_shape(ctx: LowerCtx, node: ir.Node, value: ir.Value, tensor, where: str) -> tuple[int, ...]:
+    """The tensor's shape as TensorRT computes it; one line with TensorRT's reason where it cannot (an
+    error in the network it logged, e.g. a reshape to a shape of the wrong rank)."""
+    try:
+        return tuple(tensor.shape)
+    except RuntimeError:
+        reason = first_error(ctx.logger.errors) or "no reason logged"
+        raise TrtcError(f"node {node.name!r} ({node.op_type}): TensorRT cannot compute the shape of its output "
+                        f"{value.name!r}: {reason}", where=where) from None
 
 
 def _check_known(node: ir.Node, value: ir.Value, data, where: str) -> None:
