@@ -102,7 +102,10 @@ def _apply(mutator: Mutator, model: bytes, files: Files, rng: random.Random) -> 
         proto = onnx.ModelProto.FromString(model)
     except Exception:  # an earlier byte mutation: nothing structural to edit
         return None, model, files
-    note = mutator.fn(proto, rng)
+    try:
+        note = mutator.fn(proto, rng)
+    except Exception:  # a mutator tripping on what an earlier one made: another is drawn (a long run goes on)
+        return None, model, files
     return note, proto.SerializeToString() if note is not None else model, files
 
 

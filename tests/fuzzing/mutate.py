@@ -411,10 +411,11 @@ def bad_opset(model: onnx.ModelProto, rng: random.Random) -> str:
         model.opset_import.add(domain="", version=rng.choice([11, 18]))
         return "default domain imported twice"
     if choice == 3:
+        renamed = rng.choice(["ai.onnx", "com.example", "ai.onnx.ml"])
         for opset in model.opset_import:
             if opset.domain == "":
-                opset.domain = rng.choice(["ai.onnx", "com.example", "ai.onnx.ml"])
-        return f"default domain renamed -> {model.opset_import[0].domain!r}"
+                opset.domain = renamed
+        return f"default domain renamed -> {renamed!r}"
     model.ir_version = rng.choice([0, -1, 1, 3, 4, 99, 2**40])
     return f"ir_version -> {model.ir_version}"
 
@@ -451,7 +452,8 @@ def empty_graph_name(model: onnx.ModelProto, rng: random.Random) -> str:
 def wrong_shape_weight(model: onnx.ModelProto, rng: random.Random) -> str | None:
     """A weight of the right dtype and the wrong shape (incompatible MatMul, Conv, Add...)."""
     graph = _graph(model, rng)
-    tensors = [t for t in graph.initializer if t.data_location != TensorProto.EXTERNAL and t.data_type]
+    tensors = [t for t in graph.initializer if t.data_location != TensorProto.EXTERNAL
+               and t.data_type not in (TensorProto.UNDEFINED, TensorProto.STRING)]
     if not tensors:
         return None
     tensor = rng.choice(tensors)
