@@ -268,7 +268,7 @@ def test_without_a_gpu_the_engine_points_at_its_trtir(engine, capsys):
     engine.with_suffix(".opt.trtir").rename(engine.with_suffix(".moved"))
     try:
         one_error_line(trtc_in_process(capsys, "generate", engine, "--prompt-ids", "1,2,3"),
-                       f"trtc generate {LLM / 'llama-dynamo-op18.onnx'}")
+                       f"trtc generate {(LLM / 'llama-dynamo-op18.onnx').resolve()}")  # the sidecar's, resolved
     finally:
         engine.with_suffix(".moved").rename(engine.with_suffix(".opt.trtir"))
 
