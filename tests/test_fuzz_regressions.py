@@ -437,3 +437,29 @@ def test_a_shape_tensorrt_cannot_compute_is_one_line(tmp_path):
     with pytest.raises(TrtcError, match=r"node 'reshape' \(Reshape\): TensorRT cannot compute the shape of its "
                                         r"output 'z': ITensor::getDimensions: Shape Error"):
         lower(parsed, load_backend("tensorrt-rtx"), "m.onnx")
+
+
+def test_a_string_where_the_op_takes_numbers(capsys, tmp_path):
+    """A Reshape shape cast to string passed parse (a type outside the schema is left to the build) and
+    `optimize` raised TypeError from folding ('Bitwidth not available for ONNX data type: STRING')."""
+    model = mlp()
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "target"))
+    model.graph.node.extend([helper.make_node("Cast", ["target"], ["text"], name="cast", to=TensorProto.STRING),
+                             helper.make_node("Reshape", ["y", "text"], ["z"], name="reshape")])
+    model.graph.output[0].name = "z"
+    parse_refused(capsys, model, tmp_path, "node 'reshape' (Reshape): shape typestr: tensor(int64), has "
+                  "unsupported type: tensor(string)")
+
+
+def test_constant_strings_fold(capsys, tmp_path):
+    """Folding sized every constant by its dtype's bit width, which strings have not (TypeError)."""
+    model = mlp()
+    model.graph.initializer.append(numpy_helper.from_array(np.array([3, 4], np.int64), "n"))
+    model.graph.node.extend([helper.make_node("Cast", ["n"], ["text"], name="to_text", to=TensorProto.STRING),
+                             helper.make_node("Cast", ["text"], ["back"], name="to_float", to=TensorProto.FLOAT),
+                             helper.make_node("ReduceSum", ["back"], ["total"], name="sum", keepdims=0),
+                             helper.make_node("Add", ["y", "total"], ["z"], name="add")])
+    model.graph.output[0].name = "z"
+    path = save(model, tmp_path)
+    code, out, err = trtc_in_process(capsys, "optimize", path, "-o", tmp_path / "o.trtir")
+    assert code == 0, err

@@ -90,16 +90,20 @@ def node_errors(report: str, holders: set[tuple[str, str]]) -> list[NodeError]:
 
 # "B has inconsistent type tensor(int64)": the types bound to one of the op's type variables differ.
 _INCONSISTENT = re.compile(r"(\w+) has inconsistent type ")
+# "data typestr: T, has unsupported type: tensor(bool)": a type outside the op's list.
+_UNSUPPORTED = re.compile(r"has unsupported type: (\S+)")
 
 
 def _the_models_fault(error: NodeError, opset: int) -> bool:
     """Whether a complaint is about the model, not ONNX disagreeing with itself. Not the model's:
-    - a type outside the op's list at the model's opset (ReduceMax of bool before opset 20): TensorRT
-      may take it where ONNX's schema and onnxruntime do not; the build's support check decides;
+    - a numeric or bool type outside the op's list at the model's opset (ReduceMax of bool before
+      opset 20): TensorRT may take it where ONNX's schema and onnxruntime do not; the build's support
+      check decides (a string, a sequence or a map where the op takes none is the model's fault);
     - an inconsistent type on an output: ONNX's inference giving an output another type than its
       schema binds (RMSNormalization's Y gets X's type in onnx 1.23, the schema says the scale's)."""
-    if "has unsupported type" in error.words:
-        return False
+    if (unsupported := _UNSUPPORTED.search(error.words)) is not None:
+        kind = unsupported[1]
+        return not kind.startswith("tensor(") or kind == "tensor(string)"
     if (match := _INCONSISTENT.search(error.words)) is None:
         return True
     try:

@@ -67,10 +67,10 @@ def fold_constants(model: ir.Model, ctx: PassContext) -> dict[str, int]:
 
 
 def static_nbytes(value: ir.Value) -> int | None:
-    """Bytes of `value` when its dtype and every dim are known."""
+    """Bytes of `value` when its dtype and every dim are known (strings have no fixed size: None)."""
     if value.type is None or value.shape is None or not isinstance(value.type, ir.TensorType):
         return None
-    if not all(isinstance(d, int) for d in value.shape.dims):
+    if not all(isinstance(d, int) for d in value.shape.dims) or value.dtype == ir.DataType.STRING:
         return None
     return math.ceil(math.prod(value.shape.dims) * value.dtype.itemsize)
 
