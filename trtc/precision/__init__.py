@@ -201,14 +201,24 @@ def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Se
             top: int = 5) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Predicted error per output of the typed model (worst over samples), and, given the fp32
     values of the first sample, the nodes whose outputs gain the most relative error."""
-    sim = simulation_model(typed)
     fp32_values = fp32_values or {}
+    predicted, results = simulate_errors(typed, samples, reference, fp32_values, "precision: the fp16/bf16 simulation")
+    return predicted, _contributions(typed, fp32_values, results[0], top)
+
+
+def simulate_errors(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
+                    fp32_values: Mapping[str, np.ndarray], purpose: str
+                    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Run the simulation of `typed` (trtc.precision.simulate) on every sample, fetching the values
+    named in `fp32_values` too: the worst error metrics per float output against `reference`, and
+    the runs' results (for the per-node contributions). `purpose` names it if onnx.reference runs it."""
+    sim = simulation_model(typed)
     fetch = [v for node in sim.graph for v in node.outputs if v.name in fp32_values]
     runner = ReferenceRunner(sim, fetch=fetch)
     try:
         results = [runner.run(_as_fp32_feeds(s, sim)) for s in samples]
     finally:
-        runner.warn_if_fallback("precision: the fp16/bf16 simulation")
+        runner.warn_if_fallback(purpose)
         runner.close()
     predicted = {}
     for name in reference[0]:
@@ -216,7 +226,7 @@ def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Se
                       if isinstance(ref[name], np.ndarray) and ref[name].dtype.kind == "f"]
         if per_sample:
             predicted[name] = worst(per_sample)
-    return predicted, _contributions(typed, fp32_values, results[0], top)
+    return predicted, results
 
 
 def _as_fp32_feeds(feeds: Mapping[str, Any], sim: ir.Model) -> dict[str, Any]:

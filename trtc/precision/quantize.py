@@ -236,25 +236,9 @@ def predict_quantized(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     """Per output, the worst error metrics over the samples of the quantized model (Q/DQ as ONNX
     defines them, fp16/bf16 storage rounded) against the fp32 reference; and the `top` nodes, of
     those quantized or stored in fp16/bf16, that add the most relative error on the first sample."""
-    from trtc.precision import _as_fp32_feeds
-    from trtc.precision.simulate import simulation_model
-    from trtc.reference.metrics import error_metrics, worst
-    from trtc.reference.runner import ReferenceRunner
+    from trtc.precision import simulate_errors
 
-    sim = simulation_model(model)
-    fetch = [v for node in sim.graph for v in node.outputs if v.name in fp32_values]
-    runner = ReferenceRunner(sim, fetch=fetch)
-    try:
-        results = [runner.run(_as_fp32_feeds(s, sim)) for s in samples]
-    finally:
-        runner.warn_if_fallback("quantization: the prediction")
-        runner.close()
-    predicted = {}
-    for name in reference[0]:
-        per_sample = [error_metrics(ref[name], res[name]) for ref, res in zip(reference, results)
-                      if isinstance(ref[name], np.ndarray) and ref[name].dtype.kind == "f"]
-        if per_sample:
-            predicted[name] = worst(per_sample)
+    predicted, results = simulate_errors(model, samples, reference, fp32_values, "quantization: the prediction")
     low = {n.name for n in model.graph if any(v.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
                                               for v in n.outputs)}
     return predicted, contributions(model, fp32_values, results[0], quantized | low, top)
