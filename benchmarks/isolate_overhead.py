@@ -95,7 +95,7 @@ def timed_build(trtir: Path, shapes: str, isolate: bool) -> tuple[float, float]:
     options = BuildOptions(profiles=parse_profiles(shapes.split(), []), isolate=isolate)
     backend = load_backend("tensorrt-rtx")
     start, cpu = time.perf_counter(), cpu_seconds()
-    run_build(artifact.model, artifact.meta, backend, options, beside=trtir)
+    run_build(artifact.model, artifact.meta, backend, options, output=trtir.with_suffix(".plan"))
     return time.perf_counter() - start, cpu_seconds() - cpu
 
 

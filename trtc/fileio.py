@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,40 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_writer(path) as out:
         out.write(data)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """A whole temporary file beside `path` (written and fsynced by its writer, named as `atomic_path` names
+    its temporaries) becomes `path` by one rename, readable as `atomic_path`'s files are: a file written once
+    where it is to stay, not copied there (a 2.4 GB engine is not written a second time)."""
+    try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink(str(tmp))
+        raise _write_error(exc, path) from None
+
+
+def place_file(src: Path, path: Path) -> bool:
+    """`src`'s bytes at `path`, atomically: a hard link (no byte written) where the file system allows one,
+    else a streamed copy (another device, no hard links, another user's file under protected_hardlinks).
+    True where it linked. Whoever writes either name later replaces it by rename (every write here does),
+    so the other keeps its bytes."""
+    path = Path(path)
+    if path.exists() and os.path.samefile(src, path):
+        return True  # rename() of two links to one file would do nothing and leave the temporary
+    with atomic_path(path) as tmp:
+        os.unlink(tmp)  # the name is ours (mkstemp's random part); os.link wants it free
+        try:
+            os.link(src, tmp)
+            return True
+        except OSError:
+            with open(src, "rb") as source, open(tmp, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o666 & ~current_umask())
+    return False
 
 
 def file_sha256(path: Path) -> str:

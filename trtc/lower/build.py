@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from trtc import __version__
 from trtc.errors import TrtcError
-from trtc.fileio import NO_SPACE, write_atomic
+from trtc.fileio import NO_SPACE, file_sha256, place_file, write_atomic
 from trtc.lower.backend import Backend
 from trtc.lower.layers import layer_listing, layer_type_counts
 from trtc.lower.network import Watch, build_failure, dims_of, lower
@@ -90,10 +90,24 @@ def _progress_monitor(trt, report: Callable[[str], None]):
 
 @dataclasses.dataclass
 class BuildResult:
-    plan: bytes
+    """An engine built or found in the cache: its sidecar, and its plan in memory (`data`, from `build_engine`
+    called without a file) or on disk (`plan_file`, where it was written once: the output or the cache entry)."""
+
     sidecar: dict[str, Any]
     cached: bool
     layers: list[dict[str, Any]] | None = None  # the network's layers before the build, when asked for
+    data: bytes | None = None
+    plan_file: Path | None = None
+
+    @property
+    def plan(self) -> bytes:
+        """The plan's bytes, read from `plan_file` where it is on disk (the whole engine in memory: for callers
+        that want it there; trtc's own writes link or rename the file instead)."""
+        if self.data is not None:
+            return self.data
+        if self.plan_file is None:
+            raise ValueError("this build result holds no plan")
+        return self.plan_file.read_bytes()
 
 
 def _io_entry(value: ir.Value, carried: Mapping[str, ir.DataType]) -> dict[str, Any]:
@@ -179,14 +193,17 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
     }
     if plan_file is not None:
         _write_plan_file(plan_file, view)
-        return BuildResult(b"", sidecar, cached=False, layers=listing)
-    return BuildResult(bytes(view), sidecar, cached=False, layers=listing)
+        return BuildResult(sidecar, cached=False, layers=listing, plan_file=plan_file)
+    return BuildResult(sidecar, cached=False, layers=listing, data=bytes(view))
 
 
 def _write_plan_file(path: Path, plan: memoryview) -> None:
+    """The plan from TensorRT's memory to `path`, fsynced (it becomes the engine by a rename, not a copy)."""
     try:
         with open(path, "wb") as f:
             f.write(plan)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as exc:
         if exc.errno not in NO_SPACE:
             raise
@@ -202,19 +219,30 @@ def _load_timing_cache(config, path: str):
 
 
 def write_plan(result: BuildResult, output: Path) -> Path:
-    """model.plan and model.plan.json beside it, each written atomically."""
-    write_atomic(output, result.plan)
+    """model.plan and model.plan.json beside it, each written atomically; a plan already in a file is linked
+    there (or is there already: the build wrote it in place), not written again."""
+    if result.plan_file is None:
+        write_atomic(output, result.plan)
+    elif Path(result.plan_file) != Path(output):
+        place_file(result.plan_file, output)
+        result.plan_file = output
     sidecar = Path(f"{output}.json")
-    write_atomic(sidecar, (json.dumps(result.sidecar, indent=1, sort_keys=True) + "\n").encode())
+    write_atomic(sidecar, sidecar_text(result.sidecar))
     return sidecar
+
+
+def sidecar_text(sidecar: Mapping[str, Any]) -> bytes:
+    """A sidecar as it is written: indented, sorted JSON."""
+    return (json.dumps(sidecar, indent=1, sort_keys=True) + "\n").encode()
 
 
 def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions, *,
                  cache_dir: Path | None, where: str = "", progress: Callable[[str], None] | None = None,
                  output: Path | None = None) -> BuildResult:
     """`build_engine`, reusing an engine built before from the same IR, options and backend; in a child
-    process unless `options.isolate` is off (`isolate.run_build`: its temporary plan is written beside the
-    cache entry, else beside `output`).
+    process unless `options.isolate` is off (`isolate.run_build`). The plan is written once: into the cache
+    entry (then linked to `output`, or copied where it cannot be linked), else straight to `output`; the
+    result's `plan_file` is `output` (its sidecar is the caller's to write, `write_plan`).
 
     One build per key: a lock file per entry makes concurrent builds of one engine (CI jobs sharing
     a home directory) wait for the first and reuse its engine. An entry is used only when its plan's
@@ -223,7 +251,7 @@ def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
 
     content_hash = meta.get("content_hash")
     if cache_dir is None or not content_hash or options.list_layers:
-        return run_build(model, meta, backend, options, where=where, progress=progress, beside=output)
+        return run_build(model, meta, backend, options, where=where, progress=progress, output=output)
     key = cache_key(content_hash, options, backend)
     plan_path, side_path = cache_dir / f"{key}.plan", cache_dir / f"{key}.json"
     try:
@@ -232,12 +260,13 @@ def cached_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         raise TrtcError(f"cannot create the engine cache ({exc.strerror})", where=str(cache_dir),
                         hint="give another --cache-dir, or --no-cache") from None
     with _entry_lock(cache_dir / f"{key}.lock"):
-        cached = _cached_entry(plan_path, side_path)
-        if cached is not None:
-            return cached
-        result = run_build(model, meta, backend, options, where=where, progress=progress, beside=plan_path)
-        write_atomic(plan_path, result.plan)
-        write_atomic(side_path, (json.dumps(result.sidecar, indent=1, sort_keys=True) + "\n").encode())
+        result = _cached_entry(plan_path, side_path)
+        if result is None:
+            result = run_build(model, meta, backend, options, where=where, progress=progress, output=plan_path)
+            write_atomic(side_path, sidecar_text(result.sidecar))
+        if output is not None:  # under the lock: the entry linked is the one its sidecar describes
+            place_file(plan_path, output)
+            result.plan_file = output
         return result
 
 
@@ -253,17 +282,17 @@ def _entry_lock(path: Path):
 
 
 def _cached_entry(plan_path: Path, side_path: Path) -> BuildResult | None:
-    """The entry when it is whole: the sidecar parses and the plan's SHA-256 is the one it records."""
+    """The entry when it is whole: the sidecar parses and the plan's SHA-256 (read in chunks, never whole in
+    memory) is the one it records."""
     if not (plan_path.exists() and side_path.exists()):
         return None
-    plan = plan_path.read_bytes()
     try:
         sidecar = json.loads(side_path.read_text())
         recorded = sidecar["plan_sha256"]
     except (ValueError, KeyError, TypeError):
         recorded = None
-    if recorded == hashlib.sha256(plan).hexdigest():
-        return BuildResult(plan, sidecar, cached=True)
+    if recorded is not None and recorded == file_sha256(plan_path):
+        return BuildResult(sidecar, cached=True, plan_file=plan_path)
     logging.getLogger("trtc").warning("engine cache entry %s does not match its record (truncated or changed); "
                                       "rebuilding it", plan_path.name)
     return None

@@ -4,13 +4,15 @@ of K: see `ops/attention.widened_from_low_precision`, which keeps trtc from emit
 
 The child is forked and does the TensorRT work, lowering and `build_serialized_network`, on the IR it
 inherits as it is in memory: weights stay read-only views of their memory-mapped files (or the parent's
-arrays), shared copy-on-write; nothing is pickled or saved for it. It writes the plan to a temporary file
-beside the engine's destination and sends the rest through a pipe: progress lines (the parent shows them),
+arrays), shared copy-on-write; nothing is pickled or saved for it. It writes the plan (fsynced) to a temporary
+file beside the engine's destination, named as `fileio.atomic_path` names its temporaries, which the parent
+renames into place: the plan is written once and never passes through the parent's memory (a 2.4 GB engine
+read back and written again cost 2.4 GB of each). The rest comes through a pipe: progress lines (the parent shows them),
 then the sidecar and layer listing, or the exception it raised (a TrtcError comes back as it was). Where it
 is (the stage, the last layer added) it keeps in a page of memory shared with the parent, which outlives
 it: a child killed by a signal (SIGSEGV, SIGABRT, SIGKILL from the out-of-memory killer) becomes one
 TrtcError naming the signal, the stage and that layer. The parent does everything else: the engine cache
-and its locks, writing the engine and its sidecar.
+and its locks, the rename of the plan, the sidecar.
 
 Fork, not spawn: a spawned interpreter imports trtc, onnx_ir and TensorRT again (0.9 s on 2 cores) and
 needs the IR as a file (an optimized model's new weights saved first); a fork costs about 10 ms. A forked
@@ -42,6 +44,7 @@ from typing import Any, NoReturn
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.fileio import atomic_path, publish, remove_stale_temporaries
 from trtc.lower.backend import Backend
 from trtc.lower.build import BuildOptions, BuildResult, build_engine
 
@@ -50,15 +53,21 @@ Progress = Callable[[str], None] | None
 
 
 def run_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions, *,
-              where: str = "", progress: Progress = None, beside: Path | None = None) -> BuildResult:
-    """`build_engine` in a forked child (the module docstring), its temporary plan in `beside`'s folder; in
-    this process where `in_process_reason` gives one."""
+              where: str = "", progress: Progress = None, output: Path | None = None) -> BuildResult:
+    """`build_engine` in a forked child (the module docstring), or in this process where `in_process_reason`
+    gives one. With `output`, the plan is written there once, atomically (the result's `plan_file`); without,
+    it comes back in memory (`data`)."""
     release_memory()
     reason = in_process_reason(options)
-    if reason is not None:
-        logging.getLogger("trtc").debug("building in this process: %s", reason)
+    if reason is None:
+        return _isolated_build(model, meta, backend, options, where, progress, output)
+    logging.getLogger("trtc").debug("building in this process: %s", reason)
+    if output is None:
         return build_engine(model, meta, backend, options, where=where, progress=progress)
-    return _isolated_build(model, meta, backend, options, where, progress, beside)
+    with atomic_path(output) as tmp:  # TensorRT's memory straight to the file: no copy of the plan in Python
+        result = build_engine(model, meta, backend, options, where=where, progress=progress, plan_file=tmp)
+    result.plan_file = Path(output)
+    return result
 
 
 def release_memory() -> None:
@@ -146,8 +155,8 @@ def crash_error(signum: int, record: Record, where: str) -> TrtcError:
 
 
 def _isolated_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, options: BuildOptions, where: str,
-                    progress: Progress, beside: Path | None) -> BuildResult:
-    plan_path = _temporary(beside)
+                    progress: Progress, output: Path | None) -> BuildResult:
+    plan_path = _temporary(output)
     reader, writer = Pipe(duplex=False)
     record = Record()
     pid = None
@@ -169,7 +178,7 @@ def _isolated_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, 
         pid = None  # reaped
         if "done" in outcome:  # whatever happened after it sent its result
             sidecar, layers = outcome["done"]
-            return BuildResult(plan_path.read_bytes(), sidecar, cached=False, layers=layers)
+            return _received(plan_path, output, sidecar, layers, where)
         if "raised" in outcome:
             exc, text = outcome["raised"]
             if not isinstance(exc, TrtcError) and hasattr(exc, "add_note"):
@@ -191,17 +200,37 @@ def _isolated_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, 
             plan_path.unlink()
 
 
-def _temporary(beside: Path | None) -> Path:
-    """An empty file for the child's plan, named as `fileio.atomic_path` names its temporaries (this process's
-    pid in it: one it leaves when killed is removed by the next write to `beside`); else in the temp folder."""
-    for folder, name in ((beside.parent, beside.name) if beside else (None, None), (None, "trtc-build")):
-        if folder is not None and not folder.is_dir():
-            continue
-        with contextlib.suppress(OSError):
-            fd, path = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            return Path(path)
-    raise TrtcError("cannot create a temporary file for the engine", where=str(beside or tempfile.gettempdir()))
+def _received(plan_path: Path, output: Path | None, sidecar: dict[str, Any], layers: Any, where: str
+              ) -> BuildResult:
+    """The child's result: its plan file renamed to `output`, or (without one) read into memory."""
+    size = plan_path.stat().st_size
+    if size != sidecar["plan_bytes"]:  # a stat, not a hash: the child computed the hash from the bytes it wrote
+        raise TrtcError(f"the build's child process wrote {size} of the plan's {sidecar['plan_bytes']} bytes",
+                        where=where or None, hint="rerun with --no-isolate to see where it stopped")
+    if output is None:
+        return BuildResult(sidecar, cached=False, layers=layers, data=plan_path.read_bytes())
+    publish(plan_path, output)
+    return BuildResult(sidecar, cached=False, layers=layers, plan_file=Path(output))
+
+
+def _temporary(output: Path | None) -> Path:
+    """An empty file for the child's plan beside `output`, named as `fileio.atomic_path` names its temporaries
+    (this process's pid in it: one a killed build left is removed here, or by the next write to `output`);
+    without `output`, in the temp folder."""
+    if output is None:
+        folder, name = None, "trtc-build"
+    else:
+        folder, name = Path(output).resolve().parent, Path(output).name
+        if not folder.is_dir():
+            raise TrtcError("output folder does not exist", where=str(output), hint="create it first")
+        remove_stale_temporaries(folder, name)
+    try:
+        fd, path = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise TrtcError(f"cannot create a temporary file for the engine ({exc.strerror})",
+                        where=str(output or tempfile.gettempdir())) from None
+    os.close(fd)
+    return Path(path)
 
 
 def _wait(pid: int, reader: Connection, progress: Progress, outcome: dict[str, Any]) -> int:
