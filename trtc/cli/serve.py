@@ -85,8 +85,10 @@ def _repository(ctx: click.Context, source: Path, export_flags: dict[str, Any],
     from trtc.cli.export import to_triton_options
     from trtc.serve.environment import BACKENDS
     from trtc.serve.export import export_triton
+    from trtc.serve.server import owned_prefix
 
-    repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trtc-serve-")))
+    # Named with this process's pid: if it is killed, the next start removes what it leaves.
+    repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=owned_prefix("serve"))))
     report = export_triton(source, repo, to_triton_options(export_flags))
     if report["backend"] not in BACKENDS:
         raise TrtcError(f"exported for Triton's '{report['backend']}' backend, which the nvidia-pytriton server "

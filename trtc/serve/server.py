@@ -6,6 +6,11 @@ tritonserver in a process group of its own with its log in a file, and returns o
 answers ready on HTTP — or raises with the server's own reason taken from its log. `stop()` ends
 the whole group (the server and the Python-backend stubs it started), so nothing is left running.
 
+A trtc process that dies without stopping its server (SIGKILL, a crash) leaves nothing running either:
+on Linux the server (started from the main thread) gets SIGTERM when it does, and stops its stubs. What
+it leaves behind (the scratch folder, the stubs' shared-memory regions) is named with its pid, and the
+next start removes it.
+
 The nvidia-pytriton server has the Python backend alone: TensorRT plans and ONNX models served by
 Triton's own backends need NGC's Triton container.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -21,10 +27,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -38,6 +47,11 @@ EXIT_TIMEOUT_S = 3
 STOP_MARGIN_S = 7
 # How many times a start whose automatically picked port was taken meanwhile is tried again.
 PORT_RETRIES = 3
+# prctl's option for the signal a process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+# What a trtc process names with its pid ("trtc-triton-<pid>-..."): its servers' scratch folders and the
+# stubs' shared-memory regions, and `trtc serve`'s temporary repository (see owned_prefix).
+_OWNED = re.compile(r"^trtc-(?:triton|serve)-(\d+)-")
 
 
 class ServerFailed(TrtcError):
@@ -160,12 +174,13 @@ def start_server(repo: Path, *, http_port: int = 8000, grpc_port: int = 8001, me
     repo = shown.resolve()
     models = check_repository(shown)
     install = triton_install(progress)
+    sweep_leftovers()
     auto = {"http": http_port == 0, "grpc": grpc_port == 0, "metrics": metrics_port == 0}
     for attempt in range(PORT_RETRIES + 1):
         ports = _pick_ports({"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
-        scratch = Path(tempfile.mkdtemp(prefix="trtc-triton-"))
+        scratch = Path(tempfile.mkdtemp(prefix=owned_prefix("triton")))
         backends = make_backend_dir(install, scratch)
-        shm_prefix = f"{scratch.name}_"  # unique while the folder exists: the stop removes both
+        shm_prefix = f"{scratch.name}_"  # unique while the folder exists: the stop (or a sweep) removes both
         temp_log = log_path is None
         log = scratch.with_suffix(".log") if temp_log else Path(log_path)
         try:
@@ -180,7 +195,7 @@ def start_server(repo: Path, *, http_port: int = 8000, grpc_port: int = 8001, me
                  f"--metrics-port={ports['metrics']}", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
                  f"--backend-config=python,shm-region-prefix-name={shm_prefix}"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=server_environment(install),
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_this_process())
         server = TritonServer(process, ports=ports, log_path=log, temp_log=temp_log, scratch=scratch,
                               shm_prefix=shm_prefix, repo=shown)
         try:
@@ -365,6 +380,73 @@ def _remove_shared_memory(prefix: str) -> None:
     with contextlib.suppress(OSError):
         for region in Path("/dev/shm").glob(f"{prefix}*"):
             region.unlink(missing_ok=True)
+
+
+def owned_prefix(kind: str) -> str:
+    """The name prefix of a temporary file or folder of this process ("triton": a server's scratch folder,
+    "serve": `trtc serve`'s repository): it holds the pid, so that a later start can tell what a killed
+    process left behind from what a live one uses (sweep_leftovers)."""
+    return f"trtc-{kind}-{os.getpid()}-"
+
+
+def sweep_leftovers() -> None:
+    """Remove what trtc processes that died without stopping their server (SIGKILL, a crash) left behind:
+    scratch folders and temporary repositories (with the temporary log beside them) and shared-memory
+    regions whose owner's pid is not alive. A log kept on purpose for its reason stays: its folder is gone."""
+    for place in (Path(tempfile.gettempdir()), Path("/dev/shm")):
+        with contextlib.suppress(OSError):
+            for path in place.glob("trtc-*"):
+                owner = _OWNED.match(path.name)
+                if owner and not path.name.endswith(".log") and not _alive(int(owner.group(1))):
+                    _remove_leftover(path)
+
+
+def _remove_leftover(path: Path) -> None:
+    # Another start may sweep the same leftover at the same time: what is gone already is fine.
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            path.with_suffix(".log").unlink(missing_ok=True)
+        _remove_shared_memory(f"{path.name}_")
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not: it is dead, only not yet reaped by its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _die_with_this_process() -> Callable[[], None] | None:
+    """The server's preexec_fn on Linux: it gets SIGTERM when this process dies without stopping it
+    (prctl's PR_SET_PDEATHSIG), and Triton ends its stubs on SIGTERM. The signal follows the thread that
+    forked rather than the process, so a start from another thread (which may end before the server
+    should) goes without; so do other systems."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    # Looked up now: between fork and exec the child must not load a library (another thread of this
+    # process may have held the loader's lock at the fork).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes, prctl.restype = [ctypes.c_int, ctypes.c_ulong], ctypes.c_int
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # this process died before the prctl: nothing would signal the server
+            os._exit(1)
+
+    return die_with_parent
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
