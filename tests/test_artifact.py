@@ -150,15 +150,11 @@ def test_damaged_artifacts_are_refused(tmp_path, damage):
         load_artifact(tmp_path / "a.trtir")
 
 
-def test_the_cpu_reference_takes_file_weights_as_they_are(tmp_path):
-    """Large weights reach onnxruntime as arrays over the memory-mapped file, small ones in the proto, also
-    where the small ones come from the file too (an external-data export): never the whole model copied
-    into a proto (`ort_model`'s slow way)."""
-    from trtc.reference.runner import ort_model
-
+def _external_mlp(folder) -> tuple[ir.Model, np.ndarray, np.ndarray]:
+    """MatMul + Add whose weights (512 KiB and 2 KiB) are external data in `folder`/w.bin."""
     rng = np.random.default_rng(0)
     w, b = rng.standard_normal((256, 512)).astype(np.float32), rng.standard_normal(512).astype(np.float32)
-    (tmp_path / "w.bin").write_bytes(w.tobytes() + b.tobytes())
+    (folder / "w.bin").write_bytes(w.tobytes() + b.tobytes())
     tensors = []
     for name, array, offset in (("W", w, 0), ("b", b, w.nbytes)):
         tensor = numpy_helper.from_array(np.zeros((1,), np.float32), name)
@@ -172,11 +168,49 @@ def test_the_cpu_reference_takes_file_weights_as_they_are(tmp_path):
         [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"), helper.make_node("Add", ["h", "b"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 512])], tensors)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
-    model = parse_onnx(tmp_path / "m.onnx").model
-    proto, weights = ort_model(model)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "m.onnx")
+    model = parse_onnx(folder / "m.onnx").model
+    return model, w, b
+
+
+def test_the_cpu_reference_takes_file_weights_as_they_are(tmp_path):
+    """Large weights reach onnxruntime as arrays over the memory-mapped file, small ones in the proto, also
+    where the small ones come from the file too (an external-data export): never the whole model copied
+    into a proto (`ort_model`'s slow way)."""
+    from trtc.reference.runner import ort_model
+
+    rng = np.random.default_rng(0)
+    model, w, b = _external_mlp(tmp_path)
+    loaded = ort_model(model)
+    proto, weights = loaded.proto, loaded.weights
     assert list(weights) == ["W"]
     small = next(t for t in proto.graph.initializer if t.name == "b")
     assert small.data_location == TensorProto.DEFAULT and numpy_helper.to_array(small).tobytes() == b.tobytes()
     x = rng.standard_normal((2, 256)).astype(np.float32)
     np.testing.assert_allclose(ReferenceRunner(model).run({"x": x})["y"], x @ w + b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("stored", ["onnx", "trtir", "embedded"])
+def test_big_file_weights_are_mapped_by_onnxruntime(tmp_path, monkeypatch, stored):
+    """From `MAP_FILE_BYTES` of weights in files (a big model), onnxruntime maps the files that hold them
+    (.onnx external data, a .trtir's data, an .onnx's own raw_data) instead of taking a copy: the proto names
+    the file relative to the folder the session is given; the results are the same to the last ulps."""
+    from trtc.reference import runner as runner_mod
+
+    model, _, _ = _external_mlp(tmp_path)
+    if stored == "trtir":
+        save_artifact(model, tmp_path / "m.trtir", meta={})
+        model = load_artifact(tmp_path / "m.trtir").model
+    elif stored == "embedded":
+        proto = onnx.load(tmp_path / "m.onnx")
+        onnx.save(proto, tmp_path / "embedded.onnx")  # the weights inside the protobuf
+        model = parse_onnx(tmp_path / "embedded.onnx").model
+    x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
+    copied = ReferenceRunner(model).run({"x": x})["y"]
+    monkeypatch.setattr(runner_mod, "MAP_FILE_BYTES", 1)
+    loaded = runner_mod.ort_model(model)
+    assert loaded.weights == {} and loaded.folder == str(tmp_path.resolve())
+    w = next(t for t in loaded.proto.graph.initializer if t.name == "W")
+    assert w.data_location == TensorProto.EXTERNAL and "/" not in w.external_data[0].value
+    # Unpacked MatMul weights sum in another order than prepacked ones: the last ulp differs.
+    np.testing.assert_allclose(ReferenceRunner(model).run({"x": x})["y"], copied, rtol=1e-5, atol=1e-5)

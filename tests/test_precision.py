@@ -214,7 +214,8 @@ def test_reference_runner_hands_large_weights_over_with_the_same_results():
     from trtc.reference.runner import ReferenceRunner, ort_model
 
     model = _splat_chain()
-    proto, weights = ort_model(model)
+    loaded = ort_model(model)
+    proto, weights = loaded.proto, loaded.weights
     assert list(weights) == ["w"] and {t.name for t in proto.graph.initializer} == {"w", "shape"}
     x = {"x": RNG.standard_normal((4, 256)).astype(np.float32)}
     runner = ReferenceRunner(model, fetch=[model.graph.node(0).outputs[0]])
@@ -257,3 +258,49 @@ def test_splat_weights_stay_splats_through_rescaling_and_conversion():
     exponent = int(np.log2(500.0 / float(weight.value)))
     assert float(weight.value) == np.float16(500.0 * 2.0**-exponent)
     assert report.predicted["y"]["nonfinite"] == 0 and report.predicted["y"]["cosine"] > 0.9999
+
+
+@pytest.mark.parametrize("target", ["fp16", "bf16"])
+def test_big_weights_are_converted_when_read_and_rounded_as_the_simulation_runs(monkeypatch, target):
+    """Converted weights hold only their fp32 source (trtc.ir.converted): their elements, and the bytes saved,
+    are numpy's conversion. The simulation of a big model (weights onnxruntime maps: `MAP_FILE_BYTES`) reads
+    the fp32 source and rounds it with Casts as it runs; it predicts the same errors as the simulation with
+    rounded fp32 constants: each reader sees the same weights (the outputs differ where onnxruntime's prepacked
+    constants sum in another order)."""
+    import io
+
+    from trtc.ir.converted import ConvertedTensor
+    from trtc.precision import simulate
+    from trtc.reference.runner import ReferenceRunner
+
+    model = outlier_transformer_block()
+    samples = _samples()
+    apply_precision(model, samples, PrecisionOptions(target=target, force_fp16=["*"]))
+    converted = {v.name: v.const_value for v in model.graph.initializers.values()
+                 if isinstance(v.const_value, ConvertedTensor)}
+    assert f"w2__{TARGETS[target].name.lower()}" in converted
+    for tensor in converted.values():
+        assert tensor.source.dtype == ir.DataType.FLOAT
+        want = tensor.source.numpy().astype(TARGETS[target].numpy())
+        assert np.array_equal(tensor.numpy(), want, equal_nan=True)
+        saved = io.BytesIO()
+        tensor.tofile(saved)
+        assert saved.getvalue() == want.tobytes()
+
+    small = simulate.simulation_model(model)
+    assert all(v.dtype == ir.DataType.FLOAT for v in small.graph.initializers.values())
+    monkeypatch.setattr(simulate, "MAP_FILE_BYTES", 1)
+    big = simulate.simulation_model(model)
+    sources = {id(t.source) for t in converted.values()}
+    assert all(id(v.const_value) in sources for v in big.graph.initializers.values() if v.name.endswith("__float"))
+    assert sum(n.op_type == "Cast" for n in big.graph) == sum(n.op_type == "Cast" for n in small.graph) \
+        + 2 * len(converted)
+    # The weights each reader sees: bit for bit the constants of the small-model form.
+    widened = [v for n in big.graph if n.op_type == "Cast" for v in n.outputs if v.name in small.graph.initializers]
+    assert len(widened) == len(converted)
+    seen = ReferenceRunner(big, fetch=widened).run(samples[0])
+    for value in widened:
+        assert np.array_equal(seen[value.name], small.graph.initializers[value.name].const_value.numpy())
+    for sample in samples:  # the outlier channels' softmax magnifies a last-ulp difference that flips a rounding
+        np.testing.assert_allclose(seen["y"] if sample is samples[0] else ReferenceRunner(big).run(sample)["y"],
+                                   ReferenceRunner(small).run(sample)["y"], rtol=0.05, atol=1e-4)

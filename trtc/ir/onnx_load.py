@@ -275,6 +275,13 @@ class FileViewTensor(ir.Tensor):
         return ir.ExternalTensor(self.path, offset=self.offset, length=self.nbytes, dtype=self.dtype,
                                  shape=self.shape, name=self.name)
 
+    def is_current(self) -> bool:
+        """Whether the file at `path` is still the one mapped (not replaced or rewritten since)."""
+        try:
+            return self._identity is not None and _identity(os.stat(self.path)) == self._identity
+        except OSError:
+            return False
+
     def tofile(self, file) -> None:
         """Write the tensor's bytes (the file's raw_data, little endian, as ONNX stores them).
 

@@ -202,31 +202,37 @@ def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Se
     """Predicted error per output of the typed model (worst over samples), and, given the fp32
     values of the first sample, the nodes whose outputs gain the most relative error."""
     fp32_values = fp32_values or {}
-    predicted, results = simulate_errors(typed, samples, reference, fp32_values, "precision: the fp16/bf16 simulation")
-    return predicted, _contributions(typed, fp32_values, results[0], top)
+    predicted, first = simulate_errors(typed, samples, reference, fp32_values, "precision: the fp16/bf16 simulation")
+    return predicted, _contributions(typed, fp32_values, first, top)
 
 
 def simulate_errors(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
                     fp32_values: Mapping[str, np.ndarray], purpose: str
-                    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Run the simulation of `typed` (trtc.precision.simulate) on every sample, fetching the values
     named in `fp32_values` too: the worst error metrics per float output against `reference`, and
-    the runs' results (for the per-node contributions). `purpose` names it if onnx.reference runs it."""
+    the first run's results (for the per-node contributions; the other runs' fetches are dropped as
+    they come: a big model's activations, once per sample). `purpose` names it if onnx.reference runs it."""
     sim = simulation_model(typed)
     fetch = [v for node in sim.graph for v in node.outputs if v.name in fp32_values]
     runner = ReferenceRunner(sim, fetch=fetch)
+    first: dict[str, Any] = {}
+    outputs: list[dict[str, Any]] = []
     try:
-        results = [runner.run(_as_fp32_feeds(s, sim)) for s in samples]
+        for sample in samples:
+            result = runner.run(_as_fp32_feeds(sample, sim))
+            first = first or result
+            outputs.append({name: result[name] for name in reference[0]})
     finally:
         runner.warn_if_fallback(purpose)
         runner.close()
     predicted = {}
     for name in reference[0]:
-        per_sample = [error_metrics(ref[name], res[name]) for ref, res in zip(reference, results)
+        per_sample = [error_metrics(ref[name], res[name]) for ref, res in zip(reference, outputs)
                       if isinstance(ref[name], np.ndarray) and ref[name].dtype.kind == "f"]
         if per_sample:
             predicted[name] = worst(per_sample)
-    return predicted, results
+    return predicted, first
 
 
 def _as_fp32_feeds(feeds: Mapping[str, Any], sim: ir.Model) -> dict[str, Any]:

@@ -27,8 +27,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from trtc.ir.converted import ConvertedTensor, convert
 from trtc.ir.rewrite import STANDARD_DOMAINS, add_constant
-from trtc.ir.splat import map_elements
+from trtc.ir.splat import SplatTensor, map_elements
 from trtc.ir.walk import all_graphs, has_subgraphs, subgraph_attrs
 from trtc.precision.rules import RuleContext, forced_fp16, keep_reason, user_keep
 from trtc.precision.subgraphs import graph_values, is_control_flow
@@ -299,8 +300,10 @@ def _weight_in(graph: ir.Graph, value: ir.Value, want: ir.DataType, counts: dict
     if name in graph.initializers:
         return graph.initializers[name]
     counts["weights-converted"] += 1
-    with np.errstate(over="ignore"):  # out-of-range weights only reach here when forced
-        converted = map_elements(value.const_value, lambda data: data.astype(np.float32).astype(want.numpy()))
+    tensor = value.const_value
+    # Converted when read (trtc.ir.converted): a big model's copies would sit beside its fp32 weights.
+    converted = map_elements(tensor, lambda data: convert(data, want)) if isinstance(tensor, SplatTensor) \
+        else ConvertedTensor(tensor, want, name=name)
     return add_constant(graph, converted, name)
 
 

@@ -238,10 +238,10 @@ def predict_quantized(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     those quantized or stored in fp16/bf16, that add the most relative error on the first sample."""
     from trtc.precision import simulate_errors
 
-    predicted, results = simulate_errors(model, samples, reference, fp32_values, "quantization: the prediction")
+    predicted, first = simulate_errors(model, samples, reference, fp32_values, "quantization: the prediction")
     low = {n.name for n in model.graph if any(v.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
                                               for v in n.outputs)}
-    return predicted, contributions(model, fp32_values, results[0], quantized | low, top)
+    return predicted, contributions(model, fp32_values, first, quantized | low, top)
 
 
 def _source(value: ir.Value) -> ir.Value:

@@ -5,6 +5,8 @@ that type (Cast to it and back), and every op computes in fp32 — as TensorRT's
 kernels accumulate in fp32. onnxruntime's own fp16 kernels would hide overflow (they
 compute many ops in fp32 without rounding in between), so they are never used here. The same
 holds inside If/Loop/Scan bodies, whose values round where the typed body stores them.
+A big model's low-precision weights stay as stored, widened (or rounded from their fp32 source)
+by Casts as they are read; smaller ones become fp32 constants (exact).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from trtc.ir.splat import map_elements
-from trtc.ir.walk import all_graphs, all_initializers
+from trtc.ir.converted import ConvertedTensor
+from trtc.ir.splat import SplatTensor, map_elements
+from trtc.ir.walk import all_graphs
+from trtc.reference.runner import MAP_FILE_BYTES
 
 FLOAT = ir.DataType.FLOAT
 LOW = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -45,14 +49,73 @@ def _round_trip(graph: ir.Graph, value: ir.Value, low: ir.DataType, after: ir.No
             graph.outputs[i] = up.outputs[0]
 
 
+def _widen_weight(graph: ir.Graph, value: ir.Value) -> None:
+    """Keep a low-precision weight as it is stored and make every reader see it through a Cast to fp32
+    (exact): an fp32 copy of every fp16 weight would double a big model's memory, and onnxruntime's."""
+    low = value.dtype
+    name = value.name
+    tensor = value.const_value
+    # A weight converted when read (trtc.ir.converted) from an fp32 one: the simulation rounds the fp32
+    # weight itself (onnxruntime's Cast rounds as numpy's does), which onnxruntime maps from its file.
+    source = tensor.source if isinstance(tensor, ConvertedTensor) and tensor.source.dtype == FLOAT else None
+    stored = ir.Value(name=f"{name}__{(FLOAT if source is not None else low).name.lower()}",
+                      type=ir.TensorType(FLOAT if source is not None else low), shape=value.shape,
+                      const_value=source if source is not None else tensor)
+    uses = list(value.uses())
+    outputs = [i for i, out in enumerate(graph.outputs) if out is value]
+    graph.initializers.pop(name)
+    graph.register_initializer(stored)
+    nodes = []
+    if source is not None:
+        nodes.append(ir.node("Cast", [stored], {"to": low}, name=f"{name}__round"))
+        nodes[-1].outputs[0].name = f"{name}__{low.name.lower()}"
+    up = ir.node("Cast", [nodes[-1].outputs[0] if nodes else stored], {"to": FLOAT}, name=f"{name}__widen")
+    up.outputs[0].name = name  # readers (and fetches by name) see it under its own name
+    up.outputs[0].type = ir.TensorType(FLOAT)
+    up.outputs[0].shape = value.shape
+    nodes.append(up)
+    first = next(iter(graph), None)
+    if first is None:
+        graph.extend(nodes)
+    else:
+        graph.insert_before(first, nodes)
+    for user, index in uses:
+        user.replace_input_with(index, up.outputs[0])
+    for i in outputs:
+        graph.outputs[i] = up.outputs[0]
+
+
+def _widened(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+    """A low-precision weight in fp32 (exact), converted when read."""
+    if isinstance(tensor, SplatTensor):
+        return map_elements(tensor, lambda data: data.astype(np.float32), name=tensor.name)
+    return ConvertedTensor(tensor, FLOAT, name=tensor.name)
+
+
+def _rounds_weights_when_run(graph: ir.Graph) -> bool:
+    """Whether the weights are big enough for onnxruntime to map their files (`runner.MAP_FILE_BYTES`): then
+    they are rounded as they are read, not handed over in fp32 (a copy that size, twice the fp16 weights).
+    Smaller ones stay constants: onnxruntime prepacks them, as it does the fp32 reference's."""
+    low = sum(v.const_value.nbytes for g in all_graphs(graph) for v in g.initializers.values()
+              if v.dtype in LOW and v.const_value is not None)
+    return 2 * low >= MAP_FILE_BYTES
+
+
 def simulation_model(typed: ir.Model) -> ir.Model:
     """A new all-fp32 model that rounds wherever `typed` stores a low-precision value."""
     model = typed.clone()  # shares the weights' tensors: they are replaced, never changed
     graph = model.graph
-    for value in all_initializers(graph):
-        if value.dtype in LOW:
-            value.const_value = map_elements(value.const_value, lambda data: data.astype(np.float32), name=value.name)
-            value.type = ir.TensorType(FLOAT)  # new object: types may be shared
+    when_run = _rounds_weights_when_run(graph)
+    read_as_run: list[tuple[ir.Graph, ir.Value]] = []
+    for body_or_main in list(all_graphs(graph)):
+        for value in list(body_or_main.initializers.values()):
+            if value.dtype not in LOW:
+                continue
+            if when_run and not value.is_graph_input():  # an input's default: a feed replaces it in fp32
+                read_as_run.append((body_or_main, value))
+            else:
+                value.const_value = _widened(value.const_value)
+                value.type = ir.TensorType(FLOAT)  # new object: types may be shared
     for body_or_main in list(all_graphs(graph)):
         for node in list(body_or_main):
             if node.op_type == "Constant" and node.outputs[0].dtype in LOW:
@@ -69,7 +132,9 @@ def simulation_model(typed: ir.Model) -> ir.Model:
                     low = value.dtype
                     value.type = ir.TensorType(FLOAT)  # new object: types may be shared
                     _round_trip(body_or_main, value, low, node)
-    # After the nodes: the loop above would turn these round trips' Casts to fp16 into Casts to fp32.
+    # After the nodes: the loop above would turn these Casts to fp16 into Casts to fp32.
+    for body_or_main, value in read_as_run:
+        _widen_weight(body_or_main, value)
     for value in list(graph.inputs):
         if value.dtype in LOW:
             low = value.dtype

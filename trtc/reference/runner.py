@@ -8,7 +8,10 @@ would either fail with a traceback or compute a meaningless output on the same i
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +25,7 @@ import onnxruntime as ort
 
 from trtc.errors import TrtcError
 from trtc.ir.onnx_export import PROTO_LIMIT, to_model_proto
-from trtc.ir.onnx_load import iter_tensor_protos
+from trtc.ir.onnx_load import FileViewTensor, iter_tensor_protos
 from trtc.ir.splat import dense_array
 from trtc.ir.walk import weight_bytes
 from trtc.reference.feeds import model_inputs, validate_feeds
@@ -107,6 +110,10 @@ def lacks_implementation(exc: BaseException) -> bool:
 # Weights of at least this size reach onnxruntime as arrays. Smaller ones stay in the proto:
 # onnxruntime's shape inference reads shape operands (Reshape's...) from the proto only.
 HAND_OVER_BYTES = 64 << 10
+# From this many bytes of weights stored in files, onnxruntime maps the files instead (the weights'
+# pages are the page cache's, shared, never copied). Below it they are handed over: onnxruntime then
+# copies them, and prepacks the MatMul/Conv ones (faster runs) -- a copy a big model cannot afford.
+MAP_FILE_BYTES = 512 << 20
 
 
 def _handed_over(tensor: ir.TensorProtocol | None) -> bool:
@@ -122,18 +129,68 @@ def _ort_value(tensor: ir.TensorProtocol) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, int(tensor.dtype))
 
 
-def ort_model(model: ir.Model, fetch: Sequence[ir.Value] = ()) -> tuple[onnx.ModelProto, dict[str, ort.OrtValue]]:
-    """The model for onnxruntime without its weights' bytes: the main graph's initializers are
-    placeholders, handed over as OrtValues (`SessionOptions.add_external_initializers`) that
-    share memory with the arrays (memory-mapped files stay mapped, a splat is filled once).
-    Serializing ~0.5 GB of weights into a proto and parsing it again costs seconds; this, none."""
+def file_span(tensor: ir.TensorProtocol) -> tuple[str, int, int] | None:
+    """(real path, offset, length) of a weight whose bytes lie in a file as ONNX stores them (a .trtir's
+    data, an .onnx file's external data or embedded raw_data still the file mapped); None otherwise."""
+    if isinstance(tensor, FileViewTensor):
+        return (tensor.path, tensor.offset, tensor.nbytes) if tensor.is_current() else None
+    if isinstance(tensor, ir.ExternalTensor) and tensor.base_dir is not None:
+        path = os.path.realpath(os.path.join(tensor.base_dir, tensor.location))
+        return path, tensor.offset or 0, tensor.nbytes
+    return None
+
+
+@dataclasses.dataclass
+class OrtModel:
+    """A model as onnxruntime loads it: the proto without its large weights' bytes, the weights handed over
+    as OrtValues, and the folder whose files hold the mapped ones (None: none mapped)."""
+
+    proto: onnx.ModelProto
+    weights: dict[str, ort.OrtValue]
+    folder: str | None = None
+
+    def session_options(self, options: ort.SessionOptions) -> None:
+        """Set what loading it takes: the handed-over weights, the mapped files' folder."""
+        options.add_external_initializers(list(self.weights), list(self.weights.values()))
+        if self.folder is not None:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", self.folder)
+            # Prepacking copies every MatMul/Conv weight into onnxruntime's own layout: the mapped file's
+            # pages would be read, then held twice.
+            options.add_session_config_entry("session.disable_prepacking", "1")
+
+
+def _mapped_folder(spans: Mapping[str, tuple[str, int, int]]) -> str | None:
+    """The folder whose files hold most of the weights' bytes, when they are enough to be mapped
+    (onnxruntime maps files of one folder, named relative to it)."""
+    if sum(length for _, _, length in spans.values()) < MAP_FILE_BYTES:
+        return None
+    by_folder: collections.Counter[str] = collections.Counter()
+    for path, _, length in spans.values():
+        by_folder[os.path.dirname(path)] += length
+    return by_folder.most_common(1)[0][0]
+
+
+def ort_model(model: ir.Model, fetch: Sequence[ir.Value] = ()) -> OrtModel:
+    """The model for onnxruntime without its weights' bytes. The main graph's large initializers are
+    mapped by onnxruntime from the files that hold them (big models: `MAP_FILE_BYTES`) or handed over
+    as OrtValues (`SessionOptions.add_external_initializers`: onnxruntime copies them; a splat is
+    filled once). Serializing ~0.5 GB of weights into a proto and parsing it again costs seconds; this, none."""
     clone = model.clone()  # shares the tensors; only the clone's initializers are swapped
-    weights = {}
+    large = {v.name: v for v in clone.graph.initializers.values()
+             if (v.uses() or v.is_graph_input() or v.is_graph_output()) and _handed_over(v.const_value)}
+    spans = {name: span for name, v in large.items() if (span := file_span(v.const_value)) is not None}
+    folder = _mapped_folder(spans)
+    weights, mapped = {}, set()
     for value in list(clone.graph.initializers.values()):
         tensor = value.const_value
         if not (value.uses() or value.is_graph_input() or value.is_graph_output()):
             del clone.graph.initializers[value.name]  # onnxruntime would drop it (and refuse it handed over)
-        elif _handed_over(tensor):
+        elif folder is not None and value.name in spans and os.path.dirname(spans[value.name][0]) == folder:
+            path, offset, length = spans[value.name]
+            value.const_value = ir.ExternalTensor(os.path.basename(path), offset=offset, length=length,
+                                                  dtype=tensor.dtype, shape=tensor.shape, name=value.name)
+            mapped.add(value.name)
+        elif value.name in large:
             weights[value.name] = _ort_value(tensor)
             value.const_value = ir.ExternalTensor("trtc-handed-over", offset=0, length=tensor.nbytes,
                                                   dtype=tensor.dtype, shape=tensor.shape, name=value.name)
@@ -141,11 +198,11 @@ def ort_model(model: ir.Model, fetch: Sequence[ir.Value] = ()) -> tuple[onnx.Mod
             # whole model would go the slow way below (every weight copied into a proto, then into onnxruntime)
             value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=value.name)
     proto = ir.serde.serialize_model(clone)
-    if any(tp.data_location == onnx.TensorProto.EXTERNAL and tp.name not in weights
+    if any(tp.data_location == onnx.TensorProto.EXTERNAL and tp.name not in weights and tp.name not in mapped
            for tp in iter_tensor_protos(proto)):  # external data outside the main graph's initializers
-        proto, weights = to_model_proto(model), {}
+        return OrtModel(to_model_proto(model), {})
     proto.graph.output.extend(ir.serde.serialize_value(v) for v in fetch)
-    return proto, weights
+    return OrtModel(proto, weights, folder if mapped else None)
 
 
 class ReferenceRunner:
@@ -180,11 +237,11 @@ class ReferenceRunner:
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            proto, weights = ort_model(model, self._fetch)
-            options.add_external_initializers(list(weights), list(weights.values()))
-            self._weights = weights  # the session may read their memory: keep it alive
+            loaded = ort_model(model, self._fetch)
+            loaded.session_options(options)
+            self._weights = loaded.weights  # the session may read their memory: keep it alive
             self._session = ort.InferenceSession(
-                proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                loaded.proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for every failure
             # Loading sees no inputs: a refusal here is about what onnxruntime supports (ops, op
             # versions, types), so onnx.reference may stand in; where the model itself is broken,
