@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from trtc.errors import CheckFailed, TrtcError
+from trtc.ir.weightless import refuse_unrefitted, refuse_weightless
 from trtc.loading import open_model
 from trtc.reference.feeds import (
     FeedOptions,
@@ -59,6 +60,7 @@ def executable_for(path: str | Path) -> Executable:
     if path.suffix in PLAN_SUFFIXES:
         return _engine_executable(path)
     artifact = open_model(path)
+    refuse_weightless(artifact.model, str(path), "run it on the CPU reference")
     inputs = model_inputs(artifact.model)
     precision = artifact.meta.get("precision")
     model, how = artifact.model, "CPU reference"
@@ -89,6 +91,7 @@ def _engine_executable(path: Path) -> Executable:
     from trtc.runtime.engine import EngineRunner, no_gpu_reason
 
     sidecar = read_sidecar(path)
+    refuse_unrefitted(sidecar, str(path))
     reason = no_gpu_reason()
     if reason is not None:
         raise TrtcError(f"cannot run a TensorRT engine here: {reason}", where=str(path),

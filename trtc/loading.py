@@ -22,15 +22,17 @@ def artifact_kind(path: Path) -> str:
     return "trtir" if head == MAGIC else "onnx"
 
 
-def open_model(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None = None) -> Artifact:
+def open_model(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None = None, *,
+               weightless: bool = False) -> Artifact:
     """An IR model from a `.trtir` artifact or an ONNX file (checked and canonicalized, the inputs
-    named in `freeze` made constants)."""
+    named in `freeze` made constants; with `weightless`, a weight-stripped one taken: `parse_onnx`). A .trtir
+    records whether it was parsed so."""
     path = Path(path)
     if artifact_kind(path) == "trtir":
         if freeze:
             raise TrtcError("--freeze applies to .onnx models; this artifact is already parsed", where=str(path),
                             hint="freeze the inputs when parsing: trtc parse MODEL.onnx --freeze NAME=VALUES")
         return load_artifact(path)
-    artifact = parse_onnx(path, freeze)
+    artifact = parse_onnx(path, freeze, weightless=weightless)
     artifact.path = path
     return artifact

@@ -262,7 +262,8 @@ def _reusable(path: Path, matches: Callable[[dict[str, Any]], bool]) -> dict[str
     return header if header.get("trtc_version") == __version__ and matches(header) else None
 
 
-def _compile_parse(model: Path, out: Path, freeze: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+def _compile_parse(model: Path, out: Path, freeze: Mapping[str, Any], weightless: bool = False
+                   ) -> tuple[dict[str, Any], bool]:
     from trtc.fileio import file_sha256
     from trtc.frontend import parse_onnx
     from trtc.frontend.freeze import freeze_fingerprints
@@ -273,7 +274,7 @@ def _compile_parse(model: Path, out: Path, freeze: Mapping[str, Any]) -> tuple[d
     header = _reusable(out, lambda h: h.get("input_hash") == input_hash and h["stage"] == "parse")
     if header:
         return header, True
-    artifact = parse_onnx(model, freeze)
+    artifact = parse_onnx(model, freeze, weightless=weightless)
     return save_artifact(artifact.model, out, artifact.meta), False
 
 
@@ -368,11 +369,12 @@ def _compile_compare_llm(parsed: Path, optimized: Path, layout: Mapping[str, Any
 def compile_model(model: str | Path, outdir: str | Path, *, optimize_options: OptimizeOptions = OptimizeOptions(),
                   build_options: BuildOptions | None = None, feeds: FeedOptions | None = None,
                   freeze: Mapping[str, Any] | None = None, cache: bool = True, cache_dir: Path | None = None,
-                  progress: Progress = None) -> dict[str, Any]:
+                  progress: Progress = None, weightless: bool = False) -> dict[str, Any]:
     """parse -> optimize -> build -> compare into `outdir`, each stage reused while its input and
     options are unchanged (content hashes in the artifacts' headers and the engine's sidecar);
     returns the report, also written as report.json / report.md. Calibration uses `feeds` (each
-    dynamic input at its OPT shape unless given); the comparison uses other seeds."""
+    dynamic input at its OPT shape unless given); the comparison uses other seeds. `weightless`: a
+    weight-stripped model (`parse_onnx`), whose comparison is skipped (there are no values to run)."""
     import json
     import time
 
@@ -397,12 +399,15 @@ def compile_model(model: str | Path, outdir: str | Path, *, optimize_options: Op
             stages[name]["output"] = str(paths[name])
         return result
 
-    parsed = timed("parse", _compile_parse, model, paths["parse"], freeze or {})
+    parsed = timed("parse", _compile_parse, model, paths["parse"], freeze or {}, weightless)
     optimized = timed("optimize", _compile_optimize, paths["parse"], parsed, paths["optimize"], optimize_options,
                       feeds, progress)
     sidecar = timed("build", _compile_build, paths["optimize"], optimized, paths["build"], build_options,
                     cache=cache, cache_dir=cache_dir, progress=progress)
-    if optimized.get("llm"):
+    if optimized.get("weightless"):
+        comparison = {"skipped": f"{len(optimized['weightless'])} weight(s) have no values (weight-stripped model)",
+                      "outputs": {}}
+    elif optimized.get("llm"):
         comparison = timed("compare", _compile_compare_llm, paths["parse"], paths["optimize"], optimized["llm"],
                            feeds.with_seed(feeds.seed + 1000))
     else:

@@ -28,10 +28,13 @@ def report_markdown(report: Mapping[str, Any]) -> str:
                          "--precision` lists them all")
     else:
         lines.append("fp32 (no precision pass requested).")
-    lines += ["", f"## Predicted error ({report['predicted']['runs_on']} vs fp32 reference)", "",
-              "| output | max abs error | max error / range | cosine |", "|---|---|---|---|"]
-    lines += [f"| {n} | {m['max_abs_error']:.3g} | {m['max_rel_error']:.3g} | {m['cosine']:.6f} |"
-              for n, m in report["predicted"]["outputs"].items()]
+    if report["predicted"].get("skipped"):  # nothing ran: a weight-stripped model
+        lines += ["", "## Predicted error", "", f"Not predicted: {report['predicted']['skipped']}."]
+    else:
+        lines += ["", f"## Predicted error ({report['predicted']['runs_on']} vs fp32 reference)", "",
+                  "| output | max abs error | max error / range | cosine |", "|---|---|---|---|"]
+        lines += [f"| {n} | {m['max_abs_error']:.3g} | {m['max_rel_error']:.3g} | {m['cosine']:.6f} |"
+                  for n, m in report["predicted"]["outputs"].items()]
     engine = report["engine"]
     # The stage table times this run; a reused engine was built earlier, and says so.
     built = (f"reused (built in {engine['build_seconds']:.1f}s when first made)" if report["stages"]["build"]["reused"]

@@ -21,6 +21,7 @@ from trtc.cli.options import (
     to_feed_options,
     to_llm_options,
     to_precision_options,
+    weightless_option,
 )
 
 
@@ -29,8 +30,9 @@ from trtc.cli.options import (
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The .trtir artifact to write.")
 @freeze_option
+@weightless_option
 @json_option
-def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> None:
+def parse(model: Path, output: Path, freeze: tuple[str, ...], weightless: bool, as_json: bool) -> None:
     """ONNX model -> checked, canonical, shape-inferred .trtir artifact."""
     import time
 
@@ -39,11 +41,11 @@ def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> 
     from trtc.ir import save_artifact
 
     start = time.perf_counter()
-    artifact = parse_onnx(model, parse_freeze_specs(freeze))
+    artifact = parse_onnx(model, parse_freeze_specs(freeze), weightless=weightless)
     header = save_artifact(artifact.model, output, artifact.meta)
     info = {"output": str(output), "nodes": len(artifact.model.graph),
             "content_hash": header["content_hash"], "seconds": round(time.perf_counter() - start, 3),
-            **header["parse"]}
+            **header["parse"], "weightless": header.get("weightless", [])}
     if as_json:
         echo_json(info)
         return
@@ -53,11 +55,46 @@ def parse(model: Path, output: Path, freeze: tuple[str, ...], as_json: bool) -> 
         click.echo(f"note: {info['opset_note']}")
     if info["frozen"]:
         click.echo(f"frozen (now constants): {', '.join(info['frozen'])}")
+    if weightless:
+        click.echo(weightless_text(info["weightless"]))
     for warning in info.get("shape_warnings") or ():
         click.echo(f"warning: {warning}")
     if info["unknown_shapes"]:
         click.echo(f"note: {len(info['unknown_shapes'])} values without inferred shape "
                    f"(see `trtc inspect {output}`)")
+
+
+def weightless_text(missing: list[dict]) -> str:
+    """What `parse --weightless` says of the weights the model lacks."""
+    if not missing:
+        return "note: --weightless: every weight holds its data; parsed as a full model"
+    from trtc.ir.weightless import names_text
+
+    return (f"weightless: {len(missing)} weight(s) without data ({names_text([m['name'] for m in missing])}): "
+            "`trtc build` makes a refittable plan stripped of them")
+
+
+def precision_needs_values(precision) -> Exception:
+    """--fp16/--bf16/--int8/... on a weight-stripped model: its weights' values are what they convert and calibrate."""
+    from trtc.errors import TrtcError
+
+    option = precision.quantize or ("int4-weights" if precision.int4_weights else precision.target)
+    return TrtcError("a precision pass converts weights and calibrates on the CPU reference: both need the values a "
+                     "weight-stripped model does not hold", where=f"--{option}",
+                     hint="build the weight-stripped model in fp32, or give the model with its weights")
+
+
+def refuse_needing_values(artifact, verify: str | None, precision) -> None:
+    """Refuse, before any work, what would read the weights a --weightless model lacks: --verify (the CPU reference)
+    and a precision pass."""
+    from trtc.ir.weightless import refuse_weightless, weightless_values
+
+    if not weightless_values(artifact.model):
+        return
+    if precision is not None:
+        raise precision_needs_values(precision)
+    if verify:
+        refuse_weightless(artifact.model, str(artifact.path or verify), "verify the passes on the CPU reference")
 
 
 def _list_passes(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -85,6 +122,7 @@ def _list_passes(ctx: click.Context, _param: click.Parameter, value: bool) -> No
               help="List the passes with their descriptions and exit.")
 @click.option("--verify", is_flag=True, help="Check every pass numerically against the CPU reference.")
 @freeze_option
+@weightless_option
 @input_options
 @click.option("--fold-max-mb", type=click.FloatRange(min=0),
               help="Largest tensor constant folding may create (MB; default 64).")
@@ -94,8 +132,8 @@ def _list_passes(ctx: click.Context, _param: click.Parameter, value: bool) -> No
 @precision_options
 @llm_options
 @json_option
-def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, inputs, seed, ranges, shapes,
-             fold_max_mb, report_path, dump_after, as_json, **flags) -> None:
+def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, weightless, inputs, seed, ranges,
+             shapes, fold_max_mb, report_path, dump_after, as_json, **flags) -> None:
     """Optimize an .onnx/.trtir: folding, clean-ups, fusions into TensorRT-native ops."""
     import json
 
@@ -114,7 +152,8 @@ def optimize(artifact: Path, output: Path, pass_list, disable, verify, freeze, i
     select_passes(options.passes, options.disable)
     for name in dump_after:
         select_passes([name])  # validates the name
-    loaded = open_model(artifact, parse_freeze_specs(freeze))
+    loaded = open_model(artifact, parse_freeze_specs(freeze), weightless=weightless)
+    refuse_needing_values(loaded, "--verify" if verify else None, options.precision)
 
     def dump(name: str, model) -> None:
         if name in dump_after:
@@ -163,12 +202,13 @@ def _report_table(report) -> str:
               help="Write the network's layers before the build (index, type, name, ONNX node, inputs, outputs' "
                    "dtype and shape) as JSON to FILE; '-' prints them (with --json, as 'layers').")
 @freeze_option
+@weightless_option
 @precision_options
 @llm_options
 @input_options
 @json_option
-def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, seed, ranges, shapes, as_json,
-          dump_layers, **flags) -> None:
+def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, weightless, inputs, seed, ranges, shapes,
+          as_json, dump_layers, **flags) -> None:
     """Build a TensorRT engine from an .onnx or .trtir (parsed and optimized on the fly).
 
     --input/--shape/--range/--seed give the calibration data of --fp16/--bf16 (default: seeded
@@ -184,7 +224,8 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
     feeds = to_feed_options(inputs, seed, ranges, shapes)
     if not dry_run and output is None:
         raise TrtcError("missing -o/--output", where="trtc build", hint="name the .plan to write")
-    loaded = open_model(artifact, parse_freeze_specs(freeze))
+    loaded = open_model(artifact, parse_freeze_specs(freeze), weightless=weightless)
+    refuse_needing_values(loaded, None, optimize_options.precision)
     progress = None if as_json else progress_line()
     if dry_run:
         report = support(loaded, options, optimize_options=optimize_options, feeds=feeds, progress=progress)
@@ -225,23 +266,26 @@ def build(artifact: Path, output, no_cache, cache_dir, dry_run, freeze, inputs, 
               help="Folder for every artifact and the report.")
 @build_options
 @freeze_option
+@weightless_option
 @precision_options
 @llm_options
 @input_options
 @json_option
-def compile_cmd(model: Path, outdir: Path, freeze, inputs, seed, ranges, shapes, as_json, no_cache, cache_dir,
-                **flags) -> None:
+def compile_cmd(model: Path, outdir: Path, freeze, weightless, inputs, seed, ranges, shapes, as_json, no_cache,
+                cache_dir, **flags) -> None:
     """parse -> optimize -> build -> compare in one go; unchanged stages are reused."""
     from trtc.frontend.freeze import parse_freeze_specs
     from trtc.pipeline import OptimizeOptions, compile_model
 
     build_opts = to_build_options(flags)
     optimize_options = OptimizeOptions(precision=to_precision_options(flags), llm=to_llm_options(flags))
+    if weightless and optimize_options.precision:
+        raise precision_needs_values(optimize_options.precision)
     feeds = to_feed_options(inputs, seed, ranges, shapes)
     progress = None if as_json else progress_line()
     report = compile_model(model, outdir, optimize_options=optimize_options, build_options=build_opts, feeds=feeds,
                            freeze=parse_freeze_specs(freeze), cache=not no_cache, cache_dir=cache_dir,
-                           progress=progress)
+                           progress=progress, weightless=weightless)
     if progress:
         progress("")
     if as_json:

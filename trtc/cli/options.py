@@ -160,6 +160,15 @@ def freeze_option(fn):
                              "(repeatable; for parameters exported as inputs: axes, pads, scales, K, ...).")(fn)
 
 
+def weightless_option(fn):
+    """--weightless: a weight-stripped .onnx is taken (parse, optimize, build, compile)."""
+    return click.option("--weightless", is_flag=True,
+                        help="Take a weight-stripped .onnx (initializers without data, as `polygraphy surgeon "
+                             "weight-strip` writes them) and build a refittable plan stripped of those weights, to be "
+                             "refitted with them; nothing that needs their values (run, compare, calibration) runs "
+                             "on it.")(fn)
+
+
 def json_option(fn):
     """--json: the result as JSON on stdout. trtc.cli.main also looks for it, to print an error as a
     JSON object on stdout rather than a line on stderr."""

@@ -25,6 +25,7 @@ from trtc.frontend.node_rules import check_node_rules
 from trtc.frontend.shapes import infer_shapes
 from trtc.frontend.typecheck import check_types
 from trtc.ir import Artifact, all_initializers, onnx_load
+from trtc.ir.weightless import mark_weightless, weightless_record
 
 
 def _absolute_weight_paths(model: ir.Model, model_dir: Path) -> None:
@@ -46,14 +47,17 @@ def parse_input_hash(source_sha: str, frozen: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps([source_sha, frozen], sort_keys=True).encode()).hexdigest()
 
 
-def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None = None) -> Artifact:
+def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None = None, *,
+               weightless: bool = False) -> Artifact:
     """Load, check, canonicalize and shape-infer an ONNX model. Weights stay on disk.
 
     Weights embedded in the .onnx stay in the file too: every proto-level step runs on a skeleton
     that points at their bytes (see `onnx_load.read_model_skeleton`), and the IR holds them as
     read-only views of one memory map of the file, never as copies.
 
-    `freeze` maps graph input names to values (array, .npy path or literal) that make them constants."""
+    `freeze` maps graph input names to values (array, .npy path or literal) that make them constants.
+    `weightless` (`--weightless`) takes a weight-stripped model: the main graph's initializers without data
+    become `WeightlessTensor`s, listed in the metadata's "weightless" (see trtc/ir/weightless.py)."""
     path = Path(path)
     frozen = freeze_fingerprints(freeze or {})
     if not path.is_file():
@@ -63,7 +67,7 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
     with ThreadPoolExecutor(max_workers=1) as pool:
         source_sha = pool.submit(file_sha256, path)
         try:
-            artifact = _parse(path, freeze, frozen)
+            artifact = _parse(path, freeze, frozen, weightless)
         except BaseException:
             source_sha.cancel()
             raise
@@ -72,7 +76,8 @@ def parse_onnx(path: str | os.PathLike, freeze: Mapping[str, FreezeValue] | None
     return artifact
 
 
-def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[str, str]) -> Artifact:
+def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[str, str], weightless: bool
+           ) -> Artifact:
     """`parse_onnx` but for the source's hashes, which the caller fills in."""
     proto, embedded = onnx_load.read_model_skeleton(path)
     onnx_load.check_opsets(proto, path)
@@ -80,7 +85,7 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
     proto, contrib = rewrite_contrib_ops(proto, str(path))  # onnxruntime's contrib ops: standard ONNX from here
     onnx_load.check_ops(proto, path)
     onnx_load.check_external_data(proto, path, embedded)
-    onnx_load.check_tensor_data(proto, path)
+    stripped = onnx_load.check_tensor_data(proto, path, weightless=weightless)
     onnx_load.check_structure(proto, path)
     negative = unknown_negative_dims(proto)  # before anything reads a declared shape
     if proto.functions:
@@ -93,6 +98,7 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
         raise TrtcError(f"malformed graph: {str(exc).splitlines()[0]}", where=str(path),
                         hint="re-export the model") from None
     del proto
+    mark_weightless(model, stripped)  # before anything reads a weight: theirs raise WeightMissing
     embedded.restore(model)  # before the paths are made absolute: it matches the skeleton's entries
     _absolute_weight_paths(model, path.parent)
     freeze_inputs(model, freeze or {}, where=f"{path}: --freeze")
@@ -116,6 +122,8 @@ def _parse(path: Path, freeze: Mapping[str, FreezeValue] | None, frozen: dict[st
             "shape_warnings": shape_warnings,
         },
     }
+    if stripped:
+        meta["weightless"] = weightless_record(model)
     return Artifact(model=model, meta=meta)
 
 

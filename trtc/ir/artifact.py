@@ -36,6 +36,7 @@ from trtc.errors import TrtcError
 from trtc.fileio import atomic_writer
 from trtc.ir.splat import SplatTensor
 from trtc.ir.walk import all_initializers
+from trtc.ir.weightless import has_no_data, is_weightless, weightless_record, weightless_tensor
 
 MAGIC = b"TRTIR\x00\r\n"
 FORMAT_VERSION = 1
@@ -122,6 +123,9 @@ def _write_blob(model: ir.Model, out):
     splats: list[dict[str, Any]] = []
     for value in all_initializers(model.graph):
         tensor = value.const_value
+        if is_weightless(tensor):  # stays inline as it came, without data: its declaration is its identity
+            h.update(f"weightless:{value.name}:{tensor.dtype.name}:{list(tensor.shape.numpy())}".encode())
+            continue
         if tensor is None or tensor.nbytes == 0:
             continue  # empty tensors stay inline in the proto (nothing to map)
         if isinstance(tensor, SplatTensor):
@@ -209,6 +213,7 @@ def save_artifact(model: ir.Model, path: str | os.PathLike, meta: dict[str, Any]
     format, versions, offsets and hashes are filled in here.
     """
     path = Path(path)
+    meta = _with_weightless(model, meta)
     with atomic_writer(path) as out:
         out.write(MAGIC)
         swapped, blob_sha, references, splats = _write_blob(model, out)
@@ -233,6 +238,14 @@ def save_artifact(model: ir.Model, path: str | os.PathLike, meta: dict[str, Any]
         out.write(struct.pack("<Q", len(data)))
         out.write(MAGIC)
     return header
+
+
+def _with_weightless(model: ir.Model, meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` with "weightless" listing the weights the model holds no values for as it is now (a pass may have
+    removed some), or without the entry where it holds all of them."""
+    meta = {k: v for k, v in meta.items() if k != "weightless"}
+    missing = weightless_record(model)
+    return {**meta, "weightless": missing} if missing else meta
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -307,6 +320,8 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
             dtype = ir.DataType(entry["dtype"])
             element = np.frombuffer(bytes.fromhex(entry["value"]), dtype=dtype.numpy())[0]
             value.const_value = SplatTensor(element, tuple(entry["shape"]), dtype, name=t.name)
+        elif isinstance(t, ir.TensorProtoTensor) and has_no_data(t.raw):  # written by `_write_blob` as it came
+            value.const_value = weightless_tensor(t.raw)
         elif isinstance(t, ir.ExternalTensor) and t.location == SELF:
             value.const_value = ir.ExternalTensor(
                 abspath, offset=blob_offset + t.offset, length=t.length,

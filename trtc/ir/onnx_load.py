@@ -26,6 +26,8 @@ from google.protobuf.message import DecodeError
 
 from trtc.errors import TrtcError
 from trtc.ir.walk import all_graphs
+from trtc.ir.weightless import OPTION as WEIGHTLESS_OPTION
+from trtc.ir.weightless import has_no_data
 
 # Domains whose ops have ONNX schemas (so the CPU reference can run them).
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training"}
@@ -542,7 +544,8 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
                 elif attr.type == onnx.AttributeProto.TENSORS:
                     tensors.extend(attr.tensors)
         for tensor in tensors:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.HasField("raw_data"):
+            external = tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.HasField("raw_data")
+            if external or has_no_data(tensor):  # no data: a weight-stripped model's (check_tensor_data let it be)
                 # Zero elements and no data is a valid tensor; the checker reads no shapes from it
                 # (no full check), so the node checks are the same as on the real one.
                 del tensor.external_data[:]
@@ -735,8 +738,7 @@ def _tensor_data_problem(tensor: onnx.TensorProto, model_dir: Path) -> str | Non
     if not typed:
         if elements == 0:
             return None
-        return (f"{what}: {_described(tensor, dtype)} holds no data (a weight-stripped model? "
-                "give the model with its weights)")
+        return f"{what}: {_described(tensor, dtype)} holds no data (a weight-stripped model?)"
     field, count = typed[0]
     if len(typed) > 1 or tensor.data_type not in _TYPED_FIELDS[field]:
         return f"{what}: {dtype.name.lower()} values in {', '.join(f for f, _ in typed)}"
@@ -746,14 +748,24 @@ def _tensor_data_problem(tensor: onnx.TensorProto, model_dir: Path) -> str | Non
     return None
 
 
-def check_tensor_data(proto: onnx.ModelProto, path: Path) -> None:
+def check_tensor_data(proto: onnx.ModelProto, path: Path, *, weightless: bool = False) -> list[str]:
     """Refuse tensors whose data does not match their dims and type (too few or too many bytes, none
-    at all), every one named at once: read as declared, they would be garbage or a read past a buffer."""
-    problems = [p for t in iter_tensor_protos(proto) if (p := _tensor_data_problem(t, path.parent))]
+    at all), every one named at once: read as declared, they would be garbage or a read past a buffer.
+    With `weightless` (`--weightless`), the main graph's initializers that hold no data at all are a
+    weight-stripped model's and pass; their names are returned. Wrongly sized data is refused all the same."""
+    stripped = [t for t in proto.graph.initializer if weightless and has_no_data(t)]
+    skipped = {id(t) for t in stripped}
+    problems = [p for t in iter_tensor_protos(proto)
+                if id(t) not in skipped and (p := _tensor_data_problem(t, path.parent))]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        hint = "the file is truncated, stripped of its weights or exported incorrectly; re-export it"
+        if not weightless and any(p.endswith("(a weight-stripped model?)") for p in problems):
+            hint = (f"give the model with its weights, or parse it with {WEIGHTLESS_OPTION} to build a refittable "
+                    "engine that gets them later")
         raise TrtcError(f"{len(problems)} tensor(s) whose data does not match their dims: {shown}", where=str(path),
-                        hint="the file is truncated, stripped of its weights or exported incorrectly; re-export it")
+                        hint=hint)
+    return [t.name for t in stripped]
 
 
 def _span(info: dict[str, str]) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.ir.walk import all_graphs
+from trtc.ir.weightless import is_weightless
 
 log = logging.getLogger(__name__)
 Match = TypeVar("Match")
@@ -41,6 +42,8 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
         return None
     if value.is_graph_input():
         return None  # an overridable default is not a constant
+    if is_weightless(value.const_value):
+        return None  # a weight the model leaves out (--weightless): no pass may compute with made-up values
     return value.const_value.numpy()
 
 

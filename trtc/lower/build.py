@@ -20,6 +20,7 @@ import onnx_ir as ir
 from trtc import __version__
 from trtc.errors import TrtcError
 from trtc.fileio import NO_SPACE, file_sha256, place_file, write_atomic
+from trtc.ir.weightless import weightless_record, weightless_values
 from trtc.lower.backend import Backend
 from trtc.lower.layers import layer_listing, layer_type_counts
 from trtc.lower.network import Watch, build_failure, dims_of, lower
@@ -142,6 +143,9 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
     if options.strip_weights:
         config.set_flag(trt.BuilderFlag.STRIP_PLAN)
         config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)
+    refit = refit_weights(model, lowered.network, options, where)
+    if refit:
+        set_refit_flags(config, trt)
     timing_cache = None
     if options.timing_cache:
         if not backend.has_timing_cache:
@@ -170,7 +174,10 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
     listing = layer_listing(lowered.network) if options.list_layers else None  # before the builder runs
     plan = lowered.builder.build_serialized_network(lowered.network, config)
     if plan is None:
-        raise build_failure(lowered, lowered.logger.errors[logged:], where)
+        errors = lowered.logger.errors[logged:]
+        if refit or options.strip_weights:
+            _check_refit_built(backend, errors, where)
+        raise build_failure(lowered, errors, where)
     if timing_cache is not None:
         write_atomic(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
     view = memoryview(plan)
@@ -191,10 +198,49 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         "build_seconds": round(time.perf_counter() - start, 3),
         "warnings": lowered.logger.warnings[-20:],
     }
+    if refit:
+        sidecar["refit"] = {"needed": True, "weights": refit, "flags": list(REFIT_FLAGS)}
     if plan_file is not None:
         _write_plan_file(plan_file, view)
         return BuildResult(sidecar, cached=False, layers=listing, plan_file=plan_file)
     return BuildResult(sidecar, cached=False, layers=listing, data=bytes(view))
+
+
+# A weight-stripped model's engine: only the weights it lacks are refittable (marked by `LowerCtx.refittable`),
+# and stripped from the plan. Not REFIT_IDENTICAL (--strip-weights): that lets TensorRT assume the refitted values
+# are the ones built with, which here are zeros standing in for the real ones. Not REFIT: it would make every
+# weight refittable and strip the ones the model has too, which trtc does not name for a refit.
+REFIT_FLAGS = ("REFIT_INDIVIDUAL", "STRIP_PLAN")
+
+
+def refit_weights(model: ir.Model, network, options: BuildOptions, where: str) -> list[dict[str, Any]]:
+    """The weights the model leaves out (`--weightless`) that the network holds as refittable constants: what the
+    plan will be refitted with (name, type, shape), in the graph's order; [] for a model with all its weights."""
+    names = {v.name for v in weightless_values(model) if network.are_weights_marked_refittable(v.name)}
+    if names and options.strip_weights:
+        raise TrtcError("--strip-weights builds a plan refitted with the weights it was built with, and this model "
+                        "holds no values for some of them (weight-stripped)", where="--strip-weights",
+                        hint="drop --strip-weights: the plan of a --weightless model is stripped of the weights it "
+                             "lacks, to be refitted with them")
+    return [entry for entry in weightless_record(model) if entry["name"] in names]
+
+
+def set_refit_flags(config, trt) -> None:
+    """`REFIT_FLAGS` on a builder config."""
+    for flag in REFIT_FLAGS:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+
+
+def _check_refit_built(backend: Backend, errors: list[str], where: str) -> None:
+    """A refittable build that failed in TensorRT-RTX's code generator for want of CUDA: one line saying so.
+    (TensorRT-RTX 1.7 builds plain engines without a GPU but compiles a refittable one's graph with CUDA; checked
+    on a machine without one: MyelinCheckException, CHECK(status == CUDA_SUCCESS).)"""
+    if not any("CUDA_SUCCESS" in e for e in errors):
+        return
+    raise TrtcError(f"{backend.name} {backend.version} cannot build a refittable, weight-stripped engine on a "
+                    "machine without an NVIDIA GPU (its code generator needs CUDA for one)", where=where,
+                    hint="build it where there is a GPU and its driver (the plan still runs on every target), or give "
+                         "the model with its weights")
 
 
 def _write_plan_file(path: Path, plan: memoryview) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from trtc.errors import TrtcError
+from trtc.ir.weightless import is_weightless
 from trtc.lower.backend import Backend
 
 
@@ -136,12 +137,31 @@ class LowerCtx:
         if value in self.tensors:
             return self.tensors[value]
         data = self.const(value)
-        if data is not None:
+        if data is not None or is_weightless(value.const_value):
             key = ("value", value)  # in `_shared`, so that a subgraph's scope keeps its own
             if key not in self._shared:
-                self._shared[key] = self.constant(data, value.name)
+                self._shared[key] = self.constant(data, value.name) if data is not None else self.refittable(value)
             return self._shared[key]
         raise TrtcError(f"value {value.name!r} has no TensorRT tensor (its producer was not lowered)")
+
+    def refittable(self, value: ir.Value):
+        """A constant layer for a weight the model leaves out (`--weightless`): zeros of its type and shape, its
+        weights named as the initializer and marked refittable, so that the plan is built without them and
+        refitted with them by that name. Never shared by content nor known as data (`constant_data`): no
+        reshape, cast or fold here may turn the zeros into a value of the engine."""
+        tensor = value.const_value
+        zeros = np.zeros(tuple(tensor.shape.numpy()), tensor.dtype.numpy())
+        if held_array(zeros).dtype != zeros.dtype or zeros.dtype.name == "int4":
+            raise TrtcError(f"weight {value.name!r} is {tensor.dtype.name.lower()}, which TensorRT holds in another "
+                            "type: it cannot be left out of the plan to be refitted under its own name",
+                            hint="give the model with this weight's values")
+        layer = self.check(self.network.add_constant(zeros.shape, self._weights(zeros)))
+        layer.get_output(0).name = value.name
+        if not (self.network.set_weights_name(layer.weights, value.name)
+                and self.network.mark_weights_refittable(value.name)):
+            raise TrtcError(f"TensorRT refused weight {value.name!r} as refittable: "
+                            f"{self.tensorrt_error() or 'no reason logged'}")
+        return layer.get_output(0)
 
     def tensor_as(self, value: ir.Value, dtype):
         """`tensor(value)` as TensorRT type `dtype`; a constant is made in `dtype` directly, as a
@@ -217,8 +237,8 @@ class LowerCtx:
             return None
         if value in self.known:
             return self.known[value]
-        if value.const_value is None or value.is_graph_input():
-            return None
+        if value.const_value is None or value.is_graph_input() or is_weightless(value.const_value):
+            return None  # a weight the model leaves out is no constant to any converter: its values are unknown
         return value.const_value.numpy()
 
     def bind(self, value: ir.Value, output) -> None:

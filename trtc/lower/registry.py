@@ -15,6 +15,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from trtc.ir.weightless import is_weightless
 from trtc.lower.backend import auto_backend
 from trtc.lower.expand import expand_ops
 from trtc.lower.legalize import carry_issues, legalize_types
@@ -135,6 +136,8 @@ def constant_input(index: int, what: str = "") -> Constraint:
                 return f"{label} ({value.name!r}) must be a constant: give its value with --freeze {value.name}=VALUES"
             if value.const_value is None:
                 return f"{label} ({value.name!r}) must be a constant"
+            if is_weightless(value.const_value):
+                return f"{label} ({value.name!r}) must be a constant; the model holds no values for it (--weightless)"
         return None
 
     return Constraint(f"{label} constant", check)

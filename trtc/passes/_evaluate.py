@@ -14,6 +14,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from trtc.ir.rewrite import STANDARD_DOMAINS
+from trtc.ir.weightless import is_weightless
 
 # numpy dtypes onnxruntime's Python API takes as feeds; other constants travel as initializers.
 _FEEDABLE = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
@@ -25,8 +26,10 @@ class EvaluationError(Exception):
 
 
 def is_constant(value: ir.Value | None) -> bool:
-    """An initializer that is not an overridable graph input (None, an omitted input, counts)."""
-    return value is None or (value.const_value is not None and not value.is_graph_input())
+    """An initializer that is not an overridable graph input (None, an omitted input, counts), nor a weight a
+    weight-stripped model leaves out (--weightless): nothing is folded from values the model does not hold."""
+    return value is None or (value.const_value is not None and not value.is_graph_input()
+                             and not is_weightless(value.const_value))
 
 
 def is_standard(node: ir.Node) -> bool:

@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from trtc.ir.rewrite import STANDARD_DOMAINS
 from trtc.ir.walk import all_graphs
+from trtc.ir.weightless import is_weightless
 from trtc.passes.registry import PassContext, register_pass
 
 # Ops whose two evaluations on the same inputs may differ.
@@ -124,8 +125,9 @@ def _dedupe_initializers(graph: ir.Graph) -> int:
     merged = 0
     for value in list(graph.initializers.values()):
         tensor = value.const_value
-        # An initializer that is a graph input is an overridable default, not a constant.
-        if tensor is None or value in graph_inputs or value.is_graph_output():
+        # An initializer that is a graph input is an overridable default, not a constant; one a weight-stripped
+        # model leaves out (--weightless) has no values to compare: two of them are never one.
+        if tensor is None or value in graph_inputs or value.is_graph_output() or is_weightless(tensor):
             continue
         group = buckets.setdefault(_tensor_fingerprint(tensor), [])
         same = next((kept for kept in group if tensors_equal(kept.const_value, tensor)), None)

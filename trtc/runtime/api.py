@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtc.errors import TrtcError
+from trtc.ir.weightless import refuse_unrefitted, refuse_weightless
 from trtc.loading import open_model
 from trtc.reference.feeds import FeedOptions, frozen_inputs, load_feeds, model_inputs, model_outputs, validate_feeds
 from trtc.reference.runner import InputRejected, ReferenceRunner, summarize, time_runs
@@ -26,6 +27,7 @@ def run_reference_file(path: Path, feeds: FeedOptions | None = None, *, warmup: 
     it and `fallback_reason` why not onnxruntime; an input onnxruntime refuses is an error
     (never a reason to fall back), located at `path`, naming the inputs that were generated."""
     loaded = open_model(path)
+    refuse_weightless(loaded.model, str(path), "run it on the CPU reference")
     specs = model_inputs(loaded.model)
     given = load_feeds(specs, feeds, outputs=[s.name for s in model_outputs(loaded.model)],
                        frozen=frozen_inputs(loaded.model, loaded.meta))
@@ -76,6 +78,7 @@ def run_engine_file(path: Path, feeds: FeedOptions | None = None, *, warmup: int
     from trtc.runtime.engine import EngineRunner, no_gpu_reason, validate_engine_feeds
 
     sidecar = read_sidecar(path)
+    refuse_unrefitted(sidecar, str(path))
     verify_plan_bytes(path.read_bytes(), sidecar, str(path), trust=trust_plan)
     feeds = feeds or FeedOptions()
     feeds = dataclasses.replace(feeds, shapes=engine_opt_shapes(sidecar, feeds.shapes))
