@@ -107,7 +107,7 @@ def spawned_build(trtir: Path, shapes: str) -> tuple[float, float]:
 
 def release_seconds(rounds: int) -> float:
     """What `run_build` spends giving freed memory back first (`release_memory`), in this process."""
-    from trtc.lower.isolate import release_memory
+    from trtc.memory import release_memory
 
     times = []
     for _ in range(rounds):

@@ -304,3 +304,19 @@ def test_big_weights_are_converted_when_read_and_rounded_as_the_simulation_runs(
     for sample in samples:  # the outlier channels' softmax magnifies a last-ulp difference that flips a rounding
         np.testing.assert_allclose(seen["y"] if sample is samples[0] else ReferenceRunner(big).run(sample)["y"],
                                    ReferenceRunner(small).run(sample)["y"], rtol=0.05, atol=1e-4)
+
+
+def test_a_weight_read_for_its_range_is_not_left_mapped(tmp_path):
+    """The rules read every weight once for its range: a weight file's pages must not stay resident after
+    (a big model's fp32 weights beside everything the next stages hold); read again, it maps again."""
+    from trtc.precision.observe import Observation
+
+    array = RNG.standard_normal((64, 64)).astype(np.float32)
+    array.tofile(tmp_path / "w.bin")
+    value = ir.Value(name="w", const_value=ir.ExternalTensor("w.bin", offset=0, length=array.nbytes,
+                                                             dtype=ir.DataType.FLOAT, shape=ir.Shape([64, 64]),
+                                                             name="w", base_dir=tmp_path))
+    obs = Observation({}, {}, 1, {}, [], True)
+    assert obs.magnitude(value) == float(np.abs(array).max())
+    assert value.const_value.raw is None  # its map is closed
+    np.testing.assert_array_equal(value.const_value.numpy(), array)

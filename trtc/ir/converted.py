@@ -9,10 +9,10 @@ onnxruntime), and whoever asks for its elements gets them converted then.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import onnx_ir as ir
+
+from trtc.memory import unmap
 
 # Elements converted at a time when a converted weight is written (64 MiB of fp32).
 _SLICE_ELEMENTS = 16 << 20
@@ -22,14 +22,6 @@ def convert(array: np.ndarray, dtype: ir.DataType) -> np.ndarray:
     """`array`'s elements in float type `dtype`, rounded to nearest even (overflow gives +-inf, as a Cast does)."""
     with np.errstate(over="ignore"):  # out-of-range weights only reach here when forced
         return array.astype(np.float32, copy=False).astype(dtype.numpy())
-
-
-def unmap(tensor: ir.TensorProtocol) -> None:
-    """Close the map a weight file's tensor was read through: its pages would stay resident after the
-    read (a big model's fp32 weights). It maps the file again if read again."""
-    if isinstance(tensor, ir.ExternalTensor):
-        with contextlib.suppress(BufferError):  # an array of its bytes is still in use: it stays mapped
-            tensor.release()
 
 
 class ConvertedTensor(ir.LazyTensor):

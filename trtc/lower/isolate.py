@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
-import gc
 import logging
 import mmap
 import os
@@ -47,6 +46,7 @@ from trtc.errors import TrtcError
 from trtc.fileio import atomic_path, publish, remove_stale_temporaries
 from trtc.lower.backend import Backend
 from trtc.lower.build import BuildOptions, BuildResult, build_engine
+from trtc.memory import release_memory
 
 NO_ISOLATE_VAR = "TRTC_NO_ISOLATE"
 Progress = Callable[[str], None] | None
@@ -68,26 +68,6 @@ def run_build(model: ir.Model, meta: Mapping[str, Any], backend: Backend, option
         result = build_engine(model, meta, backend, options, where=where, progress=progress, plan_file=tmp)
     result.plan_file = Path(output)
     return result
-
-
-def release_memory() -> None:
-    """Give back what earlier stages freed before TensorRT copies the weights: dead IR models (graphs are
-    reference cycles, so their weights wait for the cyclic collector) and the freed blocks glibc's malloc keeps
-    (arrays under its mmap threshold, up to 32 MB, come from its heap). After compile's precision pass on the
-    1.21 B-parameter model of benchmarks/big_model.py, the process held 7.4 GB of both going into the build.
-    The full collection (70 ms for trtc's 90k objects on a loaded machine) is skipped under 1 GB resident."""
-    if _resident_bytes() >= 1 << 30:
-        gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # glibc only; well under a millisecond
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 1 << 62  # unknown: collect
 
 
 def in_process_reason(options: BuildOptions) -> str | None:

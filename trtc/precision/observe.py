@@ -14,6 +14,7 @@ import onnx_ir as ir
 from trtc.errors import TrtcError
 from trtc.ir.splat import is_splat
 from trtc.ir.walk import has_subgraphs
+from trtc.memory import unmap
 from trtc.precision.subgraphs import MIN_OPSET, BodyStats, instrument
 from trtc.reference.runner import ReferenceRunner
 
@@ -41,6 +42,8 @@ class Observation:
             data = tensor.value if is_splat(tensor) else tensor.numpy()  # a splat: its one element
             if data.dtype.kind == "f" and tensor.size:
                 self.max_abs[value.name] = float(np.abs(data.astype(np.float32)).max())
+            del data
+            unmap(tensor)  # a big model's fp32 weights, read once here: not resident from now on
         return self.max_abs.get(value.name, 0.0)
 
 
