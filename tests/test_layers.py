@@ -11,7 +11,7 @@ import trtc
 PACKAGE = Path(trtc.__file__).parent
 # Shared services (0), the stages in pipeline order (1-5), the typed API and CLI on top (6).
 LAYERS = {
-    "errors": 0, "fileio": 0, "ir": 0, "reference": 0,
+    "errors": 0, "fileio": 0, "memory": 0, "ir": 0, "reference": 0,
     "frontend": 1, "loading": 1,
     "passes": 2,
     "precision": 3,

@@ -317,7 +317,7 @@ def _compile_compare(parsed: Path, optimized: Path, feeds: FeedOptions) -> dict[
     import numpy as np
 
     from trtc.compare import executable_for
-    from trtc.lower.isolate import release_memory
+    from trtc.memory import release_memory
     from trtc.reference.metrics import error_metrics
 
     # One model at a time: each CPU session holds its own copy of the weights (9.7 GB for the fp32 reference
