@@ -262,27 +262,24 @@ def findings(results: list[dict], weight_bytes: int, parser: dict | None) -> lis
              f"{gb('build')} GB ({stage.get('build', 0) / weight_bytes:.2f}x)" +
              (f"; trtc's fp32 build stage {_gb(max(s['peak_pss'] for s in fp32['stages'] if s['stage'] == 'build'))}"
               " GB, the parser's parse + build " + _gb(parser["peak_pss"]) + " GB." if fp32 else "."), "",
-             f"Written: {_gb(fp16['written'])} GB = the fp16 weights once (model.opt.trtir, {_gb(weights16)} GB) + "
-             f"the engine ({_gb(plan)} GB) twice: the build child writes it to a temporary file beside model.plan, "
-             "and the parent writes model.plan from it.", "",
+             f"Written: {_gb(fp16['written'])} GB; the fp16 weights (model.opt.trtir) {_gb(weights16)} GB and the "
+             f"engine (model.plan) {_gb(plan)} GB, each written once: the precision pass converts the weights as it "
+             "saves them (`trtc.ir.converted`), the build child writes the plan beside model.plan and it is renamed.",
+             "",
              "Where the memory goes (the stages above; what each holds was measured on this model by the "
              "function in one process):",
-             f"- `precision: observe` ({gb('precision: observe')} GB): the fp32 calibration run on onnxruntime. The "
-             f"fp32 weights' file pages ({_gb(weight_bytes)} GB, memory-mapped and read) plus onnxruntime's own copy "
-             "of every weight handed to it (`SessionOptions.add_external_initializers` copies them, whatever the "
-             "prepacking and arena settings; onnxruntime maps a model file's external data without a copy), plus "
-             "every value of the first sample (`Observation.first`).",
-             f"- `precision: predict` ({gb('precision: predict')} GB, the peak): the simulation of the typed model "
-             f"(`precision/simulate.simulation_model`) holds fp32 copies of the fp16 weights ({_gb(weight_bytes)} "
-             "GB) and onnxruntime copies them again, while the fp16 weights and the fp32 file pages are still held. "
-             "Keeping the fp16 weights with Casts in the simulated graph (exact: fp16 -> fp32 is) and mapping "
-             f"the weights instead of handing them over would take about {_gb(2 * weight_bytes)} GB off.",
-             f"- `build` ({gb('build')} GB): the fp16 weights' file pages, TensorRT's copy while it builds and the "
-             "serialized plan, in the forked child; the parent gives back what the precision pass freed first "
-             "(`isolate.release_memory`: 7.4 GB of cyclic garbage and glibc free lists were held here before).",
-             f"- `compare` ({gb('compare')} GB): the fp32 reference, then the fp16 simulation, one after the other "
-             "(both at once peaked at 21.4 GB before): each session holds the weights twice as in observe and "
-             "predict."]
+             f"- `precision: observe` ({gb('precision: observe')} GB): the fp32 calibration run. onnxruntime maps the "
+             f"weights' file ({_gb(weight_bytes)} GB of page cache, no copy: `runner.MAP_FILE_BYTES`, prepacking and "
+             "its arena off) and trtc keeps every float value of the first sample (`Observation.first`, 0.59 GB "
+             "here) for the per-node error report.",
+             f"- `precision: predict` ({gb('precision: predict')} GB): the fp16 simulation reads the fp32 weights from "
+             "the same mapped file and rounds them with Casts as it runs (no fp16 or fp32 copy of any weight), "
+             "fetching the first sample's values again to set against `Observation.first`.",
+             f"- `build` ({gb('build')} GB): in the forked child, the fp16 weights' file pages (read by TensorRT), "
+             "TensorRT's own copy while it builds and the serialized plan, about the fp16 weight bytes each; the "
+             "parent has given back what the precision pass held (`trtc.memory.release_memory`).",
+             f"- `compare` ({gb('compare')} GB): the fp32 reference, then the fp16 simulation, one after the other, "
+             "each over the mapped fp32 file."]
     return lines
 
 
