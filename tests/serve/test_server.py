@@ -79,15 +79,6 @@ def add_model(repo: Path, name: str, code: str = MODEL_PY) -> None:
     (repo / name / "1" / "model.py").write_text(code)
 
 
-@pytest.fixture(scope="session")
-def triton():
-    """Triton's environment, installed once (skipped where PyPI cannot be reached)."""
-    try:
-        return triton_install(progress=print)
-    except TritonUnavailable as exc:
-        pytest.skip(f"no Triton server to run: {exc}")
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("repo")

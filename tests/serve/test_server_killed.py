@@ -30,21 +30,11 @@ from test_server import (  # noqa: E402  (skips this module too where tritonclie
     stub_regions,
 )
 
-from trtc.serve.environment import TritonUnavailable, triton_install  # noqa: E402
 from trtc.serve.server import start_server  # noqa: E402
 
 # How long a server and its stubs may outlive the command killed under them: Triton waits its exit
 # timeout (3 s) for open connections, the stubs notice within a second that it is gone.
 GONE_WITHIN_S = 15
-
-
-@pytest.fixture(scope="module")
-def triton():
-    """Triton's environment, installed once (skipped where PyPI cannot be reached)."""
-    try:
-        return triton_install(progress=print)
-    except TritonUnavailable as exc:
-        pytest.skip(f"no Triton server to run: {exc}")
 
 
 @pytest.fixture(scope="module")
