@@ -30,7 +30,8 @@ def mlp(**changes) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def loop_model(trips: np.ndarray | None, *, cond_out: str = "cond_in", scan_shape=None) -> onnx.ModelProto:
+def loop_model(trips: np.ndarray | None, *, cond_out: str = "cond_in", scan_shape=None,
+               carried_shape=(2,)) -> onnx.ModelProto:
     """Loop(trips, true, x): acc += 1 each step, each step's acc a scan output; the body's condition
     output is `cond_out` (its input passed on: the loop stops only at the trip count)."""
     body = helper.make_graph(
@@ -41,7 +42,7 @@ def loop_model(trips: np.ndarray | None, *, cond_out: str = "cond_in", scan_shap
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
          helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, list(carried_shape)),
          helper.make_tensor_value_info("step", TensorProto.FLOAT, [2])])
     weights = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
                numpy_helper.from_array(np.array(True), "go")]
@@ -51,7 +52,7 @@ def loop_model(trips: np.ndarray | None, *, cond_out: str = "cond_in", scan_shap
         [helper.make_node("Loop", ["trips" if trips is not None else "", "go", "x"], ["y", "steps"], name="loop",
                           body=body)], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(carried_shape)),
          helper.make_tensor_value_info("steps", TensorProto.FLOAT, scan_shape)], weights)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -363,6 +364,20 @@ def test_declared_scan_length_against_a_constant_trip_count(capsys, tmp_path):
     ok = save(loop_model(np.array(3, np.int64), scan_shape=[3, 2]), tmp_path, "ok.onnx")
     code, out, err = trtc_in_process(capsys, "parse", ok, "-o", tmp_path / "ok.trtir")
     assert code == 0 and "is declared" not in out + err
+
+
+def test_declared_carried_shape_the_body_does_not_keep(capsys, tmp_path):
+    """The body and the graph declare the carried acc [5]; it is [2] in and out of every iteration. ONNX's
+    inference leaves a carried output's sizes unknown, so the graph's [5] stood, and the build said 'internal
+    error: node 'loop' (Loop) output 'y' has shape (2,) in TensorRT but (5,) in the IR'."""
+    path = save(loop_model(np.array(3, np.int64), carried_shape=[5]), tmp_path)
+    code, out, err = trtc_in_process(capsys, "parse", path, "-o", tmp_path / "m.trtir")
+    assert code == 0, err
+    assert "output 'y' is declared float32[5] but the graph computes float32[2]" in out + err
+    pytest.importorskip("tensorrt_rtx")
+    code, out, err = trtc_in_process(capsys, "build", "--backend", "tensorrt-rtx", tmp_path / "m.trtir", "-o",
+                                     tmp_path / "m.plan", "--cache-dir", tmp_path / "cache")
+    assert code == 0, out + err
 
 
 def test_declared_shape_beyond_a_64_bit_count(capsys, tmp_path):

@@ -229,7 +229,9 @@ def _correct_sizes(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> boo
     - pooling with ceil_mode keeps a last window that starts past the input and its left padding,
       which the spec's reference, onnxruntime and PyTorch drop;
     - a Loop's scan outputs are left without a length even where the trip count is a constant and
-      the condition never stops the loop early (a declared length would stand unchecked)."""
+      the condition never stops the loop early (a declared length would stand unchecked);
+    - a Loop's carried outputs are left without sizes even where the body hands each one back in
+      the static shape it came in (a declared shape would stand unchecked, and reach the build)."""
     weights = {t.name: t for _, g in _proto_graphs(proto.graph) for t in g.initializer}
     shapes: dict[str, ir.Shape | None] = {vi.name: _dims_of(vi) for _, g in _proto_graphs(proto.graph)
                                           for vi in g.input}
@@ -237,11 +239,14 @@ def _correct_sizes(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> boo
         shapes.update((name, _dims_of(vi)) for name, vi in graph_infos.items())
     added = False
     for path, graph in _proto_graphs(proto.graph):
-        for node in graph.node:
+        for index, node in enumerate(graph.node):
             if node.domain not in ("", "ai.onnx") or not node.output:
                 continue
-            for output, fixes in _node_fixes(node, infos.get(path, {}), weights, shapes).items():
+            body_infos = infos.get((*path, (index, "body")), {})
+            for output, fixes in _node_fixes(node, infos.get(path, {}), body_infos, weights, shapes).items():
                 fixed = _copy(infos[path][output])
+                while len(fixed.type.tensor_type.shape.dim) <= max(fixes):  # no shape inferred: a fix gives all axes
+                    fixed.type.tensor_type.shape.dim.add()
                 for axis, size in fixes.items():
                     dim = fixed.type.tensor_type.shape.dim[axis]
                     dim.Clear()
@@ -256,11 +261,12 @@ def _correct_sizes(proto: onnx.ModelProto, infos: dict[GraphPath, Infos]) -> boo
     return added
 
 
-def _node_fixes(node: onnx.NodeProto, infos: Infos, weights: dict[str, onnx.TensorProto],
+def _node_fixes(node: onnx.NodeProto, infos: Infos, body_infos: Infos, weights: dict[str, onnx.TensorProto],
                 shapes: dict[str, ir.Shape | None]) -> dict[str, dict[int, int]]:
-    """{output name: {axis: size}} for the sizes of `node` that `_correct_sizes` corrects."""
+    """{output name: {axis: size}} for the sizes of `node` that `_correct_sizes` corrects (`body_infos`: a
+    Loop's body's)."""
     if node.op_type == "Loop":
-        return _loop_scan_lengths(node, infos, weights)
+        return {**_loop_scan_lengths(node, infos, weights), **_loop_carried_shapes(node, infos, body_infos, shapes)}
     info = infos.get(node.output[0])
     shape = _dims_of(info) if info is not None else None
     if shape is None:
@@ -302,6 +308,34 @@ def _loop_scan_lengths(node: onnx.NodeProto, infos: Infos, weights: dict[str, on
         shape = _dims_of(infos[output]) if output in infos else None
         if shape is not None and len(shape) and shape.dims[0] != max(trips, 0):
             fixes[output] = {0: max(trips, 0)}
+    return fixes
+
+
+def _static(shape: ir.Shape | None) -> tuple[int, ...] | None:
+    return tuple(shape.dims) if shape is not None and all(isinstance(d, int) for d in shape.dims) else None
+
+
+def _loop_carried_shapes(node: onnx.NodeProto, infos: Infos, body_infos: Infos,
+                         shapes: dict[str, ir.Shape | None]) -> dict[str, dict[int, int]]:
+    """{carried output: {axis: size}} for a Loop whose body takes a carried value in a static shape, the one
+    its initial value has, and hands it back in that shape: every iteration keeps it, so the output has it."""
+    body = next((a.g for a in node.attribute if a.name == "body" and a.type == onnx.AttributeProto.GRAPH), None)
+    carried = len(node.input) - 2
+    if body is None or carried <= 0 or len(body.input) < 2 + carried or len(body.output) < 1 + carried:
+        return {}
+    fixes = {}
+    for k, output in enumerate(node.output[:carried]):
+        initial = _static(shapes.get(node.input[2 + k]))
+        taken = _static(_dims_of(body.input[2 + k]))
+        handed = body_infos.get(body.output[1 + k].name)
+        inferred = infos.get(output)
+        known = _dims_of(inferred) if inferred is not None else None
+        if initial is None or initial != taken or handed is None or _static(_dims_of(handed)) != initial \
+                or inferred is None or (known is not None and len(known) != len(initial)):
+            continue
+        sizes = {axis: size for axis, size in enumerate(initial) if known is None or known.dims[axis] != size}
+        if sizes:
+            fixes[output] = sizes
     return fixes
 
 

@@ -87,9 +87,10 @@ def run_engine_file(path: Path, feeds: FeedOptions | None = None, *, warmup: int
     validate_engine_feeds(sidecar, arrays, where=str(path))
     reason = no_gpu_reason()
     if reason is not None:
-        trtir = Path(sidecar["source"]["path"]).with_suffix(".trtir").name if sidecar.get("source") else "model.trtir"
+        # The model the engine was built from, as recorded (a guessed name would point at no file).
+        source = (sidecar.get("source") or {}).get("path") or "MODEL.onnx"
         raise TrtcError(f"cannot run a TensorRT engine here: {reason}", where=str(path),
-                        hint=f"run the CPU reference instead: trtc run {trtir}")
+                        hint=f"run the CPU reference instead: trtc run {source}")
     with EngineRunner(path, sidecar, load_backend(sidecar["backend"]), runtime_cache, trust_plan=trust_plan) as runner:
         outputs = runner.run(arrays)
         timing = None
