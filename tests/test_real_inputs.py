@@ -265,7 +265,7 @@ def bf16(tmp_path) -> Path:
 
 def test_a_fallback_is_said_in_run_and_compare(bf16, capsys):
     ok(trtc(capsys, "run", bf16), "backend: onnx.reference (onnxruntime cannot load the model: "
-       "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED")
+       "NOT_IMPLEMENTED : Could not find an implementation")
     out = ok(trtc(capsys, "compare", bf16, bf16, "--json"))
     report = json.loads(out)
     assert report["a"]["runs_on"].startswith("CPU reference on onnx.reference (onnxruntime cannot load")
@@ -308,7 +308,8 @@ def test_run_time_refusals_fall_back_only_when_something_is_not_implemented(resh
     runner._session = Session(NotImplemented("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel"))
     monkeypatch.setattr(runner_module.onnx.reference.ReferenceEvaluator, "run",
                         lambda *a, **k: (_ for _ in ()).throw(ValueError("negative dimensions are not allowed")))
-    with pytest.raises(ReferenceFailed, match="onnx.reference cannot run it either: ValueError: negative"):
+    with pytest.raises(ReferenceFailed, match="^onnxruntime failed to run: .*no kernel; onnx.reference cannot run it "
+                                              "either: negative"):
         runner.run(x)
 
 
@@ -318,8 +319,8 @@ def test_an_onnx_reference_failure_after_a_fallback_is_one_line(tmp_path, capsys
                                           helper.make_node("Reshape", ["a", "shape"], ["y"])],
                   [_vi("x", ["batch", "n"], TensorProto.BFLOAT16)], [_vi("y", [2, None], TensorProto.BFLOAT16)],
                   {"shape": np.array([2, -1])})
-    one_line(trtc(capsys, "run", model, "--shape", "x=1x3"), "onnx.reference cannot run it either",
-             "it ran there because onnxruntime cannot load the model")
+    one_line(trtc(capsys, "run", model, "--shape", "x=1x3"), "onnxruntime cannot load the model",
+             "onnx.reference cannot run it either")
 
 
 # ------------------------------------------------------------------ the real models, end to end

@@ -33,8 +33,9 @@ from trtc.reference.feeds import model_inputs, validate_feeds
 
 
 def _first_line(exc: BaseException) -> str:
+    """The message's first line, without onnxruntime's `[ONNXRuntimeError] : 9 :` prefix."""
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text[0])[:300] if text else type(exc).__name__
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:
@@ -292,8 +293,11 @@ class ReferenceRunner:
         try:
             results = self._reference().run(None, dict(feeds))
         except Exception as exc:  # onnx.reference raises whatever its op implementations raise
-            raise ReferenceFailed(f"onnx.reference cannot run it either: {type(exc).__name__}: {_one_line(exc)}",
-                                  hint=f"it ran there because {self.fallback_reason}") from None
+            # onnxruntime's reason first: it names the node and the type or op; onnx.reference's is an op
+            # implementation's own exception, said after it.
+            raise ReferenceFailed(f"{self.fallback_reason}; onnx.reference cannot run it either: {_one_line(exc)}",
+                                  hint="check the inputs' shapes and the model (trtc inspect MODEL); if both are "
+                                       "right, report it with the model") from None
         return dict(zip(self.output_names, results))
 
     def _reference_run(self, feeds: Mapping[str, Any], ort_error: BaseException) -> dict[str, Any]:
