@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import mmap
 import os
+from collections.abc import Iterable
 
 import onnx_ir as ir
 
@@ -25,6 +27,17 @@ def unmap(tensor: ir.TensorProtocol) -> None:
     if isinstance(tensor, ir.ExternalTensor):
         with contextlib.suppress(BufferError):  # an array of its bytes is still in use: it stays mapped
             tensor.release()
+
+
+def drop_file_pages(tensors: Iterable[ir.TensorProtocol]) -> None:
+    """Let the kernel take back the resident pages of weights read through their files' maps: the bytes are
+    the file's (read-only maps), so a later read faults them in again from the page cache, unchanged. For
+    TensorRT's build, which copies the weights it is given and would otherwise keep both resident."""
+    for tensor in tensors:
+        raw = getattr(tensor, "raw", None) if isinstance(tensor, ir.ExternalTensor) else None
+        if raw is not None:
+            with contextlib.suppress(ValueError, OSError):  # closed meanwhile, or a kernel without madvise
+                raw.madvise(mmap.MADV_DONTNEED)
 
 
 def release_memory() -> None:

@@ -20,11 +20,13 @@ import onnx_ir as ir
 from trtc import __version__
 from trtc.errors import TrtcError
 from trtc.fileio import NO_SPACE, file_sha256, place_file, write_atomic
+from trtc.ir.walk import all_graphs
 from trtc.ir.weightless import weightless_record, weightless_values
 from trtc.lower.backend import Backend
 from trtc.lower.layers import layer_listing, layer_type_counts
 from trtc.lower.network import Watch, build_failure, dims_of, lower
 from trtc.lower.profiles import Profile, ProfileSpec, profile_ranges, resolve_profiles
+from trtc.memory import drop_file_pages
 
 SIDECAR_VERSION = 1
 
@@ -68,7 +70,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TRTC_CACHE_DIR", Path.home() / ".cache" / "trtc" / "engines"))
 
 
-def _progress_monitor(trt, report: Callable[[str], None]):
+def _progress_monitor(trt, report: Callable[[str], None] | None, phase_done: Callable[[], None]):
+    """TensorRT's progress as lines for `report` (None: none), and `phase_done` called as each phase ends."""
     class Monitor(trt.IProgressMonitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
@@ -76,15 +79,18 @@ def _progress_monitor(trt, report: Callable[[str], None]):
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             self.phases[phase_name] = (parent_phase or "", num_steps)
-            report(f"{phase_name} (0/{num_steps})")
+            if report is not None:
+                report(f"{phase_name} (0/{num_steps})")
 
         def step_complete(self, phase_name, step):
             total = self.phases.get(phase_name, ("", 0))[1]
-            report(f"{phase_name} ({step + 1}/{total})")
+            if report is not None:
+                report(f"{phase_name} ({step + 1}/{total})")
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name):
             self.phases.pop(phase_name, None)
+            phase_done()
 
     return Monitor()
 
@@ -168,8 +174,10 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
         for name in shape_tensors:
             trt_profile.set_shape_input(name, *options.shape_inputs[name])
         config.add_optimization_profile(trt_profile)
-    if progress is not None:
-        config.progress_monitor = _progress_monitor(trt, progress)
+    # TensorRT copies the weights as it builds: the file pages they were read from go as each phase ends (a big
+    # model's fp16 weights would stay resident beside TensorRT's copies and the plan).
+    weights = [v.const_value for g in all_graphs(model.graph) for v in g.initializers.values()]
+    config.progress_monitor = _progress_monitor(trt, progress, lambda: drop_file_pages(weights))
     logged = len(lowered.logger.errors)
     listing = layer_listing(lowered.network) if options.list_layers else None  # before the builder runs
     plan = lowered.builder.build_serialized_network(lowered.network, config)
