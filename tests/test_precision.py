@@ -320,3 +320,20 @@ def test_a_weight_read_for_its_range_is_not_left_mapped(tmp_path):
     assert obs.magnitude(value) == float(np.abs(array).max())
     assert value.const_value.raw is None  # its map is closed
     np.testing.assert_array_equal(value.const_value.numpy(), array)
+
+
+def test_values_fetched_a_few_at_a_time_give_the_same_errors(monkeypatch):
+    """A big model's intermediate values are fetched over several runs of the first sample (`FETCH_BYTES`):
+    the per-value errors, and so the contributions, are those of one run fetching them all."""
+    import trtc.precision as precision
+
+    samples = _samples()
+    typed = outlier_transformer_block()
+    report = apply_precision(typed, samples, PrecisionOptions())
+    model = outlier_transformer_block()
+    obs = precision.observe(model, samples)
+    whole = precision.simulate_errors(typed, samples, obs.outputs, obs.first, "test")
+    monkeypatch.setattr(precision, "FETCH_BYTES", 1)  # one value a run
+    assert len(precision._fetch_groups(list(obs.first), obs.first)) == len(obs.first)
+    piecewise = precision.simulate_errors(typed, samples, obs.outputs, obs.first, "test")
+    assert piecewise == whole and len(whole[1]) > 3 and report.contributions

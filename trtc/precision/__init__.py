@@ -27,7 +27,7 @@ from trtc.precision.rescale import Rescaling, rescale_activations
 from trtc.precision.rules import PrecisionOptions, RuleContext
 from trtc.precision.simulate import simulation_model
 from trtc.precision.subgraphs import complete_body_types, ensure_unique_names, is_control_flow
-from trtc.reference.metrics import error_metrics, worst
+from trtc.reference.metrics import error_metrics, value_error, worst
 from trtc.reference.runner import ReferenceRunner
 
 __all__ = ["Plan", "PrecisionOptions", "PrecisionReport", "apply_precision", "plan_precision", "predict",
@@ -202,37 +202,61 @@ def predict(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Se
     """Predicted error per output of the typed model (worst over samples), and, given the fp32
     values of the first sample, the nodes whose outputs gain the most relative error."""
     fp32_values = fp32_values or {}
-    predicted, first = simulate_errors(typed, samples, reference, fp32_values, "precision: the fp16/bf16 simulation")
-    return predicted, _contributions(typed, fp32_values, first, top)
+    predicted, errors = simulate_errors(typed, samples, reference, fp32_values, "precision: the fp16/bf16 simulation")
+    return predicted, _contributions(typed, errors, top)
+
+
+# Bytes of intermediate values fetched in one run when measuring their errors: a big model's values of one
+# sample are fetched over several runs (1.2 B parameters: 0.6 GB of them, beside 4.8 GB of mapped weights).
+FETCH_BYTES = 256 << 20
+
+
+def _fetch_groups(names: Sequence[str], sizes: Mapping[str, np.ndarray]) -> list[list[str]]:
+    """`names` in graph order, cut into runs of at most `FETCH_BYTES` of values (one value at least each)."""
+    groups: list[list[str]] = [[]]
+    held = 0
+    for name in names:
+        nbytes = sizes[name].nbytes
+        if groups[-1] and held + nbytes > FETCH_BYTES:
+            groups.append([])
+            held = 0
+        groups[-1].append(name)
+        held += nbytes
+    return groups
 
 
 def simulate_errors(typed: ir.Model, samples: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
                     fp32_values: Mapping[str, np.ndarray], purpose: str
-                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Run the simulation of `typed` (trtc.precision.simulate) on every sample, fetching the values
-    named in `fp32_values` too: the worst error metrics per float output against `reference`, and
-    the first run's results (for the per-node contributions; the other runs' fetches are dropped as
-    they come: a big model's activations, once per sample). `purpose` names it if onnx.reference runs it."""
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, float | None]]:
+    """Run the simulation of `typed` (trtc.precision.simulate) on every sample: the worst error metrics per
+    float output against `reference`, and the error of each value named in `fp32_values` on the first sample
+    (`metrics.value_error`, for the per-node contributions), fetched `FETCH_BYTES` at a time. `purpose` names
+    the run if onnx.reference runs it."""
     sim = simulation_model(typed)
     fetch = [v for node in sim.graph for v in node.outputs if v.name in fp32_values]
     runner = ReferenceRunner(sim, fetch=fetch)
-    first: dict[str, Any] = {}
-    outputs: list[dict[str, Any]] = []
+    outputs = [v.name for v in sim.graph.outputs]
+    errors: dict[str, float | None] = {}
+    per_sample: list[dict[str, Any]] = []
     try:
-        for sample in samples:
-            result = runner.run(_as_fp32_feeds(sample, sim))
-            first = first or result
-            outputs.append({name: result[name] for name in reference[0]})
+        for index, sample in enumerate(samples):
+            feeds = _as_fp32_feeds(sample, sim)
+            for group in _fetch_groups([v.name for v in fetch], fp32_values) if index == 0 else [[]]:
+                result = runner.run(feeds, names=list(dict.fromkeys(outputs + group)))
+                if len(per_sample) == index:
+                    per_sample.append({name: result[name] for name in reference[0]})
+                errors.update((name, value_error(fp32_values[name], result[name])) for name in group)
+                del result
     finally:
         runner.warn_if_fallback(purpose)
         runner.close()
     predicted = {}
     for name in reference[0]:
-        per_sample = [error_metrics(ref[name], res[name]) for ref, res in zip(reference, outputs)
-                      if isinstance(ref[name], np.ndarray) and ref[name].dtype.kind == "f"]
-        if per_sample:
-            predicted[name] = worst(per_sample)
-    return predicted, first
+        metrics = [error_metrics(ref[name], res[name]) for ref, res in zip(reference, per_sample)
+                   if isinstance(ref[name], np.ndarray) and ref[name].dtype.kind == "f"]
+        if metrics:
+            predicted[name] = worst(metrics)
+    return predicted, errors
 
 
 def _as_fp32_feeds(feeds: Mapping[str, Any], sim: ir.Model) -> dict[str, Any]:
@@ -242,25 +266,12 @@ def _as_fp32_feeds(feeds: Mapping[str, Any], sim: ir.Model) -> dict[str, Any]:
             for k, v in feeds.items()}
 
 
-def _relative_error(reference: np.ndarray | None, predicted: Any) -> float:
-    if reference is None or not isinstance(predicted, np.ndarray) or reference.shape != predicted.shape:
-        return 0.0
-    if not reference.size:
-        return 0.0
-    scale = max(float(np.abs(reference).max()), 1e-6)
-    with np.errstate(invalid="ignore"):  # inf - inf: reported as an infinite error below
-        diff = np.abs(predicted.astype(np.float64) - reference)
-    return float("inf") if not np.isfinite(diff).all() else float(diff.max()) / scale
-
-
-def _contributions(typed: ir.Model, fp32_values: Mapping[str, np.ndarray], sim_values: Mapping[str, Any],
-                   top: int) -> list[dict[str, Any]]:
-    """Relative error each node's output gains over the worst of its computed inputs."""
+def _contributions(typed: ir.Model, errors: Mapping[str, float | None], top: int) -> list[dict[str, Any]]:
+    """Relative error each node's output gains over the worst of its computed inputs (`errors`: per value)."""
     gains = []
     for node in typed.graph:
-        outs = [_relative_error(fp32_values.get(v.name), sim_values.get(v.name)) for v in node.outputs]
-        ins = [_relative_error(fp32_values.get(v.name), sim_values.get(v.name)) for v in node.inputs
-               if v is not None and v.const_value is None]
+        outs = [errors.get(v.name) or 0.0 for v in node.outputs]
+        ins = [errors.get(v.name) or 0.0 for v in node.inputs if v is not None and v.const_value is None]
         out_err, in_err = max(outs, default=0.0), max(ins, default=0.0)
         gain = out_err - in_err if np.isfinite(out_err) and np.isfinite(in_err) else (
             float("inf") if not np.isfinite(out_err) and np.isfinite(in_err) else 0.0)

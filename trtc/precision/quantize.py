@@ -238,10 +238,10 @@ def predict_quantized(model: ir.Model, samples: Sequence[Mapping[str, Any]],
     those quantized or stored in fp16/bf16, that add the most relative error on the first sample."""
     from trtc.precision import simulate_errors
 
-    predicted, first = simulate_errors(model, samples, reference, fp32_values, "quantization: the prediction")
+    predicted, errors = simulate_errors(model, samples, reference, fp32_values, "quantization: the prediction")
     low = {n.name for n in model.graph if any(v.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
                                               for v in n.outputs)}
-    return predicted, contributions(model, fp32_values, first, quantized | low, top)
+    return predicted, contributions(model, errors, quantized | low, top)
 
 
 def _source(value: ir.Value) -> ir.Value:
@@ -252,17 +252,8 @@ def _source(value: ir.Value) -> ir.Value:
     return value
 
 
-def _relative_error(reference: np.ndarray | None, got: Any) -> float | None:
-    if reference is None or not isinstance(got, np.ndarray) or reference.shape != got.shape or not reference.size:
-        return None
-    scale = max(float(np.abs(reference).max()), 1e-6)
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(got.astype(np.float64) - reference)
-    return float("inf") if not np.isfinite(diff).all() else float(diff.max()) / scale
-
-
-def contributions(model: ir.Model, fp32_values: Mapping[str, np.ndarray], sim_values: Mapping[str, Any],
-                  changed: set[str], top: int) -> list[dict[str, Any]]:
+def contributions(model: ir.Model, errors: Mapping[str, float | None], changed: set[str],
+                  top: int) -> list[dict[str, Any]]:
     """Per node of `changed` (quantized or low precision; Q/DQ and casts belong to the node they
     feed): the relative error of its output less the worst of its inputs' (each input traced back
     through its Q/DQ and casts to the model's own value), largest first."""
@@ -270,12 +261,11 @@ def contributions(model: ir.Model, fp32_values: Mapping[str, np.ndarray], sim_va
     for node in model.graph:
         if node.name not in changed or node.op_type in (*QDQ, "Cast"):
             continue
-        outs = [_relative_error(fp32_values.get(v.name), sim_values.get(v.name)) for v in node.outputs]
+        outs = [errors.get(v.name) for v in node.outputs]
         outs = [e for e in outs if e is not None]
         if not outs:
             continue
-        ins = [_relative_error(fp32_values.get(s.name), sim_values.get(s.name))
-               for s in (_source(v) for v in node.inputs if v is not None) if s.const_value is None]
+        ins = [errors.get(s.name) for s in (_source(v) for v in node.inputs if v is not None) if s.const_value is None]
         out_err, in_err = max(outs), max((e for e in ins if e is not None), default=0.0)
         if not np.isfinite(out_err):
             gain = 0.0 if not np.isfinite(in_err) else float("inf")

@@ -61,3 +61,14 @@ def worst(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         "cosine": min((m["cosine"] for m in metrics), key=lambda c: -1.0 if np.isnan(c) else c),
         "nonfinite": max(m["nonfinite"] for m in metrics),
     }
+
+
+def value_error(reference: np.ndarray | None, got: Any) -> float | None:
+    """The error an intermediate value carries, for per-node contributions: its largest absolute error over
+    max |reference| (floored at 1e-6), inf where any is not finite; None where the two cannot be compared."""
+    if reference is None or not isinstance(got, np.ndarray) or reference.shape != got.shape or not reference.size:
+        return None
+    scale = max(float(np.abs(reference).max()), 1e-6)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: an infinite error
+        diff = np.abs(got.astype(np.float64) - reference)
+    return float("inf") if not np.isfinite(diff).all() else float(diff.max()) / scale

@@ -210,6 +210,10 @@ def ort_model(model: ir.Model, fetch: Sequence[ir.Value] = ()) -> OrtModel:
     return OrtModel(proto, weights, folder if mapped else None)
 
 
+def _only(results: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    return {name: results[name] for name in names}
+
+
 class ReferenceRunner:
     """Runs an IR model on the CPU. `backend` says which executor serves it and why.
 
@@ -265,10 +269,13 @@ class ReferenceRunner:
             self._evaluator = onnx.reference.ReferenceEvaluator(proto)
         return self._evaluator
 
-    def run(self, feeds: Mapping[str, Any], *, validate: bool = True) -> dict[str, Any]:
+    def run(self, feeds: Mapping[str, Any], *, validate: bool = True,
+            names: Sequence[str] | None = None) -> dict[str, Any]:
         """Outputs by name for one set of feeds. InputRejected when the feeds do not fit the model
         or onnxruntime fails on their values; ReferenceFailed when no executor can run it.
-        `validate=False` skips the feed checks, for timed runs of feeds that passed them once."""
+        `validate=False` skips the feed checks, for timed runs of feeds that passed them once.
+        `names`: only these of `output_names` (onnxruntime keeps no other fetched value alive)."""
+        names = self.output_names if names is None else list(names)
         if validate:
             try:
                 validate_feeds(self.inputs, {k: v for k, v in feeds.items() if k not in self._defaults},
@@ -277,14 +284,14 @@ class ReferenceRunner:
                 raise InputRejected(exc.message, input_name=_named_input(exc.message), hint=exc.hint) from None
         if self._session is not None:
             try:
-                return dict(zip(self.output_names, self._session.run(self.output_names, dict(feeds))))
+                return dict(zip(names, self._session.run(names, dict(feeds))))
             except Exception as exc:  # ORT raises its own exception types for every failure
                 if _INPUT_ERROR.search(str(exc)):
                     raise self._rejected(exc) from None
                 if not lacks_implementation(exc):
                     # An op kernel's own limit (ConvInteger's per-channel zero point...) or the values:
                     # the spec's executor decides which, and says so either way (never silently).
-                    return self._reference_run(feeds, exc)
+                    return _only(self._reference_run(feeds, exc), names)
                 if weight_bytes(self._model.graph) >= PROTO_LIMIT:
                     raise ReferenceFailed(f"onnxruntime does not implement part of the model ({_one_line(exc)}) and "
                                           "it is too large for onnx.reference, the fallback") from None
@@ -298,7 +305,7 @@ class ReferenceRunner:
             raise ReferenceFailed(f"{self.fallback_reason}; onnx.reference cannot run it either: {_one_line(exc)}",
                                   hint="check the inputs' shapes and the model (trtc inspect MODEL); if both are "
                                        "right, report it with the model") from None
-        return dict(zip(self.output_names, results))
+        return _only(dict(zip(self.output_names, results)), names)
 
     def _reference_run(self, feeds: Mapping[str, Any], ort_error: BaseException) -> dict[str, Any]:
         """onnxruntime failed on these feeds for a reason other than the inputs' shapes or types:
