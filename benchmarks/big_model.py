@@ -186,6 +186,7 @@ def stage_peaks(marks: Path, samples: list[tuple[float, int, int, int]]) -> list
 def run_trtc(model: Path, folder: Path, precision: str, floor: float) -> dict:
     out, marks = folder / f"trtc-{precision}", folder / f"trtc-{precision}.marks"
     marks.unlink(missing_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # a kept --dir's artifacts would be reused, not measured
     result = measure(f"trtc compile {'--fp16' if precision == 'fp16' else '(fp32)'}",
                      [sys.executable, "-c", TRTC_CHILD, str(model), str(out), precision, SHAPES, str(marks)],
                      folder, floor, marks)
