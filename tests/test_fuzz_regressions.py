@@ -380,6 +380,31 @@ def test_declared_carried_shape_the_body_does_not_keep(capsys, tmp_path):
     assert code == 0, out + err
 
 
+def test_a_dim_above_tensorrts_32_bit_profiles(capsys, tmp_path):
+    """x[batch, 2**31] (one-hour fuzz run, seeds 314891 and 325286: a static dim of a dynamic input set to 2**31):
+    TensorRT's profile held it as a negative int32 and raised 'Shape provided for min is inconsistent with other
+    shapes' out of the build."""
+    pytest.importorskip("tensorrt_rtx")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2**31])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2**31])])
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path)
+    line = one_error_line(trtc_in_process(capsys, "build", "--backend", "tensorrt-rtx", path, "-o", tmp_path / "m.plan",
+                                          "--cache-dir", tmp_path / "cache", "--shapes",
+                                          f"x:1x{2**31},2x{2**31},4x{2**31}"),
+                          "input 'x': dim 2147483648 is above TensorRT's limit of 2147483647")
+    assert not (tmp_path / "m.plan").exists(), line
+
+
+def test_a_loop_whose_scan_output_outgrows_the_memory_limit(capsys, tmp_path):
+    """A trip count of 2130706435 (one-hour fuzz run, seed 326312: a byte set to a boundary value) made `run`
+    fill a 16 GiB scan output for minutes; the CPU reference refuses a value of a static size above the limit
+    (--max-memory, default half the machine's memory: given here, so that the test holds on any machine)."""
+    path = save(loop_model(np.array(2130706435, np.int64)), tmp_path)
+    one_error_line(trtc_in_process(capsys, "run", path, "--max-memory", "1G"), "1 value(s) of the model would be "
+                   "larger than the memory limit ('steps' float[2130706435, 2] (15.88 GiB))", "--max-memory")
+
+
 def test_declared_shape_beyond_a_64_bit_count(capsys, tmp_path):
     """x[batch, 4, 2**62]: TensorRT's volumes overflowed to 0 in build ('internal error: ... (-1, 0) in
     TensorRT but (-1, 24) in the IR')."""

@@ -70,6 +70,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TRTC_CACHE_DIR", Path.home() / ".cache" / "trtc" / "engines"))
 
 
+# TensorRT's optimization profiles hold 32-bit dims (a larger one wraps negative and is refused).
+MAX_PROFILE_DIM = 2**31 - 1
+
+
+def _set_shape(trt_profile, name: str, shapes: tuple, where: str) -> None:
+    """An input's MIN/OPT/MAX on a profile; a dim TensorRT cannot hold, or shapes it refuses, in one line."""
+    big = sorted({d for shape in shapes for d in shape if d > MAX_PROFILE_DIM})
+    if big:
+        raise TrtcError(f"input {name!r}: dim {big[0]} is above TensorRT's limit of {MAX_PROFILE_DIM} "
+                        f"(profile {' / '.join('x'.join(map(str, s)) for s in shapes)})", where=where,
+                        hint="declare the input with a smaller size, or give a profile within it with --shapes")
+    try:
+        trt_profile.set_shape(name, *shapes)
+    except RuntimeError as exc:  # TensorRT's own check of the three shapes
+        raise TrtcError(f"input {name!r}: TensorRT refuses the profile "
+                        f"{' / '.join('x'.join(map(str, s)) for s in shapes)} ({exc})", where=where,
+                        hint="give MIN <= OPT <= MAX of the input's rank with --shapes NAME:MIN,OPT,MAX") from None
+
+
 def _progress_monitor(trt, report: Callable[[str], None] | None, phase_done: Callable[[], None]):
     """TensorRT's progress as lines for `report` (None: none), and `phase_done` called as each phase ends."""
     class Monitor(trt.IProgressMonitor):
@@ -170,7 +189,7 @@ def build_engine(model: ir.Model, meta: Mapping[str, Any], backend: Backend, opt
     for profile in profiles or ([{}] if shape_tensors else []):
         trt_profile = lowered.builder.create_optimization_profile()
         for name, (lo, opt, hi) in profile.items():
-            trt_profile.set_shape(name, lo, opt, hi)
+            _set_shape(trt_profile, name, (lo, opt, hi), where)
         for name in shape_tensors:
             trt_profile.set_shape_input(name, *options.shape_inputs[name])
         config.add_optimization_profile(trt_profile)

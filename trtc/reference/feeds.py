@@ -181,6 +181,21 @@ def memory_limit(options: FeedOptions | None = None) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
+def oversized_values(model: ir.Model, limit: int) -> list[str]:
+    """The main graph's values whose static size (their inferred dims, all numbers) is above `limit` bytes, as
+    `'steps' float32[2130706435, 2, 3] (47.6 GiB)`: a run would allocate them (a Loop's scan output over a
+    huge trip count, an Expand to a huge shape) or take hours to fill them."""
+    found = []
+    for value in [*(out for node in model.graph for out in node.outputs), *model.graph.outputs]:
+        shape, dtype = value.shape, value.dtype
+        if shape is None or dtype is None or not all(isinstance(d, int) for d in shape.dims):
+            continue
+        nbytes = math.prod(shape.dims) * max(dtype.bitwidth, 8) // 8
+        if nbytes > limit:
+            found.append(f"{value.name!r} {dtype.name.lower()}[{', '.join(map(str, shape.dims))}] ({_gib(nbytes)})")
+    return list(dict.fromkeys(found))
+
+
 def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.4g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.4g} MiB"
 

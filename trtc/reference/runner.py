@@ -29,7 +29,7 @@ from trtc.ir.onnx_load import FileViewTensor, iter_tensor_protos
 from trtc.ir.splat import dense_array
 from trtc.ir.walk import weight_bytes
 from trtc.memory import release_memory
-from trtc.reference.feeds import model_inputs, validate_feeds
+from trtc.reference.feeds import memory_limit, model_inputs, oversized_values, validate_feeds
 
 
 def _first_line(exc: BaseException) -> str:
@@ -221,10 +221,13 @@ class ReferenceRunner:
     serializes it when first needed)."""
 
     def __init__(self, model: ir.Model, *, threads: int | None = None, fetch: Sequence[ir.Value] = (),
-                 spin: bool = True):
+                 spin: bool = True, max_memory: int | None = None):
         """`fetch`: intermediate values of the main graph to return beside the outputs. `spin=False`:
-        onnxruntime's idle threads sleep instead of busy-waiting (a server's model between requests)."""
+        onnxruntime's idle threads sleep instead of busy-waiting (a server's model between requests).
+        `max_memory`: what one value may take (default `feeds.memory_limit()`); a model with a larger
+        static value is refused when run."""
         self._model = model
+        self._oversized = oversized_values(model, max_memory if max_memory is not None else memory_limit())
         self._weights: dict[str, ort.OrtValue] = {}
         self._evaluator: onnx.reference.ReferenceEvaluator | None = None
         self.fallback_reason: str | None = None
@@ -276,6 +279,10 @@ class ReferenceRunner:
         `validate=False` skips the feed checks, for timed runs of feeds that passed them once.
         `names`: only these of `output_names` (onnxruntime keeps no other fetched value alive)."""
         names = self.output_names if names is None else list(names)
+        if self._oversized:
+            raise ReferenceFailed(f"{len(self._oversized)} value(s) of the model would be larger than the memory "
+                                  f"limit ({', '.join(self._oversized[:3])}); the CPU reference does not run it",
+                                  hint="raise the limit with --max-memory (or TRTC_MAX_MEMORY) if the machine has it")
         if validate:
             try:
                 validate_feeds(self.inputs, {k: v for k, v in feeds.items() if k not in self._defaults},

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 from trtc.errors import TrtcError
 from trtc.ir.weightless import refuse_unrefitted, refuse_weightless
 from trtc.loading import open_model
-from trtc.reference.feeds import FeedOptions, frozen_inputs, load_feeds, model_inputs, model_outputs, validate_feeds
+from trtc.reference.feeds import (
+    FeedOptions,
+    frozen_inputs,
+    load_feeds,
+    memory_limit,
+    model_inputs,
+    model_outputs,
+    validate_feeds,
+)
 from trtc.reference.runner import InputRejected, ReferenceRunner, summarize, time_runs
 from trtc.runtime.sidecar import read_sidecar, sidecar_inputs, verify_plan_bytes
 
@@ -33,7 +41,7 @@ def run_reference_file(path: Path, feeds: FeedOptions | None = None, *, warmup: 
                        frozen=frozen_inputs(loaded.model, loaded.meta))
     arrays = given.arrays
     validate_feeds(specs, arrays, where=str(path))
-    runner = ReferenceRunner(loaded.model)
+    runner = ReferenceRunner(loaded.model, max_memory=memory_limit(feeds))
     try:
         outputs = runner.run(arrays)
         # Checked once above: the timed runs measure the model, not the feed checks.
