@@ -46,10 +46,26 @@ def run(args: argparse.Namespace) -> Tally:
     return total
 
 
+def _commit() -> str:
+    """The checkout fuzzed: its commit, `+changes` where the working tree differs."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
+
+
 def report(tally: Tally, args: argparse.Namespace) -> str:
     rate = tally.mutants / tally.seconds if tally.seconds else 0.0
     bases = [s.name for s in builtin_seeds() + (corpus_seeds() if args.corpus else [])]
-    lines = [f"{tally.mutants} mutants in {tally.seconds:.0f} s ({rate:.1f} mutants/s, {args.workers} worker(s)), "
+    lines = [f"At commit {_commit()}: {tally.mutants} mutants in {tally.seconds:.0f} s ({rate:.1f} mutants/s, "
+             f"{args.workers} worker(s)), "
              f"seeds {args.start}.. of {', '.join(bases)}; {args.stack:.0%} with two mutations; "
              f"optimize for {args.optimize_share:.0%} and build (tensorrt-rtx) for {args.build_share:.0%} of "
              "those that parse; each call limited to "
@@ -88,7 +104,7 @@ def main() -> None:
     if args.write:
         from results import write_section
 
-        write_section("Fuzzing (benchmarks/fuzz.py)", text)
+        write_section(f"Fuzzing for {args.seconds / 60:.0f} minutes (benchmarks/fuzz.py)", text)
     sys.exit(1 if tally.crashes else 0)
 
 
