@@ -188,8 +188,9 @@ def oversized_values(model: ir.Model, limit: int) -> list[str]:
     found = []
     for value in [*(out for node in model.graph for out in node.outputs), *model.graph.outputs]:
         shape, dtype = value.shape, value.dtype
-        if shape is None or dtype is None or not all(isinstance(d, int) for d in shape.dims):
-            continue
+        if shape is None or dtype is None or dtype == ir.DataType.STRING \
+                or not all(isinstance(d, int) for d in shape.dims):
+            continue  # strings: their size is their contents'
         nbytes = math.prod(shape.dims) * max(dtype.bitwidth, 8) // 8
         if nbytes > limit:
             found.append(f"{value.name!r} {dtype.name.lower()}[{', '.join(map(str, shape.dims))}] ({_gib(nbytes)})")
