@@ -275,10 +275,12 @@ def findings(results: list[dict], weight_bytes: int, parser: dict | None) -> lis
              "here) for the per-node error report.",
              f"- `precision: predict` ({gb('precision: predict')} GB): the fp16 simulation reads the fp32 weights from "
              "the same mapped file and rounds them with Casts as it runs (no fp16 or fp32 copy of any weight), "
-             "fetching the first sample's values again to set against `Observation.first`.",
-             f"- `build` ({gb('build')} GB): in the forked child, the fp16 weights' file pages (read by TensorRT), "
-             "TensorRT's own copy while it builds and the serialized plan, about the fp16 weight bytes each; the "
-             "parent has given back what the precision pass held (`trtc.memory.release_memory`).",
+             "fetching the first sample's values again, 256 MiB a run (`precision.FETCH_BYTES`), to set against "
+             "`Observation.first`.",
+             f"- `build` ({gb('build')} GB): in the forked child, TensorRT's own copy of the fp16 weights (twice "
+             "while it clones the network) and the serialized plan; the weights' file pages it read from go as each "
+             "of its phases ends (`trtc.memory.drop_file_pages`), and the parent has given back what the precision "
+             "pass held (`trtc.memory.release_memory`).",
              f"- `compare` ({gb('compare')} GB): the fp32 reference, then the fp16 simulation, one after the other, "
              "each over the mapped fp32 file."]
     return lines
