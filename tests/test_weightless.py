@@ -221,9 +221,17 @@ def test_an_engine_that_needs_refitting_is_not_run(full, tmp_path, capsys):
     assert trtc_in_process(capsys, "build", full, "-o", plan, *SHAPES, "--no-cache")[0] == 0
     side = Path(f"{plan}.json")
     side.write_text(json.dumps({**json.loads(side.read_text()), "refit": {"needed": True, "weights": MISSING}}))
-    for command in (("run", plan), ("compare", plan, full)):
+    for command in (("run", plan), ("compare", plan, full), ("export", "triton", plan, "-o", tmp_path / "repo")):
         one_error_line(trtc_in_process(capsys, *command), f"{plan}: the engine is stripped of 3 weight(s) ('w1', "
                        "'wa', 'wb') and must be refitted with them before it runs")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_stripped_model_is_not_exported_to_be_served(parsed, tmp_path, capsys):
+    """Served by the Python backend, a stripped model would run on the CPU reference without its weights."""
+    one_error_line(trtc_in_process(capsys, "export", "triton", parsed, "-o", tmp_path / "repo"),
+                   "cannot serve it: the model holds no values for 3 weight(s) ('w1', 'wa', 'wb'")
+    assert not (tmp_path / "repo").exists()
 
 
 def test_compile_skips_the_prediction_of_a_stripped_model(stripped, tmp_path, monkeypatch):

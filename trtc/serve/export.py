@@ -26,6 +26,8 @@ from typing import Any
 from trtc import __version__
 from trtc.errors import TrtcError
 from trtc.fileio import current_umask, file_sha256
+from trtc.ir.artifact import read_header
+from trtc.ir.weightless import refuse_unrefitted, refuse_weightless
 from trtc.serve.check import MODEL_SPEC, check_config
 from trtc.serve.config import TritonExportOptions, decide_batching, model_config
 from trtc.serve.schema import CONFIG_NAME, config_text, parse_config
@@ -133,6 +135,19 @@ def write_model_dir(repo: Path, name: str, config_text: str, version: int,
     return target, notes
 
 
+def _refuse_unservable(artifact: Path) -> None:
+    """An engine that must be refitted first, or a weight-stripped model (no values to run): one line, before
+    anything is written (served, either would answer with what it was built from: zeros)."""
+    if artifact.suffix == ".plan":
+        from trtc.runtime.sidecar import read_sidecar
+
+        refuse_unrefitted(read_sidecar(artifact), str(artifact))
+    elif artifact.suffix == ".trtir" and read_header(artifact).get("weightless"):
+        from trtc.ir import load_artifact
+
+        refuse_weightless(load_artifact(artifact).model, str(artifact), "serve it")
+
+
 def export_triton(artifact: Path, repo: Path, options: TritonExportOptions | None = None) -> dict[str, Any]:
     """Write REPO/NAME for `artifact`; the report says what was written and what was decided. A
     decoder trtc's generation loop drives (trtc.serve.llm_export) becomes a decoupled model that
@@ -156,6 +171,7 @@ def export_triton(artifact: Path, repo: Path, options: TritonExportOptions | Non
     if options.tokenizer is not None:
         raise TrtcError("a tokenizer serves an LLM decoder's text, and this model is not one it serves"
                         + (f" ({why_not})" if why_not else ""), where="--tokenizer", hint="drop --tokenizer")
+    _refuse_unservable(artifact)
     try:
         signature = artifact_signature(artifact, options.profiles)
     except TrtcError as exc:
