@@ -225,6 +225,8 @@ def test_an_engine_that_needs_refitting_is_not_run(full, tmp_path, capsys):
         one_error_line(trtc_in_process(capsys, *command), f"{plan}: the engine is stripped of 3 weight(s) ('w1', "
                        "'wa', 'wb') and must be refitted with them before it runs")
     assert not (tmp_path / "repo").exists()
+    code, out, err = trtc_in_process(capsys, "inspect", plan)
+    assert code == 0 and "refit: needed before it runs, 3 weight(s) stripped (w1, wa, wb)" in out, out + err
 
 
 def test_a_stripped_model_is_not_exported_to_be_served(parsed, tmp_path, capsys):

@@ -129,6 +129,11 @@ def sidecar_text(data: Mapping[str, Any]) -> str:
                   for name, (lo, opt, hi) in profile.items())
         lines.append(f"profile {i}: " + "; ".join(ranges))
     lines.append(_precision_line(data.get("precision")))
+    refit = data.get("refit") or {}
+    if refit.get("needed"):  # built from a weight-stripped model (--weightless)
+        weights = refit.get("weights", [])
+        lines.append(f"refit: needed before it runs, {len(weights)} weight(s) stripped "
+                     f"({', '.join(w['name'] for w in weights[:6])}{', ...' if len(weights) > 6 else ''})")
     lines.append(f"IR content hash: {data.get('ir_content_hash')}")
     source = data.get("source")
     if source and source.get("path"):
