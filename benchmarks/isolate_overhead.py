@@ -46,23 +46,12 @@ print(time.perf_counter() - start)
 
 
 def make_mlp(folder: Path) -> Path:
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """x[batch, 16] -> Gemm -> Relu -> MatMul -> Tanh -> y[batch, 4]: the fuzzer's seed (tests/fuzzing/seeds.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fuzzing.seeds import mlp
 
-    rng = np.random.default_rng(0)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
-         helper.make_node("Relu", ["h"], ["r"], name="relu"),
-         helper.make_node("MatMul", ["r", "w2"], ["m"], name="fc2"),
-         helper.make_node("Tanh", ["m"], ["y"], name="tanh")], "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(rng.standard_normal((32, 16)).astype(np.float32), "w1"),
-         numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b1"),
-         numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2")])
     path = folder / "mlp.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path.write_bytes(mlp().model)
     return path
 
 
