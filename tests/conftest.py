@@ -34,3 +34,19 @@ def two_inputs(tmp_path) -> Path:
     np.save(tmp_path / "ids.npy", np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int64))
     np.save(tmp_path / "bias.npy", np.zeros((2, 4, 8), np.float32))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def gpu_backend():
+    """The backend `trtc build --backend auto` picks, if it runs on this GPU (for `gpu` tests)."""
+    from trtc.errors import TrtcError
+    from trtc.lower.backend import RTX_TARGETS, load_backend
+    from trtc.runtime.engine import current_sm
+
+    try:
+        chosen = load_backend("auto")
+    except TrtcError as exc:
+        pytest.skip(exc.message)
+    if chosen.is_rtx and current_sm() not in RTX_TARGETS:
+        pytest.skip(f"TensorRT-RTX does not run on {current_sm()} and full TensorRT is not installed")
+    return chosen

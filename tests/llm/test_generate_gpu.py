@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtc.errors import TrtcError
 from trtc.llm.decoder import open_decoder
 from trtc.llm.generate import GenerateOptions, generate
 from trtc.llm.verify import VerifyOptions, open_verified, verify
-from trtc.lower.backend import RTX_TARGETS, load_backend
-from trtc.runtime.engine import current_sm, no_gpu_reason
+from trtc.runtime.engine import no_gpu_reason
 
 from corpus import MODELS, one_error_line, trtc_in_process
 
@@ -30,15 +28,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(NO_GPU is not None, reason=f"n
 
 
 @pytest.fixture(scope="module")
-def backend():
-    """The backend `trtc build --backend auto` picks, if it runs on this GPU."""
-    try:
-        chosen = load_backend("auto")
-    except TrtcError as exc:
-        pytest.skip(exc.message)
-    if chosen.is_rtx and current_sm() not in RTX_TARGETS:
-        pytest.skip(f"TensorRT-RTX does not run on {current_sm()} and full TensorRT is not installed")
-    return chosen
+def backend(gpu_backend):
+    return gpu_backend
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import pytest
 
 from trtc.errors import TrtcError
 from trtc.frontend import parse_onnx
-from trtc.lower.backend import RTX_TARGETS, load_backend
 from trtc.reference.runner import ReferenceRunner
 from trtc.runtime.engine import EngineRunner, check_engine_compat, current_sm, no_gpu_reason
 
@@ -26,15 +25,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(NO_GPU is not None, reason=f"n
 
 
 @pytest.fixture(scope="module")
-def backend():
-    """The backend `trtc build --backend auto` picks, if it runs on this GPU."""
-    try:
-        chosen = load_backend("auto")
-    except TrtcError as exc:
-        pytest.skip(exc.message)
-    if chosen.is_rtx and current_sm() not in RTX_TARGETS:
-        pytest.skip(f"TensorRT-RTX does not run on {current_sm()} and full TensorRT is not installed")
-    return chosen
+def backend(gpu_backend):
+    return gpu_backend
 
 
 @pytest.fixture(scope="module")
