@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from trtc.ir.splat import SplatTensor, map_elements
 from trtc.memory import unmap
 
 # Elements converted at a time when a converted weight is written (64 MiB of fp32).
@@ -39,3 +40,12 @@ class ConvertedTensor(ir.LazyTensor):
             file.write(memoryview(convert(flat[start:start + _SLICE_ELEMENTS], self.dtype).view(np.uint8)))
         del flat
         unmap(self.source)
+
+
+def converted(tensor: ir.TensorProtocol, dtype: ir.DataType, name: str | None = None) -> ir.TensorProtocol:
+    """`tensor` in float type `dtype`: a splat stays a splat (its one element converted), anything else is a
+    `ConvertedTensor`. `name` defaults to the tensor's."""
+    name = tensor.name if name is None else name
+    if isinstance(tensor, SplatTensor):
+        return map_elements(tensor, lambda data: convert(data, dtype), name=name)
+    return ConvertedTensor(tensor, dtype, name=name)

@@ -76,16 +76,16 @@ MAX_PROFILE_DIM = 2**31 - 1
 
 def _set_shape(trt_profile, name: str, shapes: tuple, where: str) -> None:
     """An input's MIN/OPT/MAX on a profile; a dim TensorRT cannot hold, or shapes it refuses, in one line."""
+    text = " / ".join("x".join(map(str, shape)) for shape in shapes)
     big = sorted({d for shape in shapes for d in shape if d > MAX_PROFILE_DIM})
     if big:
         raise TrtcError(f"input {name!r}: dim {big[0]} is above TensorRT's limit of {MAX_PROFILE_DIM} "
-                        f"(profile {' / '.join('x'.join(map(str, s)) for s in shapes)})", where=where,
+                        f"(profile {text})", where=where,
                         hint="declare the input with a smaller size, or give a profile within it with --shapes")
     try:
         trt_profile.set_shape(name, *shapes)
     except RuntimeError as exc:  # TensorRT's own check of the three shapes
-        raise TrtcError(f"input {name!r}: TensorRT refuses the profile "
-                        f"{' / '.join('x'.join(map(str, s)) for s in shapes)} ({exc})", where=where,
+        raise TrtcError(f"input {name!r}: TensorRT refuses the profile {text} ({exc})", where=where,
                         hint="give MIN <= OPT <= MAX of the input's rank with --shapes NAME:MIN,OPT,MAX") from None
 
 

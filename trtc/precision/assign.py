@@ -27,9 +27,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from trtc.ir.converted import ConvertedTensor, convert
+from trtc.ir.converted import converted
 from trtc.ir.rewrite import STANDARD_DOMAINS, add_constant
-from trtc.ir.splat import SplatTensor, map_elements
 from trtc.ir.walk import all_graphs, has_subgraphs, subgraph_attrs
 from trtc.precision.rules import RuleContext, forced_fp16, keep_reason, user_keep
 from trtc.precision.subgraphs import graph_values, is_control_flow
@@ -300,11 +299,8 @@ def _weight_in(graph: ir.Graph, value: ir.Value, want: ir.DataType, counts: dict
     if name in graph.initializers:
         return graph.initializers[name]
     counts["weights-converted"] += 1
-    tensor = value.const_value
     # Converted when read (trtc.ir.converted): a big model's copies would sit beside its fp32 weights.
-    converted = map_elements(tensor, lambda data: convert(data, want)) if isinstance(tensor, SplatTensor) \
-        else ConvertedTensor(tensor, want, name=name)
-    return add_constant(graph, converted, name)
+    return add_constant(graph, converted(value.const_value, want, name), name)
 
 
 def _constant_node(value: ir.Value) -> ir.Node | None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from trtc.ir.converted import ConvertedTensor
-from trtc.ir.splat import SplatTensor, map_elements
+from trtc.ir.converted import ConvertedTensor, converted
+from trtc.ir.splat import map_elements
 from trtc.ir.walk import all_graphs
 from trtc.reference.runner import MAP_FILE_BYTES
 
@@ -23,9 +23,26 @@ FLOAT = ir.DataType.FLOAT
 LOW = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
+def _read_through(graph: ir.Graph, value: ir.Value, nodes: list[ir.Node], after: ir.Node | None) -> None:
+    """Insert `nodes` (after `after`, else at the graph's top) and make every reader of `value` outside them,
+    and every graph output naming it, read the last node's output instead."""
+    uses = [(user, index) for user, index in value.uses() if user not in nodes]
+    if after is not None:
+        graph.insert_after(after, nodes)
+    elif (first := next(iter(graph), None)) is not None:
+        graph.insert_before(first, nodes)
+    else:
+        graph.extend(nodes)
+    result = nodes[-1].outputs[0]
+    for user, index in uses:
+        user.replace_input_with(index, result)
+    for i, out in enumerate(graph.outputs):
+        if out is value:
+            graph.outputs[i] = result
+
+
 def _round_trip(graph: ir.Graph, value: ir.Value, low: ir.DataType, after: ir.Node | None) -> None:
     """Make every reader of `value` see it rounded through `low`."""
-    uses = list(value.uses())
     name = value.name
     if value.is_graph_input():  # feeds arrive under the input's name: the rounded copy gets a new one
         rounded = f"{name}__rounded"
@@ -38,15 +55,7 @@ def _round_trip(graph: ir.Graph, value: ir.Value, low: ir.DataType, after: ir.No
     up.outputs[0].name = rounded
     up.outputs[0].type = ir.TensorType(FLOAT)  # new object: types may be shared
     up.outputs[0].shape = value.shape
-    if after is not None:
-        graph.insert_after(after, [down, up])
-    else:
-        graph.insert_before(next(iter(graph)), [down, up])
-    for user, index in uses:
-        user.replace_input_with(index, up.outputs[0])
-    for i, out in enumerate(graph.outputs):
-        if out is value:
-            graph.outputs[i] = up.outputs[0]
+    _read_through(graph, value, [down, up], after)
 
 
 def _widen_weight(graph: ir.Graph, value: ir.Value) -> None:
@@ -61,8 +70,6 @@ def _widen_weight(graph: ir.Graph, value: ir.Value) -> None:
     stored = ir.Value(name=f"{name}__{(FLOAT if source is not None else low).name.lower()}",
                       type=ir.TensorType(FLOAT if source is not None else low), shape=value.shape,
                       const_value=source if source is not None else tensor)
-    uses = list(value.uses())
-    outputs = [i for i, out in enumerate(graph.outputs) if out is value]
     graph.initializers.pop(name)
     graph.register_initializer(stored)
     nodes = []
@@ -73,23 +80,7 @@ def _widen_weight(graph: ir.Graph, value: ir.Value) -> None:
     up.outputs[0].name = name  # readers (and fetches by name) see it under its own name
     up.outputs[0].type = ir.TensorType(FLOAT)
     up.outputs[0].shape = value.shape
-    nodes.append(up)
-    first = next(iter(graph), None)
-    if first is None:
-        graph.extend(nodes)
-    else:
-        graph.insert_before(first, nodes)
-    for user, index in uses:
-        user.replace_input_with(index, up.outputs[0])
-    for i in outputs:
-        graph.outputs[i] = up.outputs[0]
-
-
-def _widened(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
-    """A low-precision weight in fp32 (exact), converted when read."""
-    if isinstance(tensor, SplatTensor):
-        return map_elements(tensor, lambda data: data.astype(np.float32), name=tensor.name)
-    return ConvertedTensor(tensor, FLOAT, name=tensor.name)
+    _read_through(graph, value, [*nodes, up], None)
 
 
 def _rounds_weights_when_run(graph: ir.Graph) -> bool:
@@ -114,7 +105,7 @@ def simulation_model(typed: ir.Model) -> ir.Model:
             if when_run and not value.is_graph_input():  # an input's default: a feed replaces it in fp32
                 read_as_run.append((body_or_main, value))
             else:
-                value.const_value = _widened(value.const_value)
+                value.const_value = converted(value.const_value, FLOAT)
                 value.type = ir.TensorType(FLOAT)  # new object: types may be shared
     for body_or_main in list(all_graphs(graph)):
         for node in list(body_or_main):

@@ -31,18 +31,21 @@ from trtc.ir.walk import weight_bytes
 from trtc.memory import release_memory
 from trtc.reference.feeds import memory_limit, model_inputs, oversized_values, validate_feeds
 
+# onnxruntime's `[ONNXRuntimeError] : 9 : ` before each message.
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ")
+
 
 def _first_line(exc: BaseException) -> str:
     """The message's first line, without onnxruntime's `[ONNXRuntimeError] : 9 :` prefix."""
     text = str(exc).strip().splitlines()
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text[0])[:300] if text else type(exc).__name__
+    return _ORT_PREFIX.sub("", text[0])[:300] if text else type(exc).__name__
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:
     """The whole message on one line (onnxruntime puts the useful part, `index: 2 Got: 1
     Expected: 3`, on the lines after the first), without its `[ONNXRuntimeError] : 2 :` prefix."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
+    text = _ORT_PREFIX.sub("", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
